@@ -1,0 +1,411 @@
+"""The optimizer nets of the paper and the original code, as pure functions of their weights.
+
+A net is a description (layer sizes, preprocessing, scale, initializers); it owns no variables.
+Whoever trains or uses it keeps the weights: `LearnedOptimizer` in Keras variables, the
+meta-trainer in `tf.Variable`s it differentiates. Both call the same two functions, so they
+cannot compute different updates:
+
+- `initial_state(param_shape)`: the zero state for one optimizee parameter;
+- `step(weights, gradient, state) -> (update, new_state)`: one optimizer step, differentiable
+  with respect to `weights`. The update is *added* to the parameter (the sign is learned).
+
+Weights are nested dicts `{module: {field: tensor}}` with the original's names (`lstm_0`,
+`lstm_1`, ..., `linear`; fields `w_gates`, `b_gates`, `w`, `b`), the same structure the
+original's `initializer` option and saved files use.
+
+Every state is a tuple of float32 tensors whose first axis is the parameter's "rows" (its
+coordinates, or its filters for `KernelDeepLSTM`). Nets whose rows are single coordinates
+(`elementwise = True`) give the same result whether a parameter is stepped alone or
+concatenated with others into one flat vector, which the meta-trainer uses for speed.
+"""
+
+import json
+import math
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2l_tf import preprocess
+
+FORMAT_NAME = "l2l_tf.net"
+FORMAT_VERSION = 1
+_METADATA_KEY = "__l2l_tf__"
+
+
+class Net:
+    """Base class: a stateful update rule with (possibly no) learnable weights."""
+
+    elementwise = True
+
+    def weight_shapes(self):
+        """`{module: {field: shape}}` of the learnable weights (empty for fixed rules)."""
+        return {}
+
+    def initial_weights(self, seed=None):
+        """The weights from the net's initializers, as float32 tensors."""
+        return {}
+
+    def state_shapes(self, param_shape):
+        """Shapes of the state tensors for a parameter of `param_shape`."""
+        return ()
+
+    def initial_state(self, param_shape):
+        """The zero state for a parameter of `param_shape`."""
+        return tuple(tf.zeros(shape, tf.float32) for shape in self.state_shapes(param_shape))
+
+    def step(self, weights, gradient, state):
+        """Returns `(update, new_state)` for `gradient` (float32, the parameter's shape)."""
+        raise NotImplementedError
+
+    def get_config(self):
+        """The constructor arguments, JSON-serialisable, without `initializer`."""
+        raise NotImplementedError
+
+
+def _num_elements(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+class StandardDeepLSTM(Net):
+    """A stack of LSTMs and a linear output layer, times `scale` (the original's base class).
+
+    Input `[rows, d]` is preprocessed elementwise into `[rows, d * features]`. LSTM gates are
+    ordered (input, cell, forget, output) as in Sonnet, with forget-gate bias +1 added in the
+    computation; gate weights are one matrix over the concatenated [input, hidden].
+    """
+
+    elementwise = False
+
+    def __init__(
+        self,
+        output_size,
+        layers=(20, 20),
+        preprocess_name="identity",
+        preprocess_options=None,
+        scale=1.0,
+        initializer=None,
+    ):
+        self.output_size = int(output_size)
+        self.layers = tuple(int(units) for units in layers)
+        if self.output_size < 1 or any(units < 1 for units in self.layers):
+            raise ValueError(
+                f"Layer sizes must be positive integers, got output_size={output_size!r}, "
+                f"layers={layers!r}."
+            )
+        self.preprocess_name = preprocess_name
+        self.preprocess_options = dict(preprocess_options or {})
+        self.preprocess = preprocess.factory(preprocess_name, preprocess_options)
+        self.scale = float(scale)
+        self.initializer = initializer
+        self._check_initializer()
+
+    def _input_size(self):
+        return self.output_size * preprocess.output_features(self.preprocess)
+
+    def weight_shapes(self):
+        shapes = {}
+        fan_in = self._input_size()
+        for i, units in enumerate(self.layers):
+            shapes[f"lstm_{i}"] = {
+                "w_gates": (fan_in + units, 4 * units),
+                "b_gates": (4 * units,),
+            }
+            fan_in = units
+        shapes["linear"] = {"w": (fan_in, self.output_size), "b": (self.output_size,)}
+        return shapes
+
+    def _check_initializer(self):
+        """Fails early, naming the field, if an array initializer has the wrong shape."""
+        for module, fields in self.weight_shapes().items():
+            for field, shape in fields.items():
+                value = _initializer_for(self.initializer, module, field)
+                if value is None or isinstance(value, str) or callable(value):
+                    continue
+                array = np.asarray(value, dtype=np.float32)
+                if array.shape != tuple(shape) and array.size != 1:
+                    raise ValueError(
+                        f"Initializer for {module}/{field} has shape {array.shape}, but "
+                        f"{type(self).__name__}(layers={self.layers}) needs {tuple(shape)}: "
+                        "build the net with the layers and preprocessing the weights were "
+                        "trained with."
+                    )
+
+    def initial_weights(self, seed=None):
+        weights = {}
+        index = 0
+        for module, fields in self.weight_shapes().items():
+            weights[module] = {}
+            for field, shape in fields.items():
+                value = _initializer_for(self.initializer, module, field)
+                if value is None:
+                    value = _default_initializer(field, shape, seed, index)
+                elif isinstance(value, str) or callable(value):
+                    value = keras.initializers.get(value)(shape, dtype="float32")
+                else:
+                    value = np.broadcast_to(np.asarray(value, np.float32), shape)
+                weights[module][field] = tf.convert_to_tensor(value, tf.float32)
+                index += 1
+        return weights
+
+    def rows(self, param_shape):
+        """How many independent rows (each with its own LSTM state) a parameter has.
+
+        The standard net updates `[rows, output_size]` parameters, one LSTM row per row.
+        """
+        if len(param_shape) != 2 or param_shape[1] != self.output_size:
+            raise ValueError(
+                f"StandardDeepLSTM with output_size {self.output_size} cannot update a "
+                f"parameter of shape {tuple(param_shape)}: it needs shape (rows, "
+                f"{self.output_size}); use CoordinateWiseDeepLSTM for any shape."
+            )
+        return int(param_shape[0])
+
+    def state_shapes(self, param_shape):
+        rows = self.rows(param_shape)
+        return tuple((rows, units) for units in self.layers for _ in ("h", "c"))
+
+    def core(self, weights, inputs, state):
+        """The LSTM stack on `inputs [rows, d]`: `([rows, output_size], new_state)`."""
+        features = self.preprocess(tf.expand_dims(inputs, -1))
+        hidden = tf.reshape(features, [tf.shape(features)[0], -1])
+        new_state = []
+        for i in range(len(self.layers)):
+            h, c = state[2 * i], state[2 * i + 1]
+            lstm = weights[f"lstm_{i}"]
+            gates = tf.matmul(tf.concat([hidden, h], axis=1), lstm["w_gates"]) + lstm["b_gates"]
+            gate_i, gate_j, gate_f, gate_o = tf.split(gates, 4, axis=1)
+            c = c * tf.sigmoid(gate_f + 1.0) + tf.sigmoid(gate_i) * tf.tanh(gate_j)
+            hidden = tf.tanh(c) * tf.sigmoid(gate_o)
+            new_state += [hidden, c]
+        output = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
+        return output * self.scale, tuple(new_state)
+
+    def step(self, weights, gradient, state):
+        self.rows(gradient.shape)
+        return self.core(weights, gradient, state)
+
+    def get_config(self):
+        return {
+            "output_size": self.output_size,
+            "layers": list(self.layers),
+            "preprocess_name": self.preprocess_name,
+            "preprocess_options": self.preprocess_options,
+            "scale": self.scale,
+        }
+
+
+class CoordinateWiseDeepLSTM(StandardDeepLSTM):
+    """The paper's coordinatewise LSTM: one small net shared by every coordinate (sec. 2.1)."""
+
+    elementwise = True
+
+    def __init__(self, layers=(20, 20), **kwargs):
+        super().__init__(output_size=1, layers=layers, **kwargs)
+
+    def rows(self, param_shape):
+        return _num_elements(param_shape)
+
+    def step(self, weights, gradient, state):
+        output, new_state = self.core(weights, tf.reshape(gradient, [-1, 1]), state)
+        return tf.reshape(output, tf.shape(gradient)), new_state
+
+    def get_config(self):
+        config = super().get_config()
+        del config["output_size"]
+        return config
+
+
+class KernelDeepLSTM(StandardDeepLSTM):
+    """One LSTM row per conv filter: a kernel `[kh, kw, in, out]` is `in * out` rows of `kh * kw`."""
+
+    def __init__(self, kernel_shape, layers=(20, 20), **kwargs):
+        self.kernel_shape = tuple(int(size) for size in kernel_shape)
+        if len(self.kernel_shape) != 2:
+            raise ValueError(
+                f"kernel_shape must be (height, width), got {kernel_shape!r}."
+            )
+        super().__init__(output_size=_num_elements(self.kernel_shape), layers=layers, **kwargs)
+
+    def _check_param_shape(self, param_shape):
+        if tuple(param_shape[:2]) != self.kernel_shape or len(param_shape) != 4:
+            raise ValueError(
+                f"KernelDeepLSTM with kernel_shape {self.kernel_shape} cannot update a "
+                f"parameter of shape {tuple(param_shape)}: assign it only 4-D conv kernels "
+                f"of shape {self.kernel_shape + ('in', 'out')}."
+            )
+
+    def rows(self, param_shape):
+        self._check_param_shape(param_shape)
+        return _num_elements(param_shape[2:])
+
+    def step(self, weights, gradient, state):
+        self._check_param_shape(gradient.shape)
+        rows = tf.reshape(tf.transpose(gradient, [2, 3, 0, 1]), [-1, self.output_size])
+        output, new_state = self.core(weights, rows, state)
+        return tf.reshape(tf.transpose(output, [1, 0]), tf.shape(gradient)), new_state
+
+    def get_config(self):
+        config = super().get_config()
+        del config["output_size"]
+        config["kernel_shape"] = list(self.kernel_shape)
+        return config
+
+
+class Sgd(Net):
+    """Plain gradient descent written as a net, to give a variable group a fixed rule."""
+
+    def __init__(self, learning_rate=0.001):
+        self.learning_rate = float(learning_rate)
+
+    def step(self, weights, gradient, state):
+        return -self.learning_rate * gradient, ()
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate}
+
+
+class Adam(Net):
+    """Adam written as a net, state (t, m, v) per coordinate as in the original."""
+
+    def __init__(self, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8):
+        self.learning_rate = float(learning_rate)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.epsilon = float(epsilon)
+
+    def state_shapes(self, param_shape):
+        return ((_num_elements(param_shape), 1),) * 3
+
+    def step(self, weights, gradient, state):
+        t, m, v = state
+        g = tf.reshape(gradient, [-1, 1])
+        t = t + 1.0
+        m = self.beta1 * m + (1.0 - self.beta1) * g
+        v = self.beta2 * v + (1.0 - self.beta2) * tf.square(g)
+        m_hat = m / (1.0 - tf.pow(self.beta1, t))
+        v_hat = v / (1.0 - tf.pow(self.beta2, t))
+        update = -self.learning_rate * m_hat / (tf.sqrt(v_hat) + self.epsilon)
+        return tf.reshape(update, tf.shape(gradient)), (t, m, v)
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "epsilon": self.epsilon,
+        }
+
+
+NETS = {
+    cls.__name__: cls
+    for cls in (StandardDeepLSTM, CoordinateWiseDeepLSTM, KernelDeepLSTM, Sgd, Adam)
+}
+
+
+def _initializer_for(initializer, module, field):
+    """The original's rule: a per-module dict, else a per-field dict, else one for all."""
+    if initializer is None:
+        return None
+    if isinstance(initializer, dict):
+        if module in initializer:
+            initializer = initializer[module]
+        if isinstance(initializer, dict):
+            return initializer.get(field)
+    return initializer
+
+
+def _default_initializer(field, shape, seed, index):
+    """Sonnet's defaults: truncated normal with std 1/sqrt(fan_in) for weights, zero biases."""
+    if field.startswith("b"):
+        return tf.zeros(shape, tf.float32)
+    stddev = 1.0 / math.sqrt(shape[0])
+    if seed is None:
+        return tf.random.truncated_normal(shape, stddev=stddev)
+    return tf.random.stateless_truncated_normal(shape, seed=[int(seed), index], stddev=stddev)
+
+
+def factory(net, net_options=None, net_path=None):
+    """Builds a net by class name; with `net_path`, its weights come from that saved file."""
+    if net not in NETS:
+        raise ValueError(f"Unknown net {net!r}: use one of {sorted(NETS)}.")
+    net_options = dict(net_options or {})
+    if net_path is not None:
+        _, _, net_options["initializer"] = load_weights(net_path)
+    try:
+        return NETS[net](**net_options)
+    except TypeError as error:
+        raise ValueError(f"Bad net_options {net_options!r} for {net}: {error}.") from None
+
+
+def net_config(net):
+    """`{"net": class name, "net_options": ...}`: what `factory` needs to rebuild `net`."""
+    return {"net": type(net).__name__, "net_options": net.get_config()}
+
+
+def weights_to_numpy(weights):
+    return {m: {f: np.asarray(v, np.float32) for f, v in fields.items()} for m, fields in weights.items()}
+
+
+def save_weights(path, net, weights):
+    """Writes a net and its weights to `path` in the l2l_tf net format (atomically).
+
+    Format (version 1): a NumPy `.npz` archive, readable without TensorFlow or pickle. Each
+    weight is an array named `module/field` (float32). The entry `__l2l_tf__` is a JSON
+    string: {"format": "l2l_tf.net", "format_version": 1, "net": class name, "net_options":
+    constructor arguments}. The file is written beside `path` and renamed over it, so a crash
+    never leaves a half-written file.
+    """
+    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **net_config(net)}
+    arrays = {
+        f"{module}/{field}": value
+        for module, fields in weights_to_numpy(weights).items()
+        for field, value in fields.items()
+    }
+    arrays[_METADATA_KEY] = np.array(json.dumps(metadata))
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
+
+
+def load_weights(path):
+    """Reads a file written by `save_weights`: `(net_name, net_options, weights)`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No net weights file at {path!r}: check the path.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            metadata = json.loads(str(archive[_METADATA_KEY]))
+            weights = {}
+            for key in archive.files:
+                if key != _METADATA_KEY:
+                    module, field = key.split("/")
+                    weights.setdefault(module, {})[field] = archive[key]
+    except Exception as error:
+        raise ValueError(
+            f"{path!r} is not a readable l2l_tf net file ({type(error).__name__}: {error}); "
+            "it may be corrupt or of another format: save it again with save_weights."
+        ) from None
+    if metadata.get("format") != FORMAT_NAME or metadata.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} has format {metadata.get('format')!r} version "
+            f"{metadata.get('format_version')!r}; this l2l_tf reads {FORMAT_NAME!r} version "
+            f"{FORMAT_VERSION}: upgrade l2l_tf or re-save the weights."
+        )
+    return metadata["net"], metadata["net_options"], weights
+
+
+def load_net(path):
+    """Rebuilds the net saved at `path` with its own options and weights."""
+    net_name, net_options, _ = load_weights(path)
+    return factory(net_name, net_options, net_path=path)

@@ -1,0 +1,297 @@
+"""`LearnedOptimizer`: a Keras 3 optimizer whose update rule is a (learned) net.
+
+Shaped like Keras's own optimizers: `__init__` makes the nets' weights, `build` makes one
+state slot per model variable, `update_step` is only the math, `get_config` lists every
+argument. The math is the net's pure `step` from `networks`, the same function the
+meta-trainer differentiates, so a net behaves identically in both.
+"""
+
+import os
+import re
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2l_tf import networks, presets
+
+
+@keras.saving.register_keras_serializable(package="l2l_tf")
+class LearnedOptimizer(keras.optimizers.Optimizer):
+    """Applies `variable += learning_rate * net(gradient, state)` to every model variable.
+
+    Args:
+        nets: dict from net name to a `networks.Net` or to a spec
+            `{"net": class name, "net_options": {...}, "net_path": file}` (the original's
+            `MetaOptimizer(**nets)` form). Defaults to one untrained coordinatewise LSTM with
+            the original code's constants (`presets.default_nets()`).
+        net_assignments: with several nets, a list of `(net_name, [regex, ...])`; a model
+            variable goes to the first net with a pattern found (`re.search`) in its `path`.
+            With one net it may be omitted: that net updates every variable.
+        learning_rate: multiplies the net's output. 1.0 applies the net as trained; schedules
+            work as usual.
+        seed: seeds the initial weights of nets not loaded from a file.
+        **kwargs: the base `keras.optimizers.Optimizer` arguments (`clipnorm`, `use_ema`...).
+
+    Non-finite numbers: if a variable's gradient, the net's update, its new state or the new
+    value of the variable has a NaN or Inf anywhere, that variable's step is skipped: the
+    variable and its state keep their values. A model variable is never written a non-finite
+    value by this optimizer.
+
+    Sparse gradients (`tf.IndexedSlices`, from `Embedding`) are made dense: rows with no
+    gradient that step see a zero gradient, and the net may still move them, as dense Adam does.
+    """
+
+    def __init__(
+        self,
+        nets=None,
+        net_assignments=None,
+        learning_rate=1.0,
+        seed=None,
+        name="learned_optimizer",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.nets = _build_nets(nets)
+        self.net_assignments = _check_assignments(self.nets, net_assignments)
+        self.seed = seed
+        self.net_weights = {}
+        for net_name, net in self.nets.items():
+            self.net_weights[net_name] = {}
+            for module, fields in net.initial_weights(seed).items():
+                self.net_weights[net_name][module] = {}
+                for field, value in fields.items():
+                    variable = self.add_variable(
+                        value.shape, dtype="float32", name=f"{net_name}.{module}.{field}"
+                    )
+                    variable.assign(value)
+                    self.net_weights[net_name][module][field] = variable
+        self._pending_values = {}
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        """Loads nets saved with `networks.save_weights` (or by the meta-trainer).
+
+        `path` is one net file (the net is named after the file) or a directory whose `*.npz`
+        files are the nets; several nets need `net_assignments` in `kwargs`.
+        """
+        if os.path.isdir(path):
+            files = sorted(f for f in os.listdir(path) if f.endswith(".npz"))
+            if not files:
+                raise FileNotFoundError(
+                    f"No net files (*.npz) in directory {path!r}: pass a directory written by "
+                    "the meta-trainer or a single net file."
+                )
+            paths = [os.path.join(path, f) for f in files]
+        else:
+            paths = [path]
+        nets = {
+            os.path.basename(p)[: -len(".npz")] if p.endswith(".npz") else os.path.basename(p):
+            networks.load_net(p)
+            for p in paths
+        }
+        return cls(nets=nets, **kwargs)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.variable_nets = []
+        self.states = []
+        for variable in variables:
+            net_name = self._net_name_for(variable)
+            slot_prefix = variable.path.replace("/", "_")
+            with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable)):
+                state = [
+                    self.add_variable(shape, dtype="float32", name=f"{slot_prefix}_state{i}")
+                    for i, shape in enumerate(self.nets[net_name].state_shapes(variable.shape))
+                ]
+            self.variable_nets.append(net_name)
+            self.states.append(state)
+        self._assign_pending_values()
+
+    def _net_name_for(self, variable):
+        if self.net_assignments is None:
+            return next(iter(self.nets))
+        for net_name, patterns in self.net_assignments:
+            if any(re.search(pattern, variable.path) for pattern in patterns):
+                return net_name
+        raise ValueError(
+            f"Model variable {variable.path!r} matches no pattern of net_assignments "
+            f"{self.net_assignments}: add a pattern for it, e.g. a last catch-all "
+            "(net_name, ['.*'])."
+        )
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        net_name = self.variable_nets[index]
+        state_variables = self.states[index]
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        gradient = tf.cast(gradient, tf.float32)
+        update, new_state = self.nets[net_name].step(
+            self.net_weights[net_name], gradient, tuple(s.value for s in state_variables)
+        )
+        old_value = tf.convert_to_tensor(variable)
+        new_value = tf.cast(
+            tf.cast(old_value, tf.float32) + tf.cast(learning_rate, tf.float32) * update,
+            variable.dtype,
+        )
+        finite = tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(t)) for t in (gradient, new_value, *new_state)]
+        )
+        self.assign(variable, tf.where(finite, new_value, old_value))
+        for state_variable, value in zip(state_variables, new_state):
+            self.assign(state_variable, tf.where(finite, value, state_variable.value))
+
+    def net_weight_values(self):
+        """`{net_name: {module: {field: np.ndarray}}}`: the nets' current weights."""
+        return {
+            net_name: networks.weights_to_numpy(
+                {m: {f: v.numpy() for f, v in fields.items()} for m, fields in weights.items()}
+            )
+            for net_name, weights in self.net_weights.items()
+        }
+
+    def save_nets(self, directory):
+        """Writes one file per net, `<directory>/<net_name>.npz` (see `networks.save_weights`)."""
+        os.makedirs(directory, exist_ok=True)
+        for net_name, weights in self.net_weight_values().items():
+            networks.save_weights(
+                os.path.join(directory, f"{net_name}.npz"), self.nets[net_name], weights
+            )
+
+    def get_config(self):
+        config = super().get_config()
+        weights = self.net_weight_values()
+        config.update(
+            {
+                "nets": {
+                    net_name: {
+                        "net": type(net).__name__,
+                        "net_options": {
+                            **net.get_config(),
+                            **({"initializer": _to_lists(weights[net_name])} if weights[net_name] else {}),
+                        },
+                    }
+                    for net_name, net in self.nets.items()
+                },
+                "net_assignments": (
+                    None
+                    if self.net_assignments is None
+                    else [[name, list(patterns)] for name, patterns in self.net_assignments]
+                ),
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    # Saving: every variable is stored under a name, not by position, so that a model saved
+    # before the optimizer was built, or loaded before it is built, loses nothing.
+
+    def _named_variables(self):
+        own = {}
+        for net_name, weights in self.net_weights.items():
+            for module, fields in weights.items():
+                for field, variable in fields.items():
+                    own[f"net.{net_name}.{module}.{field}"] = variable
+        for index, state in enumerate(getattr(self, "states", [])):
+            for i, variable in enumerate(state):
+                own[f"state.{index}.{i}"] = variable
+        own_ids = {id(v) for v in own.values()}
+        base = [v for v in self.variables if id(v) not in own_ids]
+        return {**{f"base.{i}": v for i, v in enumerate(base)}, **own}
+
+    def save_own_variables(self, store):
+        for key, variable in self._named_variables().items():
+            store[key] = variable.numpy()
+
+    def load_own_variables(self, store):
+        self._pending_values.update({key: np.asarray(store[key]) for key in store.keys()})
+        self._assign_pending_values()
+
+    def _assign_pending_values(self):
+        named = self._named_variables()
+        for key in [k for k in self._pending_values if k in named]:
+            value = self._pending_values.pop(key)
+            if tuple(value.shape) != tuple(named[key].shape):
+                raise ValueError(
+                    f"Saved optimizer variable {key!r} has shape {value.shape}, but this "
+                    f"optimizer's has {tuple(named[key].shape)}: load it into the same model "
+                    "and the same nets it was saved with."
+                )
+            named[key].assign(value)
+        if self.built and self._pending_values:
+            warnings.warn(
+                f"{self.name}: saved variables {sorted(self._pending_values)} have no "
+                "counterpart in this optimizer (a different model or options?) and were "
+                "not loaded."
+            )
+            self._pending_values = {}
+
+
+def _build_nets(nets):
+    if nets is None:
+        return presets.default_nets()
+    if not isinstance(nets, dict) or not nets:
+        raise ValueError(
+            f"nets must be a non-empty dict of name -> net or spec, got {nets!r}; "
+            "e.g. nets={'cw': {'net': 'CoordinateWiseDeepLSTM'}}."
+        )
+    built = {}
+    for net_name, spec in nets.items():
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(net_name)):
+            raise ValueError(
+                f"Net name {net_name!r} must use only letters, digits, '_' and '-'."
+            )
+        if isinstance(spec, networks.Net):
+            built[net_name] = spec
+        elif isinstance(spec, dict) and "net" in spec:
+            unknown = set(spec) - {"net", "net_options", "net_path"}
+            if unknown:
+                raise ValueError(
+                    f"Net spec for {net_name!r} has unknown keys {sorted(unknown)}: "
+                    "use 'net', 'net_options' and 'net_path'."
+                )
+            built[net_name] = networks.factory(**spec)
+        else:
+            raise ValueError(
+                f"Net {net_name!r} must be a networks.Net or a dict with a 'net' class name, "
+                f"got {spec!r}."
+            )
+    return built
+
+
+def _check_assignments(nets, net_assignments):
+    if net_assignments is None:
+        if len(nets) > 1:
+            raise ValueError(
+                f"Several nets {sorted(nets)} need net_assignments: a list of "
+                "(net_name, [variable path regex, ...])."
+            )
+        return None
+    checked = []
+    for entry in net_assignments:
+        net_name, patterns = entry
+        if net_name not in nets:
+            raise ValueError(
+                f"net_assignments names net {net_name!r}, which is not one of {sorted(nets)}."
+            )
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"Bad pattern {pattern!r} in net_assignments: {error}.") from None
+        checked.append((net_name, tuple(patterns)))
+    return checked
+
+
+def _tf_variable(variable):
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _to_lists(weights):
+    return {m: {f: v.tolist() for f, v in fields.items()} for m, fields in weights.items()}

@@ -1,0 +1,28 @@
+"""Install l2l_tf: `pip install .` (or `pip install -e ".[test]"` for development)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="l2l_tf",
+    version="0.1.0",
+    description=(
+        "Learned optimizers for TensorFlow 2 and Keras 3: 'Learning to learn by gradient "
+        "descent by gradient descent' (Andrychowicz et al., 2016)."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["l2l_tf", "l2l_tf.*"]),
+    package_data={"l2l_tf": ["pretrained/*.npz"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow==2.21.*",
+        "keras==3.15.*",
+        "tensorflow-datasets==4.9.10",
+        # tensorflow-datasets 4.9.10 imports it without declaring it.
+        "importlib_resources",
+        "absl-py",
+        "numpy",
+    ],
+    extras_require={"test": ["pytest"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,228 @@
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from l2l_tf import networks
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def numpy_lstm_net(weights, features, state, layers, scale):
+    """A reference deep LSTM in NumPy (Sonnet gate order i, j, f, o; forget bias +1)."""
+    hidden = features
+    new_state = []
+    for i in range(len(layers)):
+        h, c = state[2 * i], state[2 * i + 1]
+        w, b = weights[f"lstm_{i}"]["w_gates"], weights[f"lstm_{i}"]["b_gates"]
+        gates = np.concatenate([hidden, h], axis=1) @ w + b
+        gi, gj, gf, go = np.split(gates, 4, axis=1)
+        c = c * sigmoid(gf + 1.0) + sigmoid(gi) * np.tanh(gj)
+        hidden = np.tanh(c) * sigmoid(go)
+        new_state += [hidden, c]
+    out = hidden @ weights["linear"]["w"] + weights["linear"]["b"]
+    return out * scale, new_state
+
+
+def random_state(net, shape, rng):
+    return tuple(rng.normal(size=s).astype(np.float32) for s in net.state_shapes(shape))
+
+
+def test_coordinatewise_step_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    net = networks.CoordinateWiseDeepLSTM(layers=(4, 3), scale=0.5)
+    weights = networks.weights_to_numpy(net.initial_weights(seed=3))
+    weights["lstm_0"]["b_gates"] = rng.normal(size=16).astype(np.float32)
+    g = rng.normal(size=(2, 3)).astype(np.float32)
+    state = random_state(net, g.shape, rng)
+    update, new_state = net.step(weights, tf.constant(g), state)
+    want, want_state = numpy_lstm_net(weights, g.reshape(-1, 1), state, (4, 3), 0.5)
+    np.testing.assert_allclose(update, want.reshape(2, 3), rtol=1e-5, atol=1e-6)
+    for a, b in zip(new_state, want_state):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_default_initialisation_is_truncated_normal_over_fan_in_with_zero_biases():
+    net = networks.CoordinateWiseDeepLSTM(layers=(200, 200), preprocess_name="LogAndSign")
+    weights = net.initial_weights(seed=0)
+    w0 = weights["lstm_0"]["w_gates"].numpy()
+    assert w0.shape == (2 + 200, 800)
+    std = 1 / np.sqrt(202)
+    assert np.abs(w0).max() <= 2 * std + 1e-6
+    # Truncated at 2 std: the standard deviation is 0.88 of the untruncated one.
+    assert 0.84 * std < w0.std() < 0.92 * std
+    assert np.all(weights["lstm_1"]["b_gates"].numpy() == 0)
+    assert weights["linear"]["w"].shape == (200, 1)
+    again = net.initial_weights(seed=0)["lstm_0"]["w_gates"].numpy()
+    np.testing.assert_array_equal(w0, again)
+    other = net.initial_weights(seed=1)["lstm_0"]["w_gates"].numpy()
+    assert not np.array_equal(w0, other)
+
+
+def test_initializer_forms_follow_the_original():
+    zeros = networks.CoordinateWiseDeepLSTM(layers=(3,), initializer="zeros").initial_weights()
+    assert all(np.all(v.numpy() == 0) for f in zeros.values() for v in f.values())
+    per_field = networks.CoordinateWiseDeepLSTM(
+        layers=(3,), initializer={"b_gates": "ones", "w": np.full((3, 1), 2.0)}
+    ).initial_weights(seed=0)
+    assert np.all(per_field["lstm_0"]["b_gates"].numpy() == 1)
+    assert np.all(per_field["linear"]["w"].numpy() == 2)
+    assert np.any(per_field["lstm_0"]["w_gates"].numpy() != 0)  # default kept
+    per_layer = networks.CoordinateWiseDeepLSTM(
+        layers=(3,), initializer={"linear": "zeros", "lstm_0": {"w_gates": "ones"}}
+    ).initial_weights(seed=0)
+    assert np.all(per_layer["linear"]["b"].numpy() == 0)
+    assert np.all(per_layer["lstm_0"]["w_gates"].numpy() == 1)
+    with pytest.raises(ValueError, match=r"lstm_0/w_gates has shape \(2, 2\).*needs \(4, 12\)"):
+        networks.CoordinateWiseDeepLSTM(layers=(3,), initializer={"w_gates": np.ones((2, 2))})
+
+
+def test_no_hidden_layers_is_a_linear_rule():
+    net = networks.CoordinateWiseDeepLSTM(
+        layers=(), initializer={"w": [[-0.5]], "b": [0.25]}
+    )
+    g = tf.constant([1.0, -2.0, 4.0])
+    update, state = net.step(net.initial_weights(), g, net.initial_state(g.shape))
+    np.testing.assert_allclose(update, -0.5 * g.numpy() + 0.25)
+    assert state == ()
+
+
+def test_elementwise_nets_give_the_same_update_flat_or_per_parameter():
+    net = networks.CoordinateWiseDeepLSTM(preprocess_name="LogAndSign", scale=0.1)
+    weights = net.initial_weights(seed=2)
+    rng = np.random.default_rng(1)
+    grads = [rng.normal(size=s).astype(np.float32) for s in [(3, 4), (5,), ()]]
+    states = [random_state(net, g.shape, rng) for g in grads]
+    flat_g = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+    flat_state = tuple(tf.concat(parts, 0) for parts in zip(*states))
+    flat_update, _ = net.step(weights, flat_g, flat_state)
+    per_param = tf.concat(
+        [tf.reshape(net.step(weights, tf.constant(g), s)[0], [-1]) for g, s in zip(grads, states)], 0
+    )
+    np.testing.assert_allclose(flat_update, per_param, rtol=1e-6, atol=1e-7)
+
+
+def test_kernel_lstm_updates_each_filter_from_its_own_kernel_slice():
+    net = networks.KernelDeepLSTM(kernel_shape=(3, 3), layers=(5,))
+    weights = net.initial_weights(seed=0)
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
+    assert net.state_shapes(g.shape) == ((8, 5), (8, 5))
+    update, _ = net.step(weights, tf.constant(g), net.initial_state(g.shape))
+    assert update.shape == g.shape
+    # Changing one filter's gradient (in=1, out=2) changes only that filter's update.
+    g2 = g.copy()
+    g2[:, :, 1, 2] += 1.0
+    update2, _ = net.step(weights, tf.constant(g2), net.initial_state(g.shape))
+    changed = np.any(np.abs(update2.numpy() - update.numpy()) > 0, axis=(0, 1))
+    assert changed[1, 2] and changed.sum() == 1
+    # That filter's update is the standard net on its 9 values in (kh, kw) order.
+    standard = networks.StandardDeepLSTM(output_size=9, layers=(5,))
+    row = g[:, :, 1, 2].reshape(1, 9)
+    want, _ = standard.step(weights, tf.constant(row), standard.initial_state(row.shape))
+    np.testing.assert_allclose(update[:, :, 1, 2].numpy().reshape(1, 9), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="assign it only 4-D conv kernels"):
+        net.state_shapes((5, 5, 2, 4))
+
+
+def test_fixed_rule_nets_sgd_and_adam():
+    g = tf.constant([[0.5, -1.0], [2.0, 0.0]])
+    sgd = networks.Sgd(learning_rate=0.1)
+    np.testing.assert_allclose(sgd.step({}, g, ())[0], -0.1 * g.numpy())
+    adam = networks.Adam(learning_rate=0.01)
+    state = adam.initial_state(g.shape)
+    m = v = np.zeros(4)
+    for t in range(1, 4):
+        gt = g.numpy().reshape(-1) * t
+        update, state = adam.step({}, tf.constant(gt.reshape(2, 2)), state)
+        m = 0.9 * m + 0.1 * gt
+        v = 0.999 * v + 0.001 * gt**2
+        want = -0.01 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        np.testing.assert_allclose(update.numpy().reshape(-1), want, rtol=1e-5, atol=1e-8)
+
+
+def test_step_is_differentiable_in_weights_and_matches_finite_differences():
+    net = networks.CoordinateWiseDeepLSTM(layers=(4,), preprocess_name="LogAndSign")
+    weights = tf.nest.map_structure(
+        lambda t: tf.Variable(tf.cast(t, tf.float64)), net.initial_weights(seed=0)
+    )
+    g = tf.constant([0.3, -0.02, 1e-4], tf.float64)
+
+    def loss():
+        update, _ = net.step(weights, g, tuple(tf.cast(s, tf.float64) for s in net.initial_state(g.shape)))
+        return tf.reduce_sum(update**2 + update)
+
+    with tf.GradientTape() as tape:
+        value = loss()
+    grad = tape.gradient(value, weights["lstm_0"]["w_gates"]).numpy()
+    w = weights["lstm_0"]["w_gates"]
+    eps = 1e-6
+    for index in [(0, 0), (1, 5), (3, 12)]:
+        base = w.numpy()
+        bumped = base.copy()
+        bumped[index] += eps
+        w.assign(bumped)
+        plus = loss().numpy()
+        w.assign(base)
+        np.testing.assert_allclose((plus - value.numpy()) / eps, grad[index], rtol=1e-3, atol=1e-7)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    net = networks.CoordinateWiseDeepLSTM(layers=(6,), preprocess_name="LogAndSign",
+                                          preprocess_options={"k": 10}, scale=0.1)
+    weights = net.initial_weights(seed=4)
+    path = str(tmp_path / "cw.npz")
+    networks.save_weights(path, net, weights)
+    assert os.listdir(tmp_path) == ["cw.npz"]  # no temporary file left behind
+    name, options, loaded = networks.load_weights(path)
+    assert name == "CoordinateWiseDeepLSTM"
+    assert options == {"layers": [6], "preprocess_name": "LogAndSign",
+                       "preprocess_options": {"k": 10}, "scale": 0.1}
+    for module, fields in weights.items():
+        for field, value in fields.items():
+            np.testing.assert_array_equal(loaded[module][field], value)
+    rebuilt = networks.load_net(path)
+    np.testing.assert_array_equal(rebuilt.initial_weights()["linear"]["w"], weights["linear"]["w"])
+    # The format is plain NumPy: no TensorFlow and no pickle needed to read it.
+    with np.load(path, allow_pickle=False) as archive:
+        meta = json.loads(str(archive["__l2l_tf__"]))
+        assert meta["format_version"] == 1 and archive["lstm_0/w_gates"].shape == (8, 24)
+
+
+def test_factory_builds_by_name_and_loads_weights(tmp_path):
+    net = networks.factory("CoordinateWiseDeepLSTM", {"layers": (3,)})
+    weights = net.initial_weights(seed=1)
+    path = str(tmp_path / "n.npz")
+    networks.save_weights(path, net, weights)
+    loaded = networks.factory("CoordinateWiseDeepLSTM", {"layers": (3,)}, net_path=path)
+    np.testing.assert_array_equal(loaded.initial_weights()["lstm_0"]["w_gates"], weights["lstm_0"]["w_gates"])
+    with pytest.raises(ValueError, match=r"needs \(21, 80\)"):
+        networks.factory("CoordinateWiseDeepLSTM", {"layers": (20,)}, net_path=path)
+    with pytest.raises(ValueError, match="Unknown net 'LSTM'"):
+        networks.factory("LSTM")
+    with pytest.raises(ValueError, match="Bad net_options"):
+        networks.factory("Sgd", {"lr": 0.1})
+
+
+def test_corrupt_missing_and_foreign_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No net weights file"):
+        networks.load_weights(str(tmp_path / "missing.npz"))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a readable l2l_tf net file"):
+        networks.load_weights(str(bad))
+    other = tmp_path / "other.npz"
+    np.savez(other, __l2l_tf__=np.array(json.dumps({"format": "l2l_tf.net", "format_version": 99})))
+    with pytest.raises(ValueError, match="version 99"):
+        networks.load_weights(str(other))
+    truncated = tmp_path / "truncated.npz"
+    net = networks.CoordinateWiseDeepLSTM(layers=(3,))
+    networks.save_weights(str(truncated), net, net.initial_weights(seed=0))
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(ValueError, match="corrupt"):
+        networks.load_weights(str(truncated))

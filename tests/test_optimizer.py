@@ -1,0 +1,284 @@
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import l2l_tf
+from l2l_tf import networks, presets
+
+
+def make_data(n=64, features=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    return x, y
+
+
+def sequential_model(seed=0, features=6):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((features,)),
+        keras.layers.Dense(8, activation="sigmoid"),
+        keras.layers.Dense(2),
+    ])
+
+
+def functional_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="sigmoid")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2)(hidden))
+
+
+class SubclassedModel(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="sigmoid")
+        self.out = keras.layers.Dense(2)
+        self.scalar = self.add_weight(shape=(), initializer="ones", name="scalar")
+
+    def call(self, x):
+        return self.out(self.hidden(x)) * self.scalar
+
+
+def subclassed_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = SubclassedModel()
+    model(np.zeros((1, 6), np.float32))
+    return model
+
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def trained_net_options():
+    return presets.coordinatewise_net_options("paper", layers=(6, 6))
+
+
+@pytest.mark.parametrize("make_model", [sequential_model, functional_model, subclassed_model])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_runs_and_changes_every_variable(make_model, jit_compile):
+    x, y = make_data()
+    model = make_model()
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    opt = l2l_tf.LearnedOptimizer(seed=0)
+    model.compile(optimizer=opt, loss=LOSS, jit_compile=jit_compile)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    for b, v in zip(before, model.trainable_variables):
+        assert not np.array_equal(b, v.numpy()), v.path
+    assert int(opt.iterations.numpy()) == 8
+    assert len(opt.states) == len(model.trainable_variables)
+
+
+def test_keras_path_equals_pure_step_over_several_steps():
+    """Same net weights, same gradients: update_step and networks' step agree."""
+    x, y = make_data()
+    model = sequential_model()
+    net = networks.CoordinateWiseDeepLSTM(**trained_net_options())
+    opt = l2l_tf.LearnedOptimizer(nets={"cw": net}, seed=5, learning_rate=0.7)
+    weights = opt.net_weight_values()["cw"]
+    params = [tf.constant(v.numpy()) for v in model.trainable_variables]
+    states = [net.initial_state(v.shape) for v in model.trainable_variables]
+    for step in range(4):
+        batch = slice(16 * step, 16 * (step + 1))
+        with tf.GradientTape() as tape:
+            loss = LOSS(y[batch], model(x[batch]))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        for i, g in enumerate(grads):
+            update, states[i] = net.step(weights, g, states[i])
+            params[i] = params[i] + 0.7 * update
+        for p, v in zip(params, model.trainable_variables):
+            np.testing.assert_allclose(v.numpy(), p.numpy(), rtol=1e-6, atol=1e-7)
+        for want, got in zip(states, opt.states):
+            for s, slot in zip(want, got):
+                np.testing.assert_allclose(slot.numpy(), s.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def assert_same_optimizer_values(a, b):
+    named_a, named_b = a._named_variables(), b._named_variables()
+    assert sorted(named_a) == sorted(named_b)
+    for key in named_a:
+        np.testing.assert_array_equal(named_a[key].numpy(), named_b[key].numpy(), err_msg=key)
+
+
+def test_model_save_and_load_round_trip_weights_and_states_exactly(tmp_path):
+    x, y = make_data()
+    model = sequential_model()
+    model.compile(optimizer=l2l_tf.LearnedOptimizer(seed=3), loss=LOSS)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.optimizer, l2l_tf.LearnedOptimizer)
+    assert_same_optimizer_values(model.optimizer, loaded.optimizer)
+    # Training on from the loaded model continues exactly where the original left off.
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_saving_before_the_optimizer_is_built_keeps_the_net_weights(tmp_path):
+    model = sequential_model()
+    opt = l2l_tf.LearnedOptimizer(seed=11)
+    model.compile(optimizer=opt, loss=LOSS)
+    path = str(tmp_path / "m.keras")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+    messages = [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
+    assert messages == []
+    for a, b in zip(tf.nest.flatten(opt.net_weight_values()),
+                    tf.nest.flatten(loaded.optimizer.net_weight_values())):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_get_config_from_config_round_trips_net_weights():
+    opt = l2l_tf.LearnedOptimizer(
+        nets={"cw": {"net": "CoordinateWiseDeepLSTM", "net_options": trained_net_options()},
+              "fixed": networks.Adam(learning_rate=0.01)},
+        net_assignments=[("fixed", ["bias"]), ("cw", [".*"])],
+        seed=2, learning_rate=0.5, clipnorm=1.0,
+    )
+    for v in opt.net_weights["cw"]["lstm_0"].values():
+        v.assign(v + 0.123)
+    config = opt.get_config()
+    clone = l2l_tf.LearnedOptimizer.from_config(config)
+    assert clone.get_config() == config
+    assert clone.net_assignments == opt.net_assignments
+    for a, b in zip(tf.nest.flatten(opt.net_weight_values()), tf.nest.flatten(clone.net_weight_values())):
+        np.testing.assert_array_equal(a, b)
+    assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).get_config() == config
+
+
+def test_net_assignments_route_variables_to_their_nets():
+    x, y = make_data()
+    model = sequential_model()
+    opt = l2l_tf.LearnedOptimizer(
+        nets={"cw": {"net": "CoordinateWiseDeepLSTM", "net_options": trained_net_options()},
+              "sgd": networks.Sgd(learning_rate=0.1)},
+        net_assignments=[("sgd", ["bias"]), ("cw", ["kernel"])],
+    )
+    model.compile(optimizer=opt, loss=LOSS)
+    bias = model.layers[0].bias
+    before = bias.numpy().copy()
+    with tf.GradientTape() as tape:
+        loss = LOSS(y[:16], model(x[:16]))
+    grads = tape.gradient(loss, model.trainable_variables)
+    opt.apply_gradients(zip(grads, model.trainable_variables))
+    np.testing.assert_allclose(bias.numpy(), before - 0.1 * grads[1].numpy(), rtol=1e-6)
+    assert opt.variable_nets == ["cw", "sgd", "cw", "sgd"]
+    assert [len(s) for s in opt.states] == [4, 0, 4, 0]
+
+
+def test_unassigned_variable_and_bad_assignments_fail_clearly():
+    model = sequential_model()
+    opt = l2l_tf.LearnedOptimizer(nets={"a": networks.Sgd(), "b": networks.Sgd()},
+                                  net_assignments=[("a", ["kernel"])])
+    with pytest.raises(ValueError, match=r"dense_\d+/bias' matches no pattern"):
+        opt.build(model.trainable_variables)
+    with pytest.raises(ValueError, match="need net_assignments"):
+        l2l_tf.LearnedOptimizer(nets={"a": networks.Sgd(), "b": networks.Sgd()})
+    with pytest.raises(ValueError, match="names net 'c'"):
+        l2l_tf.LearnedOptimizer(nets={"a": networks.Sgd()}, net_assignments=[("c", [".*"])])
+    with pytest.raises(ValueError, match="must be a networks.Net"):
+        l2l_tf.LearnedOptimizer(nets={"a": "Sgd"})
+
+
+def test_from_pretrained_loads_a_saved_net_file_and_directory(tmp_path):
+    opt = l2l_tf.LearnedOptimizer(nets={"mine": {"net": "CoordinateWiseDeepLSTM",
+                                                 "net_options": trained_net_options()}}, seed=9)
+    opt.save_nets(str(tmp_path))
+    from_dir = l2l_tf.LearnedOptimizer.from_pretrained(str(tmp_path))
+    from_file = l2l_tf.LearnedOptimizer.from_pretrained(str(tmp_path / "mine.npz"))
+    for other in (from_dir, from_file):
+        assert list(other.nets) == ["mine"]
+        assert other.nets["mine"].get_config() == opt.nets["mine"].get_config()
+        for a, b in zip(tf.nest.flatten(opt.net_weight_values()), tf.nest.flatten(other.net_weight_values())):
+            np.testing.assert_array_equal(a, b)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="No net files"):
+        l2l_tf.LearnedOptimizer.from_pretrained(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="No net weights file"):
+        l2l_tf.LearnedOptimizer.from_pretrained(str(tmp_path / "missing.npz"))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16", "float16", "bfloat16"])
+def test_low_precision_variables_and_policies(policy):
+    x, y = make_data()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = sequential_model()
+        model.compile(optimizer=l2l_tf.LearnedOptimizer(seed=0), loss=LOSS)
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert np.all(np.isfinite(history.history["loss"]))
+    opt = model.optimizer
+    opt = getattr(opt, "inner_optimizer", opt)
+    assert all(s.dtype == "float32" for state in opt.states for s in state)
+    assert all(np.all(np.isfinite(v.numpy().astype(np.float32))) for v in model.trainable_variables)
+
+
+def test_scalar_variable_embedding_sparse_gradients_and_variables_without_gradient():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((3,), dtype="int32")
+    embedded = keras.layers.Embedding(10, 4)(tokens)
+    logits = keras.layers.Dense(2)(keras.layers.Flatten()(embedded))
+    model = keras.Model(tokens, logits)
+    unused = keras.layers.Dense(3)
+    unused.build((None, 2))
+    scalar = keras.Variable(1.5, name="scalar")
+    variables = model.trainable_variables + unused.trainable_variables + [scalar]
+    opt = l2l_tf.LearnedOptimizer(seed=0)
+    x = np.array([[1, 2, 2], [3, 1, 1]], np.int32)
+    with tf.GradientTape() as tape:
+        loss = LOSS(np.array([0, 1]), model(x)) + tf.square(scalar.value)
+    grads = tape.gradient(loss, variables)
+    assert isinstance(grads[0], tf.IndexedSlices)
+    assert grads[3] is None and grads[4] is None
+    before = [v.numpy().copy() for v in variables]
+    opt.build(variables)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns about the variables with no gradient.
+        opt.apply_gradients(zip(grads, variables))
+    assert not np.array_equal(before[0], variables[0].numpy())
+    assert not np.array_equal(before[-1], variables[-1].numpy())
+    np.testing.assert_array_equal(before[3], variables[3].numpy())
+    assert np.all(opt.states[3][0].numpy() == 0) and np.any(opt.states[0][0].numpy() != 0)
+    assert opt.states[0][0].shape == (40, 20)
+    assert opt.states[-1][0].shape == (1, 20)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_gradients_never_reach_variables(bad):
+    model = sequential_model()
+    opt = l2l_tf.LearnedOptimizer(seed=0)
+    opt.build(model.trainable_variables)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    grads = [tf.ones_like(v) * 0.1 for v in model.trainable_variables]
+    grads[0] = tf.tensor_scatter_nd_update(grads[0], [[0, 0]], [bad])
+    opt.apply_gradients(zip(grads, model.trainable_variables))
+    np.testing.assert_array_equal(model.trainable_variables[0].numpy(), before[0])
+    assert np.all(opt.states[0][0].numpy() == 0)
+    assert not np.array_equal(model.trainable_variables[1].numpy(), before[1])
+    for v in model.trainable_variables:
+        assert np.all(np.isfinite(v.numpy()))
+
+
+def test_huge_gradients_and_overflowing_updates_are_finite_or_skipped():
+    variable = keras.Variable(np.full((3,), 60000.0, np.float16), dtype="float16")
+    opt = l2l_tf.LearnedOptimizer(nets={"sgd": networks.Sgd(learning_rate=1.0)})
+    opt.apply_gradients([(tf.constant([-1e4, 1.0, 2.0], tf.float16), variable)])
+    # 60000 + 1e4 overflows float16: the step is skipped rather than writing Inf.
+    np.testing.assert_array_equal(variable.numpy(), [60000.0] * 3)
+    lstm = l2l_tf.LearnedOptimizer(seed=0)
+    v32 = keras.Variable(np.zeros(4, np.float32))
+    lstm.apply_gradients([(tf.constant([1e30, -1e30, 3e38, 1e-30]), v32)])
+    assert np.all(np.isfinite(v32.numpy())) and np.any(v32.numpy() != 0)
