@@ -172,13 +172,20 @@ class StandardDeepLSTM(Net):
         features = self.preprocess(tf.expand_dims(inputs, -1))
         hidden = tf.reshape(features, [tf.shape(features)[0], -1])
         new_state = []
-        for i in range(len(self.layers)):
+        for i, units in enumerate(self.layers):
             h, c = state[2 * i], state[2 * i + 1]
             lstm = weights[f"lstm_{i}"]
-            gates = tf.matmul(tf.concat([hidden, h], axis=1), lstm["w_gates"]) + lstm["b_gates"]
+            # One sigmoid over all gates, the cheapest form on CPU, where this elementwise
+            # work costs more than the matmuls: the forget bias is folded into the bias and
+            # tanh(j) = 2 sigmoid(2 j) - 1, with the factor 2 folded into the weights.
+            gate_scale, gate_shift = _gate_constants(units, hidden.dtype)
+            gates = tf.sigmoid(
+                tf.matmul(tf.concat([hidden, h], axis=1), lstm["w_gates"] * gate_scale)
+                + (lstm["b_gates"] + gate_shift) * gate_scale
+            )
             gate_i, gate_j, gate_f, gate_o = tf.split(gates, 4, axis=1)
-            c = c * tf.sigmoid(gate_f + 1.0) + tf.sigmoid(gate_i) * tf.tanh(gate_j)
-            hidden = tf.tanh(c) * tf.sigmoid(gate_o)
+            c = c * gate_f + gate_i * (2.0 * gate_j - 1.0)
+            hidden = tf.tanh(c) * gate_o
             new_state += [hidden, c]
         output = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
         return output * self.scale, tuple(new_state)
@@ -303,6 +310,14 @@ NETS = {
     cls.__name__: cls
     for cls in (StandardDeepLSTM, CoordinateWiseDeepLSTM, KernelDeepLSTM, Sgd, Adam)
 }
+
+
+def _gate_constants(units, dtype):
+    """Per-gate column factors and shifts for gates ordered (i, j, f, o): see `core`."""
+    ones, zeros = np.ones(units, np.float32), np.zeros(units, np.float32)
+    scale = np.concatenate([ones, 2.0 * ones, ones, ones])
+    shift = np.concatenate([zeros, zeros, ones, zeros])  # forget-gate bias +1
+    return tf.constant(scale, dtype), tf.constant(shift, dtype)
 
 
 def _initializer_for(initializer, module, field):
