@@ -22,6 +22,7 @@ concatenated with others into one flat vector, which the meta-trainer uses for s
 import json
 import math
 import os
+import re
 import tempfile
 
 import keras
@@ -65,7 +66,7 @@ class Net:
         raise NotImplementedError
 
 
-def _num_elements(shape):
+def num_elements(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
@@ -213,7 +214,7 @@ class CoordinateWiseDeepLSTM(StandardDeepLSTM):
         super().__init__(output_size=1, layers=layers, **kwargs)
 
     def rows(self, param_shape):
-        return _num_elements(param_shape)
+        return num_elements(param_shape)
 
     def step(self, weights, gradient, state):
         output, new_state = self.core(weights, tf.reshape(gradient, [-1, 1]), state)
@@ -234,7 +235,7 @@ class KernelDeepLSTM(StandardDeepLSTM):
             raise ValueError(
                 f"kernel_shape must be (height, width), got {kernel_shape!r}."
             )
-        super().__init__(output_size=_num_elements(self.kernel_shape), layers=layers, **kwargs)
+        super().__init__(output_size=num_elements(self.kernel_shape), layers=layers, **kwargs)
 
     def _check_param_shape(self, param_shape):
         if tuple(param_shape[:2]) != self.kernel_shape or len(param_shape) != 4:
@@ -246,7 +247,7 @@ class KernelDeepLSTM(StandardDeepLSTM):
 
     def rows(self, param_shape):
         self._check_param_shape(param_shape)
-        return _num_elements(param_shape[2:])
+        return num_elements(param_shape[2:])
 
     def step(self, weights, gradient, state):
         self._check_param_shape(gradient.shape)
@@ -284,7 +285,7 @@ class Adam(Net):
         self.epsilon = float(epsilon)
 
     def state_shapes(self, param_shape):
-        return ((_num_elements(param_shape), 1),) * 3
+        return ((num_elements(param_shape), 1),) * 3
 
     def step(self, weights, gradient, state):
         t, m, v = state
@@ -306,9 +307,56 @@ class Adam(Net):
         }
 
 
+class RMSprop(Net):
+    """RMSprop (Tieleman and Hinton) as a net: a baseline of the paper, not in the original."""
+
+    def __init__(self, learning_rate=1e-3, decay=0.9, epsilon=1e-8):
+        self.learning_rate = float(learning_rate)
+        self.decay = float(decay)
+        self.epsilon = float(epsilon)
+
+    def state_shapes(self, param_shape):
+        return ((num_elements(param_shape), 1),)
+
+    def step(self, weights, gradient, state):
+        (v,) = state
+        g = tf.reshape(gradient, [-1, 1])
+        v = self.decay * v + (1.0 - self.decay) * tf.square(g)
+        update = -self.learning_rate * g / (tf.sqrt(v) + self.epsilon)
+        return tf.reshape(update, tf.shape(gradient)), (v,)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "decay": self.decay, "epsilon": self.epsilon}
+
+
+class Nag(Net):
+    """Nesterov's accelerated gradient as a net (the paper's NAG baseline).
+
+    In the look-ahead-free form Keras's SGD(nesterov=True) uses: m = mu m - lr g, and the
+    update is mu m - lr g.
+    """
+
+    def __init__(self, learning_rate=1e-3, momentum=0.9):
+        self.learning_rate = float(learning_rate)
+        self.momentum = float(momentum)
+
+    def state_shapes(self, param_shape):
+        return ((num_elements(param_shape), 1),)
+
+    def step(self, weights, gradient, state):
+        (m,) = state
+        g = tf.reshape(gradient, [-1, 1])
+        m = self.momentum * m - self.learning_rate * g
+        update = self.momentum * m - self.learning_rate * g
+        return tf.reshape(update, tf.shape(gradient)), (m,)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "momentum": self.momentum}
+
+
 NETS = {
     cls.__name__: cls
-    for cls in (StandardDeepLSTM, CoordinateWiseDeepLSTM, KernelDeepLSTM, Sgd, Adam)
+    for cls in (StandardDeepLSTM, CoordinateWiseDeepLSTM, KernelDeepLSTM, Sgd, Adam, RMSprop, Nag)
 }
 
 
@@ -424,3 +472,74 @@ def load_net(path):
     """Rebuilds the net saved at `path` with its own options and weights."""
     net_name, net_options, _ = load_weights(path)
     return factory(net_name, net_options, net_path=path)
+
+
+def build_nets(nets):
+    """Normalises `{name: Net or spec}` into `{name: Net}`."""
+    if not isinstance(nets, dict) or not nets:
+        raise ValueError(
+            f"nets must be a non-empty dict of name -> net or spec, got {nets!r}; "
+            "e.g. nets={'cw': {'net': 'CoordinateWiseDeepLSTM'}}."
+        )
+    built = {}
+    for net_name, spec in nets.items():
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(net_name)):
+            raise ValueError(f"Net name {net_name!r} must use only letters, digits, '_' and '-'.")
+        if isinstance(spec, Net):
+            built[net_name] = spec
+        elif isinstance(spec, dict) and "net" in spec:
+            unknown = set(spec) - {"net", "net_options", "net_path"}
+            if unknown:
+                raise ValueError(
+                    f"Net spec for {net_name!r} has unknown keys {sorted(unknown)}: "
+                    "use 'net', 'net_options' and 'net_path'."
+                )
+            built[net_name] = factory(**spec)
+        else:
+            raise ValueError(
+                f"Net {net_name!r} must be a networks.Net or a dict with a 'net' class name, "
+                f"got {spec!r}."
+            )
+    return built
+
+
+def check_assignments(nets, net_assignments):
+    """Validates the original's `net_assignments`: a list of `(net_name, [regex, ...])`.
+
+    Returns it as a list of `(net_name, tuple_of_patterns)`, or `None` for a single net that
+    takes every parameter.
+    """
+    if net_assignments is None:
+        if len(nets) > 1:
+            raise ValueError(
+                f"Several nets {sorted(nets)} need net_assignments: a list of "
+                "(net_name, [variable name regex, ...])."
+            )
+        return None
+    checked = []
+    for net_name, patterns in net_assignments:
+        if net_name not in nets:
+            raise ValueError(
+                f"net_assignments names net {net_name!r}, which is not one of {sorted(nets)}."
+            )
+        patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"Bad pattern {pattern!r} in net_assignments: {error}.") from None
+        checked.append((net_name, patterns))
+    return checked
+
+
+def net_for(variable_name, nets, net_assignments):
+    """The net that updates `variable_name`: the first whose pattern `re.search`es it."""
+    if net_assignments is None:
+        return next(iter(nets))
+    for net_name, patterns in net_assignments:
+        if any(re.search(pattern, variable_name) for pattern in patterns):
+            return net_name
+    raise ValueError(
+        f"Variable {variable_name!r} matches no pattern of net_assignments "
+        f"{net_assignments}: add a pattern for it, e.g. a last catch-all (net_name, ['.*'])."
+    )

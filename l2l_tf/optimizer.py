@@ -53,8 +53,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self.nets = _build_nets(nets)
-        self.net_assignments = _check_assignments(self.nets, net_assignments)
+        self.nets = networks.build_nets(presets.default_nets() if nets is None else nets)
+        self.net_assignments = networks.check_assignments(self.nets, net_assignments)
         self.seed = seed
         self.net_weights = {}
         for net_name, net in self.nets.items():
@@ -100,7 +100,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.variable_nets = []
         self.states = []
         for variable in variables:
-            net_name = self._net_name_for(variable)
+            net_name = networks.net_for(variable.path, self.nets, self.net_assignments)
             slot_prefix = variable.path.replace("/", "_")
             with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable)):
                 state = [
@@ -110,18 +110,6 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             self.variable_nets.append(net_name)
             self.states.append(state)
         self._assign_pending_values()
-
-    def _net_name_for(self, variable):
-        if self.net_assignments is None:
-            return next(iter(self.nets))
-        for net_name, patterns in self.net_assignments:
-            if any(re.search(pattern, variable.path) for pattern in patterns):
-                return net_name
-        raise ValueError(
-            f"Model variable {variable.path!r} matches no pattern of net_assignments "
-            f"{self.net_assignments}: add a pattern for it, e.g. a last catch-all "
-            "(net_name, ['.*'])."
-        )
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
@@ -229,64 +217,6 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 "not loaded."
             )
             self._pending_values = {}
-
-
-def _build_nets(nets):
-    if nets is None:
-        return presets.default_nets()
-    if not isinstance(nets, dict) or not nets:
-        raise ValueError(
-            f"nets must be a non-empty dict of name -> net or spec, got {nets!r}; "
-            "e.g. nets={'cw': {'net': 'CoordinateWiseDeepLSTM'}}."
-        )
-    built = {}
-    for net_name, spec in nets.items():
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(net_name)):
-            raise ValueError(
-                f"Net name {net_name!r} must use only letters, digits, '_' and '-'."
-            )
-        if isinstance(spec, networks.Net):
-            built[net_name] = spec
-        elif isinstance(spec, dict) and "net" in spec:
-            unknown = set(spec) - {"net", "net_options", "net_path"}
-            if unknown:
-                raise ValueError(
-                    f"Net spec for {net_name!r} has unknown keys {sorted(unknown)}: "
-                    "use 'net', 'net_options' and 'net_path'."
-                )
-            built[net_name] = networks.factory(**spec)
-        else:
-            raise ValueError(
-                f"Net {net_name!r} must be a networks.Net or a dict with a 'net' class name, "
-                f"got {spec!r}."
-            )
-    return built
-
-
-def _check_assignments(nets, net_assignments):
-    if net_assignments is None:
-        if len(nets) > 1:
-            raise ValueError(
-                f"Several nets {sorted(nets)} need net_assignments: a list of "
-                "(net_name, [variable path regex, ...])."
-            )
-        return None
-    checked = []
-    for entry in net_assignments:
-        net_name, patterns = entry
-        if net_name not in nets:
-            raise ValueError(
-                f"net_assignments names net {net_name!r}, which is not one of {sorted(nets)}."
-            )
-        if isinstance(patterns, str):
-            patterns = [patterns]
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise ValueError(f"Bad pattern {pattern!r} in net_assignments: {error}.") from None
-        checked.append((net_name, tuple(patterns)))
-    return checked
 
 
 def _tf_variable(variable):

@@ -2,6 +2,7 @@ import json
 import os
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -226,3 +227,34 @@ def test_corrupt_missing_and_foreign_files_give_clear_errors(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(ValueError, match="corrupt"):
         networks.load_weights(str(truncated))
+
+
+@pytest.mark.parametrize("name, keras_optimizer, options", [
+    ("Sgd", lambda: keras.optimizers.SGD(0.1), {"learning_rate": 0.1}),
+    ("Adam", lambda: keras.optimizers.Adam(0.01, epsilon=1e-8), {"learning_rate": 0.01}),
+    ("Nag", lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+     {"learning_rate": 0.05, "momentum": 0.9}),
+])
+def test_fixed_rule_nets_match_keras_optimizers(name, keras_optimizer, options):
+    net = networks.factory(name, options)
+    rng = np.random.default_rng(0)
+    variable = keras.Variable(rng.normal(size=(3, 2)).astype(np.float32))
+    param = tf.constant(variable.numpy())
+    state = net.initial_state(param.shape)
+    opt = keras_optimizer()
+    for _ in range(5):
+        g = tf.constant(rng.normal(size=(3, 2)).astype(np.float32))
+        opt.apply_gradients([(g, variable)])
+        update, state = net.step({}, g, state)
+        param = param + update
+    np.testing.assert_allclose(variable.numpy(), param.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_rmsprop_net_follows_its_formula():
+    net = networks.RMSprop(learning_rate=0.01, decay=0.9, epsilon=1e-8)
+    state = net.initial_state((2,))
+    v = np.zeros(2)
+    for g in ([0.5, -1.0], [0.1, 2.0]):
+        update, state = net.step({}, tf.constant(g), state)
+        v = 0.9 * v + 0.1 * np.square(g)
+        np.testing.assert_allclose(update, -0.01 * np.array(g) / (np.sqrt(v) + 1e-8), rtol=1e-5)

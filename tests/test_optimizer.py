@@ -181,7 +181,7 @@ def test_unassigned_variable_and_bad_assignments_fail_clearly():
     model = sequential_model()
     opt = l2l_tf.LearnedOptimizer(nets={"a": networks.Sgd(), "b": networks.Sgd()},
                                   net_assignments=[("a", ["kernel"])])
-    with pytest.raises(ValueError, match=r"dense_\d+/bias' matches no pattern"):
+    with pytest.raises(ValueError, match=r"dense_\d+/bias. matches no pattern"):
         opt.build(model.trainable_variables)
     with pytest.raises(ValueError, match="need net_assignments"):
         l2l_tf.LearnedOptimizer(nets={"a": networks.Sgd(), "b": networks.Sgd()})

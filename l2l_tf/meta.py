@@ -1,0 +1,201 @@
+"""Meta-training: learning the nets' weights by unrolling the optimizee (paper, sec. 2).
+
+TF2 counterpart of the original `meta.py`. The optimizee's parameters are plain tensors; one
+unroll is a `tf.function` that runs `unroll_length` optimizee steps under a `tf.GradientTape`
+over the nets' weights. Each step takes the optimizee gradient (under `tf.stop_gradient`
+unless `second_derivatives`), runs the net's pure `step` (the same function
+`LearnedOptimizer.update_step` calls) and adds the update. Between unrolls the parameters and
+net states carry over with the gradient cut (truncated backpropagation through time).
+
+Meta-loss (eq. 3): L(phi) = sum_{t=1..T} w_t f(theta_t), with w_t = 1 by default. The original
+also summed the t = 0 term f(theta_0), which has no gradient; it is left out here, so the
+meta-gradient is the same and the reported meta-loss is the paper's.
+"""
+
+import os
+import re
+
+import keras
+import tensorflow as tf
+
+from l2l_tf import networks, presets
+
+
+class MetaOptimizer:
+    """Holds the nets and their weights, and trains them on problems.
+
+    `MetaOptimizer(**nets)` takes nets by name, as `networks.Net` objects or specs
+    `{"net": class name, "net_options": {...}, "net_path": file}`; with none, the original's
+    default coordinatewise LSTM. `seed` seeds the weights of nets not loaded from files.
+    """
+
+    def __init__(self, seed=None, **nets):
+        self.nets = networks.build_nets(nets or presets.default_nets())
+        self.weights = {
+            net_name: tf.nest.map_structure(
+                lambda value: tf.Variable(value, name="net_weight"), net.initial_weights(seed)
+            )
+            for net_name, net in self.nets.items()
+        }
+        self.meta_optimizer = None
+
+    def trainable_weights(self, net_names=None):
+        """The weight variables of `net_names` (default all nets), in a fixed order."""
+        names = self.nets if net_names is None else net_names
+        return [v for name in names for v in tf.nest.flatten(self.weights[name])]
+
+    def meta_loss(self, problem, unroll_length, net_assignments=None, second_derivatives=False,
+                  loss_weights=None, seed=0, jit_compile=False):
+        """An evaluation run of `problem`: `reset()`, then `unroll()` repeatedly."""
+        return MetaLoss(self, problem, unroll_length, net_assignments, second_derivatives,
+                        loss_weights, seed, jit_compile)
+
+    def meta_minimize(self, problem, unroll_length, learning_rate=0.01, net_assignments=None,
+                      second_derivatives=False, loss_weights=None, seed=0, jit_compile=False):
+        """A training run: like `meta_loss`, and `step()` also takes an Adam step on the nets.
+
+        The meta-optimizer is a Keras Adam (epsilon 1e-8 as TF1's) shared by every run made
+        from this `MetaOptimizer`, so its slots survive resets.
+        """
+        if self.meta_optimizer is None:
+            self.meta_optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
+            self.meta_optimizer.build(self.trainable_weights())
+        return self.meta_loss(problem, unroll_length, net_assignments, second_derivatives,
+                              loss_weights, seed, jit_compile)
+
+    def save(self, path):
+        """Writes one file per net, `<path>/<net_name>.npz`, loadable by `LearnedOptimizer`."""
+        os.makedirs(path, exist_ok=True)
+        for net_name, net in self.nets.items():
+            networks.save_weights(os.path.join(path, f"{net_name}.npz"), net,
+                                  self.weights[net_name])
+
+
+def assign_params(nets, param_names, net_assignments):
+    """Maps each net to the indices of the parameters it updates, in parameter order."""
+    net_assignments = networks.check_assignments(nets, net_assignments)
+    assignment = {}
+    for index, param_name in enumerate(param_names):
+        assignment.setdefault(networks.net_for(param_name, nets, net_assignments), []).append(index)
+    return assignment
+
+
+class MetaLoss:
+    """One optimizee run of a problem under the nets: parameters, constants and net states.
+
+    `reset()` re-samples the parameters and the problem's constants and zeroes the states;
+    `unroll()` runs `unroll_length` steps and carries everything to the next unroll;
+    `step()` does the same and takes a meta-optimizer step on the nets from that unroll.
+    Both return `(meta_loss, losses)` where `losses[t]` is f(theta_t), t = 0..unroll_length.
+    """
+
+    def __init__(self, meta, problem, unroll_length, net_assignments, second_derivatives,
+                 loss_weights, seed, jit_compile):
+        if int(unroll_length) != unroll_length or unroll_length < 1:
+            raise ValueError(f"unroll_length must be a positive integer, got {unroll_length!r}.")
+        self.meta = meta
+        self.problem = problem
+        self.unroll_length = int(unroll_length)
+        self.second_derivatives = second_derivatives
+        weights = [1.0] * self.unroll_length if loss_weights is None else list(loss_weights)
+        if len(weights) != self.unroll_length:
+            raise ValueError(
+                f"loss_weights has {len(weights)} entries; it needs one per step of the "
+                f"unroll ({self.unroll_length})."
+            )
+        self.loss_weights = tf.constant(weights, tf.float32)
+        self.assignment = assign_params(meta.nets, problem.param_names, net_assignments)
+        self.rng = tf.random.Generator.from_seed(seed)
+        self.x = [tf.Variable(tf.zeros(p.shape), trainable=False, name="x") for p in problem.params]
+        self.constants = {
+            name: tf.Variable(value, trainable=False, name="constant")
+            for name, value in problem.sample_constants(self.rng).items()
+        }
+        self.states = {
+            net_name: tf.nest.map_structure(
+                lambda s: tf.Variable(s, trainable=False, name="state"), self._initial_state(net_name)
+            )
+            for net_name in self.assignment
+        }
+        self.trained_weights = meta.trainable_weights(list(self.assignment))
+        self._unroll = tf.function(self._run_unroll, jit_compile=jit_compile)
+        self._reset = tf.function(self._run_reset)
+        self.reset()
+
+    def _initial_state(self, net_name):
+        """Elementwise nets step all their parameters as one flat vector; others one by one."""
+        net = self.meta.nets[net_name]
+        shapes = [self.problem.params[i].shape for i in self.assignment[net_name]]
+        if net.elementwise:
+            total = sum(networks.num_elements(s) for s in shapes)
+            return net.initial_state((total,))
+        return [net.initial_state(s) for s in shapes]
+
+    def _run_reset(self):
+        for variable, value in zip(self.x, self.problem.init_params(self.rng)):
+            variable.assign(value)
+        for name, value in self.problem.sample_constants(self.rng).items():
+            self.constants[name].assign(value)
+        for net_name in self.assignment:
+            tf.nest.map_structure(lambda v, s: v.assign(s), self.states[net_name],
+                                  self._initial_state(net_name))
+
+    def reset(self):
+        self._reset()
+
+    def updates(self, gradients, states):
+        """The nets' updates for all parameters: `(updates, new_states)`."""
+        updates = [None] * len(gradients)
+        new_states = {}
+        for net_name, indices in self.assignment.items():
+            net, weights = self.meta.nets[net_name], self.meta.weights[net_name]
+            if net.elementwise:
+                flat = tf.concat([tf.reshape(gradients[i], [-1]) for i in indices], 0)
+                flat_update, new_states[net_name] = net.step(weights, flat, states[net_name])
+                sizes = [networks.num_elements(self.problem.params[i].shape) for i in indices]
+                for i, part in zip(indices, tf.split(flat_update, sizes)):
+                    updates[i] = tf.reshape(part, self.problem.params[i].shape)
+            else:
+                new_states[net_name] = []
+                for i, state in zip(indices, states[net_name]):
+                    updates[i], new_state = net.step(weights, gradients[i], state)
+                    new_states[net_name].append(new_state)
+        return updates, new_states
+
+    def _run_unroll(self, train):
+        x = [v.read_value() for v in self.x]
+        constants = {k: v.read_value() for k, v in self.constants.items()}
+        states = tf.nest.map_structure(lambda v: v.read_value(), self.states)
+        losses = []
+        with tf.GradientTape(watch_accessed_variables=False) as meta_tape:
+            meta_tape.watch(self.trained_weights)
+            for _ in range(self.unroll_length):
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(x)
+                    loss = self.problem.loss(x, constants, self.rng)
+                gradients = tape.gradient(loss, x)
+                if not self.second_derivatives:
+                    gradients = [tf.stop_gradient(g) for g in gradients]
+                losses.append(loss)
+                updates, states = self.updates(gradients, states)
+                x = [xi + ui for xi, ui in zip(x, updates)]
+            losses.append(self.problem.loss(x, constants, self.rng))
+            meta_loss = tf.reduce_sum(self.loss_weights * tf.stack(losses[1:]))
+        if train:
+            meta_gradients = meta_tape.gradient(meta_loss, self.trained_weights)
+            self.meta.meta_optimizer.apply_gradients(zip(meta_gradients, self.trained_weights))
+        for variable, value in zip(self.x, x):
+            variable.assign(value)
+        tf.nest.map_structure(lambda v, s: v.assign(s), self.states, states)
+        return meta_loss, tf.stack(losses)
+
+    def unroll(self):
+        """Runs one unroll with the nets as they are (evaluation)."""
+        return self._unroll(train=False)
+
+    def step(self):
+        """Runs one unroll and takes one meta-optimizer step on the nets it used."""
+        if self.meta.meta_optimizer is None:
+            raise ValueError("step() needs a meta-optimizer: make this run with meta_minimize.")
+        return self._unroll(train=True)
+

@@ -1,0 +1,303 @@
+"""Optimizees: the functions a learned optimizer is trained and evaluated on.
+
+The original's problems were loss builders whose TF1 variables were intercepted and replaced by
+tensors. Here a `Problem` says it outright: named parameter shapes with their initialisers,
+constants re-sampled at every reset (a new quadratic each epoch), and a pure loss of parameter
+tensors. All sampling uses the caller's `tf.random.Generator`, so runs are reproducible and the
+generator's state can be checkpointed.
+"""
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One optimizee parameter: its name (matched by `net_assignments`), shape, initialiser."""
+
+    name: str
+    shape: tuple
+    initializer: Callable  # (rng, shape) -> float32 tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A differentiable loss of a list of parameter tensors.
+
+    `constants` maps names to samplers `rng -> tensor`, called at every reset. `loss(params,
+    constants, rng)` returns a scalar; it may draw from `rng` (a fresh minibatch each step).
+    """
+
+    name: str
+    params: tuple
+    loss: Callable
+    constants: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def param_names(self):
+        return [p.name for p in self.params]
+
+    def init_params(self, rng):
+        return [p.initializer(rng, p.shape) for p in self.params]
+
+    def sample_constants(self, rng):
+        return {name: sampler(rng) for name, sampler in self.constants.items()}
+
+
+def constant_initializer(value):
+    return lambda rng, shape: tf.fill(shape, tf.constant(value, tf.float32))
+
+
+def normal_initializer(stddev):
+    return lambda rng, shape: rng.normal(shape, stddev=stddev, dtype=tf.float32)
+
+
+def simple():
+    """A scalar x, init 1, loss x^2: the original's test problem."""
+    return Problem(
+        name="simple",
+        params=(Param("x", (), constant_initializer(1.0)),),
+        loss=lambda params, constants, rng: tf.square(params[0]),
+    )
+
+
+def simple_multi_optimizer(num_dims=2):
+    """Scalars x_0..x_{n-1}, init 1, loss sum x_i^2 (for several nets at once)."""
+    return Problem(
+        name="simple_multi_optimizer",
+        params=tuple(Param(f"x_{i}", (), constant_initializer(1.0)) for i in range(num_dims)),
+        loss=lambda params, constants, rng: tf.add_n([tf.square(x) for x in params]),
+    )
+
+
+def quadratic(batch_size=128, num_dims=10, stddev=0.01, distribution="uniform"):
+    """Mean over a batch of ||W x - y||^2 with W, y re-sampled at every reset.
+
+    `distribution="uniform"` draws W and y from U[0, 1) as the original code does;
+    `"normal"` draws them from N(0, 1) as the paper describes.
+    """
+    if distribution not in ("uniform", "normal"):
+        raise ValueError(f"distribution must be 'uniform' or 'normal', got {distribution!r}.")
+
+    def sampler(shape):
+        if distribution == "uniform":
+            return lambda rng: rng.uniform(shape, dtype=tf.float32)
+        return lambda rng: rng.normal(shape, dtype=tf.float32)
+
+    def loss(params, constants, rng):
+        product = tf.squeeze(tf.matmul(constants["w"], params[0][:, :, None]), -1)
+        return tf.reduce_mean(tf.reduce_sum(tf.square(product - constants["y"]), 1))
+
+    return Problem(
+        name="quadratic",
+        params=(Param("x", (batch_size, num_dims), normal_initializer(stddev)),),
+        loss=loss,
+        constants={
+            "w": sampler((batch_size, num_dims, num_dims)),
+            "y": sampler((batch_size, num_dims)),
+        },
+    )
+
+
+def ensemble(problems, weights=None):
+    """A weighted sum of several problems; their parameters are prefixed `problem_i/`."""
+    weights = [1.0] * len(problems) if weights is None else list(weights)
+    if len(weights) != len(problems):
+        raise ValueError(f"ensemble got {len(problems)} problems but {len(weights)} weights.")
+    params, slices, constants = [], [], {}
+    for i, problem in enumerate(problems):
+        start = len(params)
+        params += [dataclasses.replace(p, name=f"problem_{i}/{p.name}") for p in problem.params]
+        slices.append(slice(start, len(params)))
+        constants.update({f"problem_{i}/{k}": v for k, v in problem.constants.items()})
+
+    def loss(all_params, all_constants, rng):
+        total = 0.0
+        for i, (problem, weight, part) in enumerate(zip(problems, weights, slices)):
+            prefix = f"problem_{i}/"
+            own = {k[len(prefix):]: v for k, v in all_constants.items() if k.startswith(prefix)}
+            total += weight * problem.loss(all_params[part], own, rng)
+        return total
+
+    return Problem(name="ensemble", params=tuple(params), loss=loss, constants=constants)
+
+
+_ACTIVATIONS = {"sigmoid": tf.sigmoid, "relu": tf.nn.relu, "tanh": tf.tanh, "elu": tf.nn.elu}
+
+
+def _activation(name):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"Unknown activation {name!r}: use one of {sorted(_ACTIVATIONS)}.")
+    return _ACTIVATIONS[name]
+
+
+def _check_mode(mode):
+    if mode not in ("train", "test"):
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}.")
+
+
+def load_tfds(name, mode, data_dir=None):
+    """All images and labels of a TFDS split as NumPy arrays (uint8, int32), offline.
+
+    Reads from `data_dir` or the `TFDS_DATA_DIR` environment variable and never downloads: a
+    missing dataset is an error that says where it was looked for.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        images, labels = tfds.as_numpy(
+            tfds.load(name, split=mode, batch_size=-1, as_supervised=True, data_dir=data_dir,
+                      download=False)
+        )
+    except (tfds.core.registered.DatasetNotFoundError, AssertionError, OSError) as error:
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} ({mode}) is not prepared in "
+            f"{data_dir or 'TFDS_DATA_DIR'}: set TFDS_DATA_DIR to a prepared data dir "
+            f"({type(error).__name__}: {str(error).splitlines()[0]})."
+        ) from None
+    return images, labels.astype(np.int32)
+
+
+def _sample_batch(images, labels, batch_size, rng):
+    """A fresh minibatch drawn with replacement, as in the original."""
+    indices = rng.uniform([batch_size], 0, tf.shape(labels, out_type=tf.int64)[0], dtype=tf.int64)
+    batch_images = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
+    return batch_images, tf.gather(labels, indices)
+
+
+def _data_variables(images, labels):
+    # Variables, not constants: a 47 MB constant would be copied into every traced graph.
+    return (tf.Variable(images, trainable=False, name="images"),
+            tf.Variable(labels, trainable=False, name="labels"))
+
+
+def _mlp_params(input_size, layers, num_classes, stddev=0.01):
+    sizes = [input_size] + list(layers) + [num_classes]
+    params = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        params += [
+            Param(f"mlp/linear_{i}/w", (fan_in, fan_out), normal_initializer(stddev)),
+            Param(f"mlp/linear_{i}/b", (fan_out,), normal_initializer(stddev)),
+        ]
+    return tuple(params)
+
+
+def _mlp_logits(params, inputs, activation):
+    hidden = inputs
+    num_layers = len(params) // 2
+    for i in range(num_layers):
+        hidden = tf.matmul(hidden, params[2 * i]) + params[2 * i + 1]
+        if i < num_layers - 1:
+            hidden = activation(hidden)
+    return hidden
+
+
+def _cross_entropy(logits, labels):
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    )
+
+
+def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data_dir=None):
+    """An MLP 784 -> layers -> 10 on MNIST, mean softmax cross-entropy, fresh batch per step.
+
+    Weights and biases start from N(0, 0.01^2) as in the original; pixels are scaled to
+    [0, 1]. `mode="train"` samples the train split (meta-training), `"test"` the test split.
+    """
+    _check_mode(mode)
+    act = _activation(activation)
+    images, labels = load_tfds("mnist", mode, data_dir)
+    images, labels = _data_variables(images.reshape(len(images), -1), labels)
+
+    def loss(params, constants, rng):
+        batch_images, batch_labels = _sample_batch(images, labels, batch_size, rng)
+        return _cross_entropy(_mlp_logits(params, batch_images, act), batch_labels)
+
+    return Problem(name="mnist", params=_mlp_params(784, layers, 10), loss=loss)
+
+
+def _batch_norm(x, axes):
+    """Batch norm with batch statistics and no learned scale or offset (the original's use)."""
+    mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + 1e-3)
+
+
+def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_norm=True, batch_size=128,
+            mode="train", data_dir=None):
+    """The paper's CIFAR-10 net: per layer a 5x5 SAME conv, batch norm, ReLU and 2x2 max-pool,
+    then an MLP with batch norm and ReLU, 10 outputs.
+
+    Batch norm normalises with the batch's statistics (training mode, as in the original's
+    meta-training) and its offset is the layer's bias. Conv kernels are named `conv_i/w` so
+    `net_assignments` can give them to a `KernelDeepLSTM`.
+    """
+    _check_mode(mode)
+    images, labels = load_tfds("cifar10", mode, data_dir)
+    images, labels = _data_variables(images, labels)
+    params = []
+    channels = 3
+    for i, out in enumerate(conv_channels):
+        params += [Param(f"conv_{i}/w", (5, 5, channels, out), normal_initializer(0.01)),
+                   Param(f"conv_{i}/b", (out,), normal_initializer(0.01))]
+        channels = out
+    flat = 32 // 2 ** len(conv_channels)
+    params += list(_mlp_params(flat * flat * channels, linear_layers, 10))
+    num_conv = len(conv_channels)
+
+    def loss(params, constants, rng):
+        x, y = _sample_batch(images, labels, batch_size, rng)
+        for i in range(num_conv):
+            x = tf.nn.conv2d(x, params[2 * i], strides=1, padding="SAME")
+            x = (_batch_norm(x, [0, 1, 2]) if batch_norm else x) + params[2 * i + 1]
+            x = tf.nn.max_pool2d(tf.nn.relu(x), 2, 2, padding="SAME")
+        x = tf.reshape(x, [batch_size, -1])
+        mlp = params[2 * num_conv:]
+        for i in range(len(mlp) // 2):
+            x = tf.matmul(x, mlp[2 * i])
+            if i < len(mlp) // 2 - 1:
+                x = tf.nn.relu((_batch_norm(x, [0]) if batch_norm else x) + mlp[2 * i + 1])
+            else:
+                x = x + mlp[2 * i + 1]
+        return _cross_entropy(x, y)
+
+    return Problem(name="cifar10", params=tuple(params), loss=loss)
+
+
+def keras_model(model, x, y, loss, batch_size=128, initializer="model"):
+    """Turns a built Keras model, in-memory data and a Keras loss into a problem.
+
+    The model runs on given tensors through Keras 3's `stateless_call`, so its weights can be
+    the meta-trainer's tensors. `initializer="model"` starts every epoch from the model's
+    current weights; `"normal"` from N(0, 0.01^2) like the original problems. Parameters are
+    named by the variables' paths, for `net_assignments`. Non-trainable variables (batch norm
+    statistics) are held at their current values.
+    """
+    if not model.built:
+        raise ValueError("keras_model needs a built model: call it once or build it first.")
+    if initializer not in ("model", "normal"):
+        raise ValueError(f"initializer must be 'model' or 'normal', got {initializer!r}.")
+    loss_fn = tf.keras.losses.get(loss)
+    data_x, data_y = (tf.Variable(np.asarray(a), trainable=False) for a in (x, y))
+    frozen = [tf.constant(v.numpy()) for v in model.non_trainable_variables]
+
+    def init_from(variable):
+        if initializer == "normal":
+            return normal_initializer(0.01)
+        value = tf.constant(variable.numpy(), tf.float32)
+        return lambda rng, shape: value
+
+    params = tuple(
+        Param(v.path, tuple(v.shape), init_from(v)) for v in model.trainable_variables
+    )
+
+    def problem_loss(params, constants, rng):
+        indices = rng.uniform([batch_size], 0, tf.shape(data_y, out_type=tf.int64)[0],
+                              dtype=tf.int64)
+        batch_x, batch_y = tf.gather(data_x, indices), tf.gather(data_y, indices)
+        outputs, _ = model.stateless_call(list(params), frozen, batch_x, training=True)
+        return tf.reduce_mean(loss_fn(batch_y, outputs))
+
+    return Problem(name=f"keras_model:{model.name}", params=params, loss=problem_loss)

@@ -1,0 +1,151 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import l2l_tf
+from l2l_tf import meta, networks, problems
+
+
+def linear_zero_net():
+    """The original test's net: no hidden layers, zero init, no preprocessing, scale 1."""
+    return networks.CoordinateWiseDeepLSTM(layers=(), initializer="zeros")
+
+
+def test_regression_target_of_the_original():
+    optimizer = meta.MetaOptimizer(net=linear_zero_net())
+    run = optimizer.meta_minimize(problems.simple(), 5, learning_rate=0.01)
+    run.reset()
+    _, losses = run.step()
+    np.testing.assert_allclose(losses.numpy(), 1.0)  # zero net: x stays 1 in the first unroll
+    linear = optimizer.weights["net"]["linear"]
+    np.testing.assert_allclose([linear["w"].numpy()[0, 0], linear["b"].numpy()[0]], -0.01, atol=1e-6)
+    _, losses = run.step()
+    np.testing.assert_allclose(losses[-1].numpy(), 0.7325327, atol=1e-4)
+    np.testing.assert_allclose(run.x[0].numpy(), 0.8559, atol=1e-4)
+
+
+def test_meta_loss_sums_steps_one_to_t_with_weights():
+    optimizer = meta.MetaOptimizer(net=networks.CoordinateWiseDeepLSTM(
+        layers=(), initializer={"w": [[-0.1]], "b": [0.0]}))
+    run = optimizer.meta_loss(problems.simple(), 3, loss_weights=[1.0, 0.0, 2.0])
+    meta_loss, losses = run.unroll()
+    x = [1.0]
+    for _ in range(3):
+        x.append(x[-1] - 0.1 * 2 * x[-1])
+    np.testing.assert_allclose(losses.numpy(), np.square(x), rtol=1e-6)
+    np.testing.assert_allclose(meta_loss.numpy(), x[1] ** 2 + 2 * x[3] ** 2, rtol=1e-6)
+
+
+def test_unrolls_carry_parameters_and_reset_resamples():
+    optimizer = meta.MetaOptimizer(seed=0)
+    run = optimizer.meta_loss(problems.quadratic(batch_size=4, num_dims=3), 5, seed=7)
+    w0 = run.constants["w"].numpy()
+    _, first = run.unroll()
+    _, second = run.unroll()
+    # The second unroll starts where the first ended (same constants, same parameters).
+    np.testing.assert_allclose(second[0].numpy(), first[-1].numpy(), rtol=1e-6)
+    assert np.any(run.states["coordinatewise"][0].numpy() != 0)
+    run.reset()
+    assert not np.array_equal(run.constants["w"].numpy(), w0)
+    assert all(np.all(s.numpy() == 0) for s in run.states["coordinatewise"])
+
+
+def meta_gradient_of_one_unroll(second_derivatives):
+    """Read from the change an SGD(lr=1) meta-step makes: w_before - w_after."""
+    optimizer = meta.MetaOptimizer(net=networks.CoordinateWiseDeepLSTM(
+        layers=(), initializer={"w": [[-0.1]], "b": [0.0]}))
+    optimizer.meta_optimizer = keras.optimizers.SGD(learning_rate=1.0)
+    run = optimizer.meta_minimize(problems.simple(), 2, second_derivatives=second_derivatives)
+    w = optimizer.weights["net"]["linear"]["w"]
+    before = w.numpy()[0, 0]
+    run.step()
+    return before - w.numpy()[0, 0]
+
+
+@pytest.mark.parametrize("second_derivatives", [False, True])
+def test_first_order_cuts_second_derivatives_and_the_flag_restores_them(second_derivatives):
+    w = tf.Variable(-0.1)
+    with tf.GradientTape() as tape:
+        x1 = 1.0 + w * 2.0  # x0 = 1, gradient 2 x0
+        g1 = 2 * x1 if second_derivatives else tf.stop_gradient(2 * x1)
+        x2 = x1 + w * g1
+        meta_loss = x1**2 + x2**2
+    expected = tape.gradient(meta_loss, w).numpy()
+    np.testing.assert_allclose(meta_gradient_of_one_unroll(second_derivatives), expected, rtol=1e-5)
+
+
+def test_second_derivatives_change_the_meta_gradient():
+    assert not np.isclose(meta_gradient_of_one_unroll(False), meta_gradient_of_one_unroll(True))
+
+
+def test_net_assignments_give_each_net_its_parameters():
+    """The original's simple-multi config: an LSTM on x_0, a fixed Adam(0.1) on x_1."""
+    optimizer = meta.MetaOptimizer(
+        cw=networks.CoordinateWiseDeepLSTM(layers=(), initializer="zeros"),
+        adam=networks.Adam(learning_rate=0.1),
+    )
+    run = optimizer.meta_minimize(problems.simple_multi_optimizer(), 5, learning_rate=0.01,
+                                  net_assignments=[("cw", ["x_0"]), ("adam", ["x_1"])])
+    assert run.assignment == {"cw": [0], "adam": [1]}
+    run.step()
+    np.testing.assert_allclose(run.x[0].numpy(), 1.0)  # zero net, before its first meta-step
+    adam, x, state = networks.Adam(learning_rate=0.1), tf.constant(1.0), None
+    state = adam.initial_state(())
+    for _ in range(5):
+        update, state = adam.step({}, 2 * x, state)
+        x = x + update
+    np.testing.assert_allclose(run.x[1].numpy(), x.numpy(), rtol=1e-6)
+    assert len(optimizer.trainable_weights(["adam"])) == 0
+    with pytest.raises(ValueError, match="'x_1' matches no pattern"):
+        optimizer.meta_loss(problems.simple_multi_optimizer(), 5, net_assignments=[("cw", ["x_0"])])
+
+
+def evaluate_final_loss(optimizer, problem, seed, epochs=4):
+    run = optimizer.meta_loss(problem, 20, seed=seed)
+    finals = []
+    for _ in range(epochs):
+        run.reset()
+        for _ in range(5):
+            _, losses = run.unroll()
+        finals.append(losses[-1].numpy())
+    return float(np.mean(finals))
+
+
+def test_short_quadratic_meta_training_beats_the_untrained_net_and_keras_agrees(tmp_path):
+    problem = problems.quadratic(batch_size=32)
+    optimizer = meta.MetaOptimizer(seed=0, cw=networks.CoordinateWiseDeepLSTM(layers=(20, 20)))
+    untrained = evaluate_final_loss(optimizer, problem, seed=100)
+    training = optimizer.meta_minimize(problem, 20, learning_rate=0.01, seed=1)
+    for _ in range(15):
+        training.reset()
+        for _ in range(5):
+            training.step()
+    trained = evaluate_final_loss(optimizer, problem, seed=100)
+    assert trained < 0.1 * untrained, (trained, untrained)
+    assert trained < 5.0, trained
+
+    # The same weights through LearnedOptimizer give the meta-trainer's evaluation losses.
+    optimizer.save(str(tmp_path))
+    keras_optimizer = l2l_tf.LearnedOptimizer.from_pretrained(str(tmp_path))
+    run = optimizer.meta_loss(problem, 20, seed=5)
+    x = keras.Variable(run.x[0].numpy())
+    constants = {k: v.read_value() for k, v in run.constants.items()}
+    meta_losses = np.concatenate([run.unroll()[1].numpy()[:-1] for _ in range(5)])
+    keras_losses = []
+    for _ in range(100):
+        with tf.GradientTape() as tape:
+            loss = problem.loss([x.value], constants, None)
+        keras_optimizer.apply_gradients([(tape.gradient(loss, x.value), x)])
+        keras_losses.append(loss.numpy())
+    np.testing.assert_allclose(keras_losses, meta_losses, rtol=2e-4)
+
+
+def test_bad_arguments_fail_clearly():
+    optimizer = meta.MetaOptimizer()
+    with pytest.raises(ValueError, match="unroll_length must be a positive integer"):
+        optimizer.meta_loss(problems.simple(), 0)
+    with pytest.raises(ValueError, match="one per step"):
+        optimizer.meta_loss(problems.simple(), 3, loss_weights=[1.0])
+    with pytest.raises(ValueError, match="needs a meta-optimizer"):
+        optimizer.meta_loss(problems.simple(), 3).step()
