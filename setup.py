@@ -21,6 +21,9 @@ setup(
         # tensorflow-datasets 4.9.10 imports it without declaring it.
         "importlib_resources",
         "absl-py",
+        # tf.summary needs it for the TensorBoard summaries of meta-training; TF 2.21 no
+        # longer installs it.
+        "tensorboard==2.21.*",
         "numpy",
     ],
     extras_require={"test": ["pytest"]},

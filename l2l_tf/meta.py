@@ -16,6 +16,7 @@ import os
 import re
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from l2l_tf import networks, presets
@@ -199,3 +200,16 @@ class MetaLoss:
             raise ValueError("step() needs a meta-optimizer: make this run with meta_minimize.")
         return self._unroll(train=True)
 
+
+def run_epoch(run, num_unrolls, train):
+    """The original's epoch: `reset()`, then `num_unrolls` unrolls (with meta-steps if `train`).
+
+    Returns the losses f(theta_t) for t = 0..num_unrolls * unroll_length.
+    """
+    run.reset()
+    curve = []
+    for _ in range(num_unrolls):
+        _, losses = run.step() if train else run.unroll()
+        curve.append(losses.numpy()[:-1])
+    curve.append(losses.numpy()[-1:])
+    return np.concatenate(curve)

@@ -1,26 +1,41 @@
-"""Named sets of constants for the coordinatewise LSTM.
+"""Named configurations: constants of the paper vs the original code, and per-problem set-ups.
 
-The paper and the original code disagree on the preprocessing k and the output scale; both
-are shipped under names so a run says which one it used.
+The paper and the original code disagree on the preprocessing k and the output scale (and on
+how the quadratic's W and y are drawn); both are shipped under names so that a run says which
+one it used. `get_config` is the original's `util.get_config`.
 """
 
-from l2l_tf import networks
+import os
+
+from l2l_tf import networks, problems
 
 PRESETS = {
-    # The original code (networks.py defaults used by meta.MetaOptimizer and util.get_config).
-    "original": {"preprocess_options": {"k": 5}, "scale": 0.01},
-    # The paper (Appendix A: p = 10; output scaled by 0.1).
-    "paper": {"preprocess_options": {"k": 10}, "scale": 0.1},
+    # The original code: networks' LogAndSign k = 5, output scale 0.01, uniform quadratics.
+    "original": {"k": 5, "scale": 0.01, "quadratic_distribution": "uniform"},
+    # The paper: p = 10, output scale 0.1 (Appendix A), Gaussian quadratics (sec. 3.1).
+    "paper": {"k": 10, "scale": 0.1, "quadratic_distribution": "normal"},
 }
 
 DEFAULT_NET_NAME = "coordinatewise"
 
+PROBLEMS = ("simple", "simple-multi", "quadratic", "mnist", "cifar", "cifar-multi")
+
+
+def _check_preset(preset):
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}: use one of {sorted(PRESETS)}.")
+    return PRESETS[preset]
+
 
 def coordinatewise_net_options(preset="original", layers=(20, 20)):
     """Options of the default coordinatewise LSTM (2 x 20 units, LogAndSign) for a preset."""
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}: use one of {sorted(PRESETS)}.")
-    return {"layers": tuple(layers), "preprocess_name": "LogAndSign", **PRESETS[preset]}
+    constants = _check_preset(preset)
+    return {
+        "layers": tuple(layers),
+        "preprocess_name": "LogAndSign",
+        "preprocess_options": {"k": constants["k"]},
+        "scale": constants["scale"],
+    }
 
 
 def default_nets(preset="original"):
@@ -28,3 +43,45 @@ def default_nets(preset="original"):
     return {
         DEFAULT_NET_NAME: networks.CoordinateWiseDeepLSTM(**coordinatewise_net_options(preset))
     }
+
+
+def _net_spec(net_name, path, net_options, net="CoordinateWiseDeepLSTM"):
+    spec = {"net": net, "net_options": net_options}
+    if path is not None:
+        spec["net_path"] = os.path.join(path, f"{net_name}.npz")
+    return spec
+
+
+def get_config(problem_name, path=None, preset="original", mode=None, data_dir=None):
+    """`(problem, net_config, net_assignments)` for a named problem, as the original's util.
+
+    With `path` (a directory of saved nets) the nets' weights are loaded from it. MNIST and
+    CIFAR use `mode`'s split; by default "test" with a `path` (evaluating a saved optimizer,
+    as the original did) and "train" without.
+    """
+    constants = _check_preset(preset)
+    mode = mode or ("train" if path is None else "test")
+    linear_zero = {"layers": (), "initializer": "zeros"}
+    default = coordinatewise_net_options(preset)
+    if problem_name == "simple":
+        return problems.simple(), {"cw": _net_spec("cw", path, linear_zero)}, None
+    if problem_name == "simple-multi":
+        net_config = {
+            "cw": _net_spec("cw", path, linear_zero),
+            "adam": {"net": "Adam", "net_options": {"learning_rate": 0.1}},
+        }
+        return problems.simple_multi_optimizer(), net_config, [("cw", ["x_0"]), ("adam", ["x_1"])]
+    if problem_name == "quadratic":
+        problem = problems.quadratic(distribution=constants["quadratic_distribution"])
+        return problem, {"cw": _net_spec("cw", path, {"layers": (20, 20)})}, None
+    if problem_name == "mnist":
+        problem = problems.mnist(layers=(20,), mode=mode, data_dir=data_dir)
+        return problem, {"cw": _net_spec("cw", path, default)}, None
+    if problem_name == "cifar":
+        problem = problems.cifar10(mode=mode, data_dir=data_dir)
+        return problem, {"cw": _net_spec("cw", path, default)}, None
+    if problem_name == "cifar-multi":
+        problem = problems.cifar10(mode=mode, data_dir=data_dir)
+        net_config = {"conv": _net_spec("conv", path, default), "fc": _net_spec("fc", path, default)}
+        return problem, net_config, [("conv", [r"^conv_\d+/w$"]), ("fc", [".*"])]
+    raise ValueError(f"Unknown problem {problem_name!r}: use one of {list(PROBLEMS)}.")

@@ -148,17 +148,18 @@ def load_tfds(name, mode, data_dir=None):
     import tensorflow_datasets as tfds
 
     try:
-        images, labels = tfds.as_numpy(
-            tfds.load(name, split=mode, batch_size=-1, as_supervised=True, data_dir=data_dir,
-                      download=False)
-        )
+        dataset = tfds.load(name, split=mode, as_supervised=True, data_dir=data_dir,
+                            download=False)
+        batches = list(tfds.as_numpy(dataset.batch(10000)))
     except (tfds.core.registered.DatasetNotFoundError, AssertionError, OSError) as error:
         raise FileNotFoundError(
             f"TFDS dataset {name!r} ({mode}) is not prepared in "
             f"{data_dir or 'TFDS_DATA_DIR'}: set TFDS_DATA_DIR to a prepared data dir "
             f"({type(error).__name__}: {str(error).splitlines()[0]})."
         ) from None
-    return images, labels.astype(np.int32)
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
+    return images, labels
 
 
 def _sample_batch(images, labels, batch_size, rng):

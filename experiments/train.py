@@ -1,0 +1,179 @@
+"""Meta-trains a learned optimizer (the original's train.py, with resuming and summaries).
+
+    python experiments/train.py --problem=mnist --save_path=runs/mnist
+
+Every epoch resets the problem and runs num_steps / unroll_length unrolls, each followed by
+one meta-step. Every log_period epochs it prints the original's "Log Mean Final Error"
+(log10 of the mean final loss) and the mean epoch time; every evaluation_period epochs it
+evaluates without meta-steps and writes the nets to save_path when they are the best so
+far. The checkpoint in save_path/checkpoint (nets, meta-Adam slots, epoch, RNG state) is
+written every checkpoint_period epochs; --resume continues from it.
+"""
+
+import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from l2l_tf import cli, meta, presets
+
+flags.DEFINE_string("save_path", None, "Directory for the nets, checkpoint and summaries.")
+flags.DEFINE_integer("num_epochs", 10000, "Number of training epochs.", lower_bound=1)
+flags.DEFINE_integer("log_period", 100, "Log every this many epochs.", lower_bound=1)
+flags.DEFINE_integer("evaluation_period", 1000, "Evaluate every this many epochs.", lower_bound=1)
+flags.DEFINE_integer("evaluation_epochs", 20, "Epochs per evaluation.", lower_bound=1)
+flags.DEFINE_string("problem", "simple", f"One of {', '.join(presets.PROBLEMS)}.")
+flags.DEFINE_integer("num_steps", 100, "Optimizee steps per epoch.", lower_bound=1)
+flags.DEFINE_integer("unroll_length", 20, "Steps per truncated unroll.", lower_bound=1)
+flags.DEFINE_float("learning_rate", 0.001, "Meta-optimizer (Adam) learning rate.", lower_bound=0)
+flags.DEFINE_boolean("second_derivatives", False, "Backpropagate through optimizee gradients.")
+flags.DEFINE_integer("seed", 0, "Seed of the nets' initial weights and the problems.")
+flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS), "Constants: paper or original.")
+flags.DEFINE_boolean("resume", False, "Continue from the checkpoint in save_path.")
+flags.DEFINE_integer("checkpoint_period", 100, "Checkpoint every this many epochs.", lower_bound=1)
+flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+FLAGS = flags.FLAGS
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def check_flags():
+    if FLAGS.problem not in presets.PROBLEMS:
+        raise cli.UsageError(
+            f"unknown --problem={FLAGS.problem!r}: use one of {', '.join(presets.PROBLEMS)}."
+        )
+    if FLAGS.num_steps % FLAGS.unroll_length:
+        raise cli.UsageError(
+            f"--unroll_length={FLAGS.unroll_length} does not divide --num_steps="
+            f"{FLAGS.num_steps}: choose values where num_steps is a multiple of unroll_length."
+        )
+    if FLAGS.save_path is None:
+        if FLAGS.resume:
+            raise cli.UsageError("--resume needs --save_path: the run to continue.")
+        return
+    if os.path.exists(FLAGS.save_path) and not os.path.isdir(FLAGS.save_path):
+        raise cli.UsageError(f"--save_path={FLAGS.save_path!r} is a file: give a directory.")
+    has_checkpoint = tf.train.latest_checkpoint(os.path.join(FLAGS.save_path, CHECKPOINT_DIR))
+    if FLAGS.resume and not has_checkpoint:
+        raise cli.UsageError(
+            f"--resume: no checkpoint in {FLAGS.save_path!r}; start without --resume."
+        )
+    if not FLAGS.resume and os.path.isdir(FLAGS.save_path) and os.listdir(FLAGS.save_path):
+        raise cli.UsageError(
+            f"--save_path={FLAGS.save_path!r} already holds a run: pass --resume to continue "
+            "it, or choose a new directory."
+        )
+
+
+def run_flags():
+    """The flags that must match when a run is resumed."""
+    names = ["problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
+             "seed", "preset"]
+    return {name: FLAGS[name].value for name in names}
+
+
+def check_resumed_flags(save_path):
+    path = os.path.join(save_path, "flags.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    changed = {k: (v, run_flags()[k]) for k, v in saved.items() if run_flags().get(k) != v}
+    if changed:
+        raise cli.UsageError(
+            "--resume with flags that differ from the run's: "
+            + ", ".join(f"--{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            + ": resume with the run's flags or start a new save_path."
+        )
+
+
+def log_mean_final_error(losses):
+    return float(np.log10(np.mean(losses)))
+
+
+def main(argv):
+    check_flags()
+    if FLAGS.resume:
+        check_resumed_flags(FLAGS.save_path)
+    with cli.configuration_errors():
+        problem, net_config, net_assignments = presets.get_config(FLAGS.problem, preset=FLAGS.preset)
+        optimizer = meta.MetaOptimizer(seed=FLAGS.seed, **net_config)
+        training = optimizer.meta_minimize(
+            problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,
+            net_assignments=net_assignments, second_derivatives=FLAGS.second_derivatives,
+            seed=FLAGS.seed,
+        )
+        evaluation = optimizer.meta_loss(problem, FLAGS.unroll_length,
+                                         net_assignments=net_assignments, seed=FLAGS.seed + 1)
+    num_unrolls = FLAGS.num_steps // FLAGS.unroll_length
+
+    epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
+    best_evaluation = tf.Variable(np.inf, dtype=tf.float64, name="best_evaluation")
+    manager = writer = None
+    if FLAGS.save_path is not None:
+        os.makedirs(FLAGS.save_path, exist_ok=True)
+        checkpoint = tf.train.Checkpoint(
+            weights=optimizer.weights, meta_optimizer=optimizer.meta_optimizer,
+            rng=training.rng, epoch=epoch, best_evaluation=best_evaluation,
+        )
+        manager = tf.train.CheckpointManager(
+            checkpoint, os.path.join(FLAGS.save_path, CHECKPOINT_DIR), max_to_keep=2
+        )
+        if FLAGS.resume:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            print(f"Resumed from {manager.latest_checkpoint} at epoch {int(epoch.numpy())}.")
+        else:
+            cli.write_text_atomically(os.path.join(FLAGS.save_path, "flags.json"),
+                                      json.dumps(run_flags(), indent=2))
+        writer = tf.summary.create_file_writer(os.path.join(FLAGS.save_path, "tensorboard"))
+
+    progress = keras.utils.Progbar(FLAGS.num_epochs, verbose=1 if FLAGS.progress else 0,
+                                   stateful_metrics=["log_final_error"])
+    progress.update(int(epoch.numpy()))
+    final_losses, epoch_times = [], []
+    while int(epoch.numpy()) < FLAGS.num_epochs:
+        start = time.time()
+        losses = meta.run_epoch(training, num_unrolls, train=True)
+        epoch_times.append(time.time() - start)
+        final_losses.append(losses[-1])
+        epoch.assign_add(1)
+        done = int(epoch.numpy())
+        progress.update(done, [("log_final_error", np.log10(losses[-1]))])
+        if writer is not None:
+            with writer.as_default(step=done):
+                tf.summary.scalar("final_loss", losses[-1])
+                tf.summary.scalar("mean_loss", float(np.mean(losses[1:])))
+
+        if done % FLAGS.log_period == 0:
+            print(f"\nEpoch {done}\nLog Mean Final Error: {log_mean_final_error(final_losses):.2f}"
+                  f"\nMean epoch time: {np.mean(epoch_times):.2f} s", flush=True)
+            final_losses, epoch_times = [], []
+
+        if done % FLAGS.evaluation_period == 0:
+            finals = [meta.run_epoch(evaluation, num_unrolls, train=False)[-1]
+                      for _ in range(FLAGS.evaluation_epochs)]
+            mean_final = float(np.mean(finals))
+            print(f"EVALUATION\nLog Mean Final Error: {np.log10(mean_final):.2f}", flush=True)
+            if writer is not None:
+                with writer.as_default(step=done):
+                    tf.summary.scalar("evaluation/final_loss", mean_final)
+            if FLAGS.save_path is not None and mean_final < best_evaluation.numpy():
+                best_evaluation.assign(mean_final)
+                optimizer.save(FLAGS.save_path)
+                print(f"Saving optimizer to {FLAGS.save_path}...", flush=True)
+
+        if manager is not None and (done % FLAGS.checkpoint_period == 0 or done == FLAGS.num_epochs):
+            manager.save(checkpoint_number=done)
+    if FLAGS.save_path is not None and not np.isfinite(best_evaluation.numpy()):
+        # No evaluation ran (a short run): keep the final nets rather than nothing.
+        optimizer.save(FLAGS.save_path)
+
+
+if __name__ == "__main__":
+    cli.run(main)

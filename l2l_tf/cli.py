@@ -1,0 +1,73 @@
+"""What the absl scripts in `experiments/` share: user errors as one line and exit code 2.
+
+A user mistake (a bad flag, a missing file) must not end in a traceback: scripts raise
+`UsageError` (turning the library's `ValueError`s about configuration into it with
+`configuration_errors`) and `run` prints `error: <message>` and exits with code 2, having
+written nothing.
+"""
+
+import os
+import sys
+import tempfile
+
+from absl import app, flags, logging
+
+
+class UsageError(Exception):
+    """A mistake in how a script was called; the message names the problem and the fix."""
+
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _fail(f"{error}. See --helpfull.")
+
+
+def _fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(main):
+    """`absl.app.run(main)` with flag errors and user errors reported as one line, exit 2."""
+
+    def guarded(argv):
+        if len(argv) > 1:
+            _fail(f"unexpected arguments {argv[1:]}: give everything as --flag=value.")
+        try:
+            return main(argv)
+        except (UsageError, FileNotFoundError) as error:
+            _fail(str(error))
+
+    logging.set_verbosity(logging.WARNING)
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+class configuration_errors:
+    """Context manager: a `ValueError` raised while building from flags is a `UsageError`."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is not None and issubclass(kind, ValueError):
+            raise UsageError(str(error)) from None
+        return False
+
+
+def write_text_atomically(path, text):
+    """Writes `text` to `path` through a temporary file and a rename: never a half file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
