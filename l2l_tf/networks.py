@@ -180,10 +180,10 @@ class StandardDeepLSTM(Net):
             # work costs more than the matmuls: the forget bias is folded into the bias and
             # tanh(j) = 2 sigmoid(2 j) - 1, with the factor 2 folded into the weights.
             gate_scale, gate_shift = _gate_constants(units, hidden.dtype)
-            gates = tf.sigmoid(
-                tf.matmul(tf.concat([hidden, h], axis=1), lstm["w_gates"] * gate_scale)
-                + (lstm["b_gates"] + gate_shift) * gate_scale
-            )
+            gates = tf.sigmoid(tf.nn.bias_add(
+                tf.matmul(tf.concat([hidden, h], axis=1), lstm["w_gates"] * gate_scale),
+                (lstm["b_gates"] + gate_shift) * gate_scale,
+            ))
             gate_i, gate_j, gate_f, gate_o = tf.split(gates, 4, axis=1)
             c = c * gate_f + gate_i * (2.0 * gate_j - 1.0)
             hidden = tf.tanh(c) * gate_o

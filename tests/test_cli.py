@@ -1,0 +1,122 @@
+"""The absl scripts as a user runs them: real processes, real files, exit codes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import l2l_tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = ["--problem=simple", "--num_steps=10", "--unroll_length=5", "--log_period=2",
+         "--evaluation_period=2", "--evaluation_epochs=2", "--checkpoint_period=2",
+         "--learning_rate=0.01", "--noprogress"]
+
+
+def script(name, *args, timeout=300):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", name), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_saves_logs_checkpoints_and_resumes(tmp_path):
+    save_path = str(tmp_path / "run")
+    first = script("train.py", *QUICK, "--num_epochs=4", f"--save_path={save_path}")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("Log Mean Final Error") == 4  # 2 logs + 2 evaluations
+    assert "Mean epoch time" in first.stdout
+    assert sorted(os.listdir(save_path)) == ["checkpoint", "cw.npz", "flags.json", "tensorboard"]
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(save_path, "tensorboard")))
+    resumed = script("train.py", *QUICK, "--num_epochs=6", f"--save_path={save_path}", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at epoch 4" in resumed.stdout and "Epoch 6" in resumed.stdout
+
+    output = str(tmp_path / "losses.json")
+    evaluation = script("evaluate.py", "--problem=simple", "--optimizer=L2L",
+                        f"--path={save_path}", "--num_epochs=3", "--num_steps=10",
+                        "--unroll_length=5", f"--output={output}")
+    assert evaluation.returncode == 0, evaluation.stderr
+    with open(output) as f:
+        losses = np.array(json.load(f)["losses"])
+    assert losses.shape == (3, 11) and np.all(losses[:, 0] == 1.0)
+    assert np.all(losses[:, -1] < 1.0)  # the trained linear rule shrinks x^2
+    # The saved nets load into the Keras optimizer.
+    assert list(l2l_tf.LearnedOptimizer.from_pretrained(save_path).nets) == ["cw"]
+
+
+def test_resumed_run_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    args = QUICK + ["--problem=quadratic", "--num_steps=20", "--unroll_length=10",
+                    "--num_epochs=40", "--evaluation_period=1000"]
+    straight = script("train.py", *args, f"--save_path={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr
+
+    killed_path = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "experiments", "train.py"), *args,
+         f"--save_path={killed_path}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed_path / "checkpoint" / "checkpoint").exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = script("train.py", *args, f"--save_path={killed_path}", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resumed from" in resumed.stdout
+    a = np.load(tmp_path / "straight" / "cw.npz")
+    b = np.load(killed_path / "cw.npz")
+    for key in a.files:
+        if key != "__l2l_tf__":
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_train_runs_offline_on_mnist(tmp_path, mnist_data_dir):
+    result = script("train.py", "--problem=mnist", "--num_epochs=2", "--num_steps=20",
+                    "--unroll_length=10", "--log_period=1", "--evaluation_period=2",
+                    "--evaluation_epochs=1", "--noprogress", f"--save_path={tmp_path / 'm'}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Log Mean Final Error") == 3
+    assert os.path.exists(tmp_path / "m" / "cw.npz")
+
+
+BAD_TRAIN_FLAGS = [
+    (["--problem=nope"], "unknown --problem='nope'"),
+    (["--unroll_length=30"], "does not divide --num_steps=100"),
+    (["--num_steps=0"], "--num_steps=0"),
+    (["--num_steps=1.5"], "--num_steps"),
+    (["--preset=best"], "--preset=best"),
+    (["--resume"], "--resume: no checkpoint in"),
+    (["positional"], "unexpected arguments"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_TRAIN_FLAGS)
+def test_bad_train_flags_give_one_line_and_exit_2(flags, message, tmp_path):
+    result = script("train.py", *flags, f"--save_path={tmp_path / 'never'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+    assert message in result.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_existing_save_path_without_resume_is_refused_and_untouched(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "cw.npz").write_bytes(b"precious")
+    result = script("train.py", f"--save_path={tmp_path / 'run'}")
+    assert result.returncode == 2 and "already holds a run: pass --resume" in result.stderr
+    assert (tmp_path / "run" / "cw.npz").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--optimizer=L2L", "--problem=simple"], "needs --path"),
+    (["--optimizer=L2L", "--problem=simple", "--path=/nonexistent"], "No net weights file"),
+    (["--optimizer=Adagrad"], "--optimizer=Adagrad"),
+    (["--optimizer=Adam", "--output=losses.txt"], "must end in .csv or .json"),
+])
+def test_bad_evaluate_flags_give_one_line_and_exit_2(flags, message):
+    result = script("evaluate.py", *flags)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr

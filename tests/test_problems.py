@@ -1,0 +1,112 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from l2l_tf import meta, networks, presets, problems
+
+
+def rng(seed=0):
+    return tf.random.Generator.from_seed(seed)
+
+
+def test_quadratic_distributions_and_loss():
+    uniform = problems.quadratic(batch_size=8, num_dims=3)
+    constants = uniform.sample_constants(rng())
+    assert constants["w"].shape == (8, 3, 3) and constants["y"].shape == (8, 3)
+    assert 0 <= constants["w"].numpy().min() and constants["w"].numpy().max() < 1
+    normal = problems.quadratic(batch_size=64, num_dims=3, distribution="normal")
+    assert normal.sample_constants(rng())["w"].numpy().min() < 0
+    x = uniform.init_params(rng())[0]
+    assert abs(float(tf.math.reduce_std(x)) - 0.01) < 0.005
+    w, y = constants["w"].numpy(), constants["y"].numpy()
+    want = np.mean(np.sum((np.einsum("bij,bj->bi", w, x.numpy()) - y) ** 2, axis=1))
+    np.testing.assert_allclose(uniform.loss([x], constants, None).numpy(), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="'uniform' or 'normal'"):
+        problems.quadratic(distribution="gaussian")
+
+
+def test_ensemble_sums_weighted_problems_and_prefixes_names():
+    problem = problems.ensemble([problems.simple(), problems.simple_multi_optimizer(2)], [1.0, 0.5])
+    assert problem.param_names == ["problem_0/x", "problem_1/x_0", "problem_1/x_1"]
+    params = [tf.constant(2.0), tf.constant(1.0), tf.constant(3.0)]
+    np.testing.assert_allclose(problem.loss(params, {}, None).numpy(), 4.0 + 0.5 * (1 + 9))
+
+
+def test_mnist_problem_reads_tfds_offline_and_samples_fresh_batches(mnist_data_dir):
+    problem = problems.mnist(mode="test")
+    assert [p.shape for p in problem.params] == [(784, 20), (20,), (20, 10), (10,)]
+    generator = rng(3)
+    params = problem.init_params(generator)
+    losses = [problem.loss(params, {}, generator).numpy() for _ in range(3)]
+    # Near log(10) at a small random initialisation, and a different batch every call.
+    np.testing.assert_allclose(losses, np.log(10), atol=0.05)
+    assert len(set(losses)) == 3
+    two_layers = problems.mnist(layers=(20, 20), activation="relu", mode="test")
+    assert len(two_layers.params) == 6
+    with pytest.raises(ValueError, match="Unknown activation"):
+        problems.mnist(activation="swish2")
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not prepared in"):
+        problems.load_tfds("mnist", "train", data_dir=str(tmp_path))
+
+
+def test_cifar10_with_tfds_mock_data_trains_conv_kernels_with_a_kernel_lstm():
+    with tfds.testing.mock_data(num_examples=64):
+        problem = problems.cifar10(batch_size=16, mode="train")
+    shapes = dict(zip(problem.param_names, [p.shape for p in problem.params]))
+    assert shapes["conv_0/w"] == (5, 5, 3, 16) and shapes["mlp/linear_0/w"] == (4 * 4 * 16, 32)
+    optimizer = meta.MetaOptimizer(
+        conv=networks.KernelDeepLSTM(kernel_shape=(5, 5), layers=(4,), preprocess_name="LogAndSign"),
+        fc=networks.CoordinateWiseDeepLSTM(layers=(4,), preprocess_name="LogAndSign", scale=0.01),
+    )
+    run = optimizer.meta_minimize(problem, 2, net_assignments=[("conv", [r"^conv_\d+/w$"]), ("fc", [".*"])])
+    assert run.assignment["conv"] == [0, 2, 4]
+    before = optimizer.weights["conv"]["lstm_0"]["w_gates"].numpy().copy()
+    meta_loss, losses = run.step()
+    assert np.isfinite(meta_loss.numpy()) and np.all(np.isfinite(losses.numpy()))
+    assert not np.array_equal(before, optimizer.weights["conv"]["lstm_0"]["w_gates"].numpy())
+    assert run.states["conv"][0][0].shape == (3 * 16, 4)
+
+
+def test_cifar_multi_preset_assigns_kernels_and_the_rest():
+    with tfds.testing.mock_data(num_examples=32):
+        problem, net_config, assignments = presets.get_config("cifar-multi")
+    optimizer = meta.MetaOptimizer(**net_config)
+    run = optimizer.meta_loss(problem, 1, net_assignments=assignments)
+    assert run.assignment["conv"] == [0, 2, 4]
+    assert sorted(run.assignment["fc"]) == [1, 3, 5, 6, 7, 8, 9]
+
+
+def test_keras_model_adapter_matches_the_hand_written_mlp():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="sigmoid"),
+                              keras.layers.Dense(3)])
+    data = np.random.default_rng(0)
+    x = data.normal(size=(50, 5)).astype(np.float32)
+    y = data.integers(0, 3, 50).astype(np.int32)
+    problem = problems.keras_model(
+        model, x, y, keras.losses.SparseCategoricalCrossentropy(from_logits=True), batch_size=50)
+    assert problem.param_names == [v.path for v in model.trainable_variables]
+    params = problem.init_params(rng())
+    for p, v in zip(params, model.trainable_variables):
+        np.testing.assert_array_equal(p.numpy(), v.numpy())
+    generator = rng(1)
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss = problem.loss(params, {}, generator)
+    grads = tape.gradient(loss, params)
+    indices = rng(1).uniform([50], 0, 50, dtype=tf.int64).numpy()
+    with tf.GradientTape() as tape:
+        logits = model(x[indices])
+        want = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y[indices], logits)
+    want_grads = tape.gradient(want, model.trainable_variables)
+    np.testing.assert_allclose(loss.numpy(), want.numpy(), rtol=1e-6)
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-7)
+    # And a meta-training step runs on it.
+    run = meta.MetaOptimizer(seed=0).meta_minimize(problem, 3)
+    assert np.isfinite(run.step()[0].numpy())
