@@ -38,6 +38,8 @@ flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS), "Constants: pap
 flags.DEFINE_boolean("resume", False, "Continue from the checkpoint in save_path.")
 flags.DEFINE_integer("checkpoint_period", 100, "Checkpoint every this many epochs.", lower_bound=1)
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_boolean("deterministic", False,
+                     "Turn on TensorFlow's op determinism: the same seed gives the same bits.")
 FLAGS = flags.FLAGS
 
 CHECKPOINT_DIR = "checkpoint"
@@ -99,6 +101,8 @@ def log_mean_final_error(losses):
 
 def main(argv):
     check_flags()
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
     if FLAGS.resume:
         check_resumed_flags(FLAGS.save_path)
     with cli.configuration_errors():
@@ -121,6 +125,7 @@ def main(argv):
         checkpoint = tf.train.Checkpoint(
             weights=optimizer.weights, meta_optimizer=optimizer.meta_optimizer,
             rng=training.rng, epoch=epoch, best_evaluation=best_evaluation,
+            skipped_steps=training.skipped_steps,
         )
         manager = tf.train.CheckpointManager(
             checkpoint, os.path.join(FLAGS.save_path, CHECKPOINT_DIR), max_to_keep=2
@@ -139,18 +144,24 @@ def main(argv):
     final_losses, epoch_times = [], []
     while int(epoch.numpy()) < FLAGS.num_epochs:
         start = time.time()
+        skipped_before = int(training.skipped_steps.numpy())
         losses = meta.run_epoch(training, num_unrolls, train=True)
         epoch_times.append(time.time() - start)
-        final_losses.append(losses[-1])
         epoch.assign_add(1)
         done = int(epoch.numpy())
-        progress.update(done, [("log_final_error", np.log10(losses[-1]))])
-        if writer is not None:
-            with writer.as_default(step=done):
-                tf.summary.scalar("final_loss", losses[-1])
-                tf.summary.scalar("mean_loss", float(np.mean(losses[1:])))
+        if int(training.skipped_steps.numpy()) > skipped_before:
+            print(f"\nEpoch {done}: non-finite meta-loss or meta-gradient; meta-step skipped "
+                  f"({int(training.skipped_steps.numpy())} so far), problem re-sampled.",
+                  flush=True)
+        else:
+            final_losses.append(losses[-1])
+            progress.update(done, [("log_final_error", np.log10(losses[-1]))])
+            if writer is not None:
+                with writer.as_default(step=done):
+                    tf.summary.scalar("final_loss", losses[-1])
+                    tf.summary.scalar("mean_loss", float(np.mean(losses[1:])))
 
-        if done % FLAGS.log_period == 0:
+        if done % FLAGS.log_period == 0 and final_losses:
             print(f"\nEpoch {done}\nLog Mean Final Error: {log_mean_final_error(final_losses):.2f}"
                   f"\nMean epoch time: {np.mean(epoch_times):.2f} s", flush=True)
             final_losses, epoch_times = [], []

@@ -86,7 +86,9 @@ class MetaLoss:
 
     `reset()` re-samples the parameters and the problem's constants and zeroes the states;
     `unroll()` runs `unroll_length` steps and carries everything to the next unroll;
-    `step()` does the same and takes a meta-optimizer step on the nets from that unroll.
+    `step()` does the same and takes a meta-optimizer step on the nets from that unroll,
+    unless the meta-loss or the meta-gradient is not finite: then the step is skipped and
+    counted in `skipped_steps`, and the nets and the meta-optimizer's slots are untouched.
     Both return `(meta_loss, losses)` where `losses[t]` is f(theta_t), t = 0..unroll_length.
     """
 
@@ -119,6 +121,7 @@ class MetaLoss:
             for net_name in self.assignment
         }
         self.trained_weights = meta.trainable_weights(list(self.assignment))
+        self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         self._unroll = tf.function(self._run_unroll, jit_compile=jit_compile)
         self._reset = tf.function(self._run_reset)
         self.reset()
@@ -184,7 +187,16 @@ class MetaLoss:
             meta_loss = tf.reduce_sum(self.loss_weights * tf.stack(losses[1:]))
         if train:
             meta_gradients = meta_tape.gradient(meta_loss, self.trained_weights)
-            self.meta.meta_optimizer.apply_gradients(zip(meta_gradients, self.trained_weights))
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                                    for g in [meta_loss, *meta_gradients]])
+
+            def apply_meta_step():
+                self.meta.meta_optimizer.apply_gradients(zip(meta_gradients, self.trained_weights))
+                return tf.constant(0, tf.int64)
+
+            # A non-finite meta-step would poison the nets and Adam's slots: skip and count it.
+            self.skipped_steps.assign_add(
+                tf.cond(finite, apply_meta_step, lambda: tf.constant(1, tf.int64)))
         for variable, value in zip(self.x, x):
             variable.assign(value)
         tf.nest.map_structure(lambda v, s: v.assign(s), self.states, states)
@@ -204,12 +216,18 @@ class MetaLoss:
 def run_epoch(run, num_unrolls, train):
     """The original's epoch: `reset()`, then `num_unrolls` unrolls (with meta-steps if `train`).
 
-    Returns the losses f(theta_t) for t = 0..num_unrolls * unroll_length.
+    Returns the losses f(theta_t) for t = 0..num_unrolls * unroll_length. An unroll whose
+    meta-loss is not finite ends the epoch (its meta-step was skipped, see `MetaLoss.step`);
+    the curve is then padded with NaN and the next epoch re-samples the problem.
     """
     run.reset()
     curve = []
     for _ in range(num_unrolls):
-        _, losses = run.step() if train else run.unroll()
+        meta_loss, losses = run.step() if train else run.unroll()
         curve.append(losses.numpy()[:-1])
+        if not np.isfinite(meta_loss.numpy()):
+            break
     curve.append(losses.numpy()[-1:])
-    return np.concatenate(curve)
+    values = np.concatenate(curve)
+    return np.pad(values, (0, num_unrolls * run.unroll_length + 1 - len(values)),
+                  constant_values=np.nan)

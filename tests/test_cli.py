@@ -120,3 +120,20 @@ def test_bad_evaluate_flags_give_one_line_and_exit_2(flags, message):
     result = script("evaluate.py", *flags)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+
+
+def test_same_seed_gives_bitwise_identical_nets_with_op_determinism(tmp_path):
+    args = QUICK + ["--problem=quadratic", "--num_steps=10", "--num_epochs=3", "--deterministic",
+                    "--evaluation_period=1000"]
+    runs = []
+    for name in ("a", "b"):
+        result = script("train.py", *args, f"--save_path={tmp_path / name}")
+        assert result.returncode == 0, result.stderr
+        runs.append(np.load(tmp_path / name / "cw.npz"))
+    other = script("train.py", *args, "--seed=1", f"--save_path={tmp_path / 'c'}")
+    assert other.returncode == 0, other.stderr
+    different = np.load(tmp_path / "c" / "cw.npz")
+    for key in runs[0].files:
+        if key != "__l2l_tf__":
+            np.testing.assert_array_equal(runs[0][key], runs[1][key], err_msg=key)
+    assert not np.array_equal(runs[0]["lstm_0/w_gates"], different["lstm_0/w_gates"])

@@ -149,3 +149,34 @@ def test_bad_arguments_fail_clearly():
         optimizer.meta_loss(problems.simple(), 3, loss_weights=[1.0])
     with pytest.raises(ValueError, match="needs a meta-optimizer"):
         optimizer.meta_loss(problems.simple(), 3).step()
+
+
+def poisoned_problem():
+    """x^2 times a constant that is +Inf or NaN in about half of the resets."""
+    def sample_scale(rng):
+        draw = rng.uniform([])
+        return tf.where(draw < 0.25, np.inf, tf.where(draw < 0.5, np.nan, 1.0))
+
+    return problems.Problem(
+        name="poisoned",
+        params=(problems.Param("x", (3,), problems.normal_initializer(1.0)),),
+        loss=lambda params, constants, rng: constants["scale"] * tf.reduce_sum(params[0] ** 2),
+        constants={"scale": sample_scale},
+    )
+
+
+def test_non_finite_meta_steps_are_skipped_counted_and_the_nets_stay_finite():
+    optimizer = meta.MetaOptimizer(seed=0, cw=networks.CoordinateWiseDeepLSTM(layers=(5,)))
+    run = optimizer.meta_minimize(poisoned_problem(), 4, learning_rate=0.01, seed=3)
+    finite_epochs = 0
+    for _ in range(12):
+        curve = meta.run_epoch(run, 2, train=True)
+        assert curve.shape == (9,)
+        finite_epochs += int(np.all(np.isfinite(curve)))
+    skipped = int(run.skipped_steps.numpy())
+    assert skipped > 0 and finite_epochs > 0 and skipped + finite_epochs == 12
+    assert int(optimizer.meta_optimizer.iterations.numpy()) == 2 * finite_epochs
+    for weight in optimizer.trainable_weights():
+        assert np.all(np.isfinite(weight.numpy()))
+    for slot in optimizer.meta_optimizer.variables:
+        assert np.all(np.isfinite(slot.numpy()))
