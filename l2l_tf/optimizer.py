@@ -100,6 +100,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.variable_nets = []
         self.states = []
         for variable in variables:
+            if not keras.backend.is_float_dtype(variable.dtype):
+                raise ValueError(
+                    f"LearnedOptimizer updates floating-point variables, but {variable.path!r} "
+                    f"is {variable.dtype}: make it a float variable or leave it out of training."
+                )
             net_name = networks.net_for(variable.path, self.nets, self.net_assignments)
             slot_prefix = variable.path.replace("/", "_")
             with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable)):

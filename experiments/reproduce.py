@@ -1,0 +1,220 @@
+"""Reproduces the paper's MNIST and quadratic experiments: tables and plots.
+
+    python experiments/reproduce.py --problem=mnist --path=runs/mnist_paper --preset=paper
+    python experiments/reproduce.py --problem=quadratic --path=runs/quadratic
+
+Stages, each resumable (results are cached under --output_dir and reused):
+1. train (only with --train_epochs > 0): meta-trains with train.py into --path (--resume
+   when a checkpoint is there).
+2. tune: for every test configuration and baseline (SGD, RMSprop, Adam, NAG with momentum
+   0.9), the learning rate from --grid with the lowest mean final loss over --tuning_runs
+   runs (seed --seed + 1000, so the tuning problems are not the evaluation problems).
+3. evaluate: --num_runs runs per optimizer and configuration (seed --seed), the same
+   initialisations and batches for every optimizer.
+4. report: `<problem>_results.csv` and `.md` (loss at steps 100 and 200, sum of the first 100
+   losses, mean and standard error; the grid and chosen rates), and `<problem>_<config>.png`
+   (loss vs step, log scale, mean with the 25-75 percentile band).
+
+MNIST configurations (the paper's fig. 4 and 5), all with the optimizer trained on the base
+one: base (784-20-10 sigmoid, 100 steps), steps200, units40, layers2, relu. MNIST runs use the
+test split.
+"""
+
+import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import flags
+
+from l2l_tf import cli, meta, networks, presets, problems
+
+BASELINES = {"SGD": "Sgd", "RMSprop": "RMSprop", "Adam": "Adam", "NAG": "Nag"}
+DEFAULT_GRID = ["0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3", "1", "3"]
+
+flags.DEFINE_enum("problem", "mnist", ["mnist", "quadratic"], "Which experiment.")
+flags.DEFINE_string("path", None, "Directory of the trained nets (written by train.py).")
+flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS), "Constants the nets use.")
+flags.DEFINE_integer("train_epochs", 0, "Meta-train this many epochs first (0: use --path).",
+                     lower_bound=0)
+flags.DEFINE_float("meta_learning_rate", 0.01, "Meta-optimizer learning rate for training.")
+flags.DEFINE_integer("num_runs", 100, "Evaluation runs per curve.", lower_bound=1)
+flags.DEFINE_integer("tuning_runs", 20, "Runs per learning rate in the grid search.", lower_bound=1)
+flags.DEFINE_list("grid", DEFAULT_GRID, "Learning rates tried for every baseline.")
+flags.DEFINE_list("configs", None, "Subset of configurations to run (default: all).")
+flags.DEFINE_integer("seed", 0, "Evaluation seed; tuning uses seed + 1000.")
+flags.DEFINE_string("output_dir", "experiments/results", "Where tables, plots and caches go.")
+FLAGS = flags.FLAGS
+
+
+def configurations():
+    """name -> (problem factory, num_steps)."""
+    if FLAGS.problem == "quadratic":
+        distribution = presets.PRESETS[FLAGS.preset]["quadratic_distribution"]
+        return {"base": (lambda: problems.quadratic(distribution=distribution), 100)}
+    mnist = problems.mnist
+    return {
+        "base": (lambda: mnist(mode="test"), 100),
+        "steps200": (lambda: mnist(mode="test"), 200),
+        "units40": (lambda: mnist(layers=(40,), mode="test"), 100),
+        "layers2": (lambda: mnist(layers=(20, 20), mode="test"), 100),
+        "relu": (lambda: mnist(activation="relu", mode="test"), 100),
+    }
+
+
+def evaluate(optimizer, problem, num_steps, runs, seed):
+    """Losses [runs, num_steps + 1] of `optimizer` (a MetaOptimizer) on fresh problems."""
+    run = optimizer.meta_loss(problem, 20, seed=seed)
+    return np.stack([meta.run_epoch(run, num_steps // 20, train=False) for _ in range(runs)])
+
+
+def baseline(name, learning_rate):
+    return meta.MetaOptimizer(baseline={"net": BASELINES[name],
+                                        "net_options": {"learning_rate": learning_rate}})
+
+
+def learned():
+    nets = {f[:-len(".npz")]: networks.load_net(os.path.join(FLAGS.path, f))
+            for f in sorted(os.listdir(FLAGS.path)) if f.endswith(".npz")}
+    if not nets:
+        raise cli.UsageError(f"no nets (*.npz) in --path={FLAGS.path!r}: train first.")
+    return meta.MetaOptimizer(**nets)
+
+
+def load_json(path, default):
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return default
+
+
+def train():
+    command = [sys.executable, os.path.join(os.path.dirname(__file__), "train.py"),
+               f"--problem={FLAGS.problem}", f"--save_path={FLAGS.path}",
+               f"--num_epochs={FLAGS.train_epochs}", f"--preset={FLAGS.preset}",
+               f"--learning_rate={FLAGS.meta_learning_rate}", f"--seed={FLAGS.seed}",
+               "--evaluation_period=250", "--checkpoint_period=50"]
+    if os.path.isdir(os.path.join(FLAGS.path, "checkpoint")):
+        command.append("--resume")
+    print("Training:", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def tune(name, problem, num_steps, cache):
+    """Fills cache[name][optimizer][rate] = mean final loss; returns the best rate per optimizer."""
+    best = {}
+    for optimizer_name in BASELINES:
+        scores = cache.setdefault(name, {}).setdefault(optimizer_name, {})
+        for rate in FLAGS.grid:
+            if rate not in scores:
+                finals = evaluate(baseline(optimizer_name, float(rate)), problem, num_steps,
+                                  FLAGS.tuning_runs, FLAGS.seed + 1000)[:, -1]
+                scores[rate] = float(np.mean(finals)) if np.all(np.isfinite(finals)) else None
+                print(f"  tune {name} {optimizer_name} lr={rate}: {scores[rate]}", flush=True)
+        finite = {r: s for r, s in scores.items() if s is not None and r in FLAGS.grid}
+        best[optimizer_name] = min(finite, key=finite.get)
+    return best
+
+
+def summary(losses):
+    """Mean and standard error of the metrics over runs."""
+    metrics = {"loss@100": losses[:, 100], "sum100": losses[:, :100].sum(1)}
+    if losses.shape[1] > 200:
+        metrics["loss@200"] = losses[:, 200]
+    return {k: (float(np.mean(v)), float(np.std(v) / np.sqrt(len(v)))) for k, v in metrics.items()}
+
+
+def plot(path, title, curves):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, losses in curves.items():
+        steps = np.arange(losses.shape[1])
+        ax.plot(steps, np.mean(losses, 0), label=label)
+        low, high = np.percentile(losses, [25, 75], axis=0)
+        ax.fill_between(steps, low, high, alpha=0.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv):
+    if FLAGS.path is None:
+        raise cli.UsageError("--path is required: the directory of the trained nets.")
+    if FLAGS.train_epochs:
+        train()
+    elif not os.path.isdir(FLAGS.path):
+        raise cli.UsageError(f"--path={FLAGS.path!r} does not exist: train first "
+                             "(--train_epochs=N) or point at a train.py save_path.")
+    with cli.configuration_errors():
+        grid = [float(rate) for rate in FLAGS.grid]
+    if min(grid) <= 0:
+        raise cli.UsageError("--grid learning rates must be positive.")
+    all_configs = configurations()
+    names = FLAGS.configs or list(all_configs)
+    unknown = set(names) - set(all_configs)
+    if unknown:
+        raise cli.UsageError(f"unknown --configs {sorted(unknown)}: use {list(all_configs)}.")
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    prefix = os.path.join(FLAGS.output_dir, FLAGS.problem)
+    tuning_path = f"{prefix}_tuning.json"
+    tuning = load_json(tuning_path, {})
+    rows = []
+    for name in names:
+        factory, num_steps = all_configs[name]
+        problem = factory()
+        start = time.time()
+        best = tune(name, problem, num_steps, tuning)
+        cli.write_text_atomically(tuning_path, json.dumps(tuning, indent=1))
+        curves = {}
+        cache_path = f"{prefix}_{name}_curves.npz"
+        cached = dict(np.load(cache_path)) if os.path.exists(cache_path) else {}
+        for label, build in [("L2L", learned)] + [
+                (f"{b} (lr {best[b]})", lambda b=b: baseline(b, float(best[b]))) for b in BASELINES]:
+            if label not in cached:
+                cached[label] = evaluate(build(), problem, num_steps, FLAGS.num_runs, FLAGS.seed)
+                np.savez(cache_path + ".tmp.npz", **cached)
+                os.replace(cache_path + ".tmp.npz", cache_path)
+            curves[label] = cached[label]
+            stats = summary(curves[label])
+            rows.append({"config": name, "optimizer": label, **{
+                k: f"{m:.4g} ± {e:.2g}" for k, (m, e) in stats.items()}})
+            print(f"{name} {label}: " + ", ".join(f"{k} {m:.4g}" for k, (m, _) in stats.items()),
+                  flush=True)
+        plot(f"{prefix}_{name}.png", f"{FLAGS.problem} {name}: {FLAGS.num_runs} runs", curves)
+        print(f"{name}: {time.time() - start:.0f} s", flush=True)
+    write_tables(prefix, rows, tuning, names)
+
+
+def write_tables(prefix, rows, tuning, names):
+    columns = ["config", "optimizer", "loss@100", "loss@200", "sum100"]
+    csv = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in rows]
+    cli.write_text_atomically(f"{prefix}_results.csv", "\n".join(csv) + "\n")
+    md = [f"Command: `python {' '.join(sys.argv)}`", "",
+          f"Runs per curve: {FLAGS.num_runs} (seed {FLAGS.seed}); tuning: {FLAGS.tuning_runs} "
+          f"runs per rate (seed {FLAGS.seed + 1000}), grid {', '.join(FLAGS.grid)}; "
+          "mean ± standard error.", "",
+          "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    md += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    md += ["", "Grid search (mean final loss per learning rate):", ""]
+    for name in names:
+        for optimizer_name, scores in tuning.get(name, {}).items():
+            md.append(f"- {name} {optimizer_name}: " + ", ".join(
+                f"{rate}: {'diverged' if s is None else f'{s:.4g}'}" for rate, s in scores.items()))
+    cli.write_text_atomically(f"{prefix}_results.md", "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    cli.run(main)
