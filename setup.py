@@ -12,7 +12,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["l2l_tf", "l2l_tf.*"]),
-    package_data={"l2l_tf": ["pretrained/*.npz"]},
+    package_data={"l2l_tf": ["pretrained/*/*.npz", "pretrained/*/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow==2.21.*",
@@ -26,6 +26,10 @@ setup(
         "tensorboard==2.21.*",
         "numpy",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # Only experiments/reproduce.py draws plots.
+        "experiments": ["matplotlib"],
+    },
     license="Apache-2.0",
 )

@@ -78,11 +78,7 @@ def baseline(name, learning_rate):
 
 
 def learned():
-    nets = {f[:-len(".npz")]: networks.load_net(os.path.join(FLAGS.path, f))
-            for f in sorted(os.listdir(FLAGS.path)) if f.endswith(".npz")}
-    if not nets:
-        raise cli.UsageError(f"no nets (*.npz) in --path={FLAGS.path!r}: train first.")
-    return meta.MetaOptimizer(**nets)
+    return meta.MetaOptimizer(**networks.load_nets(FLAGS.path))
 
 
 def load_json(path, default):

@@ -474,6 +474,21 @@ def load_net(path):
     return factory(net_name, net_options, net_path=path)
 
 
+def load_nets(path):
+    """`{net_name: Net}` from one net file (named after it) or a directory of `*.npz` nets."""
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.endswith(".npz"))
+        if not files:
+            raise FileNotFoundError(
+                f"No net files (*.npz) in directory {path!r}: pass a directory written by "
+                "train.py or MetaOptimizer.save, or a single net file."
+            )
+        paths = [os.path.join(path, f) for f in files]
+    else:
+        paths = [path]
+    return {os.path.basename(p).removesuffix(".npz"): load_net(p) for p in paths}
+
+
 def build_nets(nets):
     """Normalises `{name: Net or spec}` into `{name: Net}`."""
     if not isinstance(nets, dict) or not nets:

@@ -70,28 +70,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self._pending_values = {}
 
     @classmethod
-    def from_pretrained(cls, path, **kwargs):
-        """Loads nets saved with `networks.save_weights` (or by the meta-trainer).
+    def from_pretrained(cls, name_or_path, **kwargs):
+        """Loads a shipped optimizer by name ("mnist", "quadratic") or saved nets by path.
 
-        `path` is one net file (the net is named after the file) or a directory whose `*.npz`
-        files are the nets; several nets need `net_assignments` in `kwargs`.
+        A path is one net file (the net is named after the file) or a directory of
+        `<net_name>.npz` files, as `train.py` and `MetaOptimizer.save` write; several nets need
+        `net_assignments` in `kwargs`.
         """
-        if os.path.isdir(path):
-            files = sorted(f for f in os.listdir(path) if f.endswith(".npz"))
-            if not files:
-                raise FileNotFoundError(
-                    f"No net files (*.npz) in directory {path!r}: pass a directory written by "
-                    "the meta-trainer or a single net file."
-                )
-            paths = [os.path.join(path, f) for f in files]
-        else:
-            paths = [path]
-        nets = {
-            os.path.basename(p)[: -len(".npz")] if p.endswith(".npz") else os.path.basename(p):
-            networks.load_net(p)
-            for p in paths
-        }
-        return cls(nets=nets, **kwargs)
+        return cls(nets=networks.load_nets(presets.pretrained_path(name_or_path)), **kwargs)
 
     def build(self, variables):
         if self.built:

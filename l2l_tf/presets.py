@@ -18,6 +18,29 @@ PRESETS = {
 
 DEFAULT_NET_NAME = "coordinatewise"
 
+# Meta-trained optimizers shipped with the package: one directory of nets per name, with a
+# PROVENANCE.md giving the command, seed and epochs that made it.
+PRETRAINED_DIR = os.path.join(os.path.dirname(__file__), "pretrained")
+
+
+def pretrained_names():
+    if not os.path.isdir(PRETRAINED_DIR):
+        return []
+    return sorted(n for n in os.listdir(PRETRAINED_DIR)
+                  if os.path.isdir(os.path.join(PRETRAINED_DIR, n)))
+
+
+def pretrained_path(name_or_path):
+    """The directory of a shipped optimizer, or `name_or_path` itself if it is a path."""
+    if name_or_path in pretrained_names():
+        return os.path.join(PRETRAINED_DIR, name_or_path)
+    if os.path.exists(name_or_path) or os.sep in name_or_path or name_or_path.endswith(".npz"):
+        return name_or_path
+    raise FileNotFoundError(
+        f"No shipped optimizer named {name_or_path!r} and no such path: use one of "
+        f"{pretrained_names()} or the path of saved nets."
+    )
+
 PROBLEMS = ("simple", "simple-multi", "quadratic", "mnist", "cifar", "cifar-multi")
 
 
