@@ -66,7 +66,10 @@ def check_flags():
         raise cli.UsageError(
             f"--resume: no checkpoint in {FLAGS.save_path!r}; start without --resume."
         )
-    if not FLAGS.resume and os.path.isdir(FLAGS.save_path) and os.listdir(FLAGS.save_path):
+    # A run killed before its first checkpoint left only flags and summaries: nothing to lose.
+    holds_run = has_checkpoint or any(f.endswith(".npz") for f in os.listdir(FLAGS.save_path)) \
+        if os.path.isdir(FLAGS.save_path) else False
+    if not FLAGS.resume and holds_run:
         raise cli.UsageError(
             f"--save_path={FLAGS.save_path!r} already holds a run: pass --resume to continue "
             "it, or choose a new directory."
