@@ -12,6 +12,8 @@ import tempfile
 
 from absl import app, flags, logging
 
+from l2l_tf import networks
+
 
 class UsageError(Exception):
     """A mistake in how a script was called; the message names the problem and the fix."""
@@ -66,8 +68,10 @@ def write_text_atomically(path, text):
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(temp_path, networks.default_file_mode())  # mkstemp makes 0600 files
         os.replace(temp_path, path)
     except BaseException:
         if os.path.exists(temp_path):
             os.remove(temp_path)
         raise
+

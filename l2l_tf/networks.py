@@ -435,6 +435,7 @@ def save_weights(path, net, weights):
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(temp_path, default_file_mode())  # mkstemp makes 0600 files
         os.replace(temp_path, path)
     except BaseException:
         if os.path.exists(temp_path):
@@ -558,3 +559,10 @@ def net_for(variable_name, nets, net_assignments):
         f"Variable {variable_name!r} matches no pattern of net_assignments "
         f"{net_assignments}: add a pattern for it, e.g. a last catch-all (net_name, ['.*'])."
     )
+
+
+def default_file_mode():
+    """0666 minus the process umask: the mode `open()` would have given a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -24,8 +24,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     Args:
         nets: dict from net name to a `networks.Net` or to a spec
             `{"net": class name, "net_options": {...}, "net_path": file}` (the original's
-            `MetaOptimizer(**nets)` form). Defaults to one untrained coordinatewise LSTM with
-            the original code's constants (`presets.default_nets()`).
+            `MetaOptimizer(**nets)` form). Defaults to the shipped MNIST optimizer (a 2 x 20
+            coordinatewise LSTM meta-trained on the MNIST MLP, see
+            `l2l_tf/pretrained/mnist/PROVENANCE.md`). An untrained net is an explicit choice:
+            `nets=presets.default_nets()`.
         net_assignments: with several nets, a list of `(net_name, [regex, ...])`; a model
             variable goes to the first net with a pattern found (`re.search`) in its `path`.
             With one net it may be omitted: that net updates every variable.
@@ -53,7 +55,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self.nets = networks.build_nets(presets.default_nets() if nets is None else nets)
+        if nets is None:
+            nets = networks.load_nets(presets.pretrained_path(presets.DEFAULT_PRETRAINED))
+        self.nets = networks.build_nets(nets)
         self.net_assignments = networks.check_assignments(self.nets, net_assignments)
         self.seed = seed
         self.net_weights = {}

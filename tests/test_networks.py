@@ -258,3 +258,12 @@ def test_rmsprop_net_follows_its_formula():
         update, state = net.step({}, tf.constant(g), state)
         v = 0.9 * v + 0.1 * np.square(g)
         np.testing.assert_allclose(update, -0.01 * np.array(g) / (np.sqrt(v) + 1e-8), rtol=1e-5)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    net = networks.Sgd()
+    path = tmp_path / "sgd.npz"
+    networks.save_weights(str(path), net, {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
