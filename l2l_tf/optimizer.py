@@ -131,9 +131,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     def net_weight_values(self):
         """`{net_name: {module: {field: np.ndarray}}}`: the nets' current weights."""
         return {
-            net_name: networks.weights_to_numpy(
-                {m: {f: v.numpy() for f, v in fields.items()} for m, fields in weights.items()}
-            )
+            net_name: {m: {f: v.numpy() for f, v in fields.items()} for m, fields in weights.items()}
             for net_name, weights in self.net_weights.items()
         }
 
