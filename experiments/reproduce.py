@@ -11,9 +11,11 @@ Stages, each resumable (results are cached under --output_dir and reused):
    runs (seed --seed + 1000, so the tuning problems are not the evaluation problems).
 3. evaluate: --num_runs runs per optimizer and configuration (seed --seed), the same
    initialisations and batches for every optimizer.
-4. report: `<problem>_results.csv` and `.md` (loss at steps 100 and 200, sum of the first 100
-   losses, mean and standard error; the grid and chosen rates), and `<problem>_<config>.png`
-   (loss vs step, log scale, mean with the 25-75 percentile band).
+4. report: `<tag>_results.csv` and `.md` (loss at steps 100 and 200, sum of the first 100
+   losses, mean and standard error; the grid and chosen rates), and `<tag>_<config>.png`
+   (loss vs step, log scale, mean with the 25-75 percentile band). The tag defaults to the
+   problem's name; give another (--tag=mnist_mix) to compare a second learned optimizer
+   against the same tuned baselines, which are computed once per problem.
 
 MNIST configurations (the paper's fig. 4 and 5), all with the optimizer trained on the base
 one: base (784-20-10 sigmoid, 100 steps), steps200, units40, layers2, relu. MNIST runs use the
@@ -48,6 +50,8 @@ flags.DEFINE_list("grid", DEFAULT_GRID, "Learning rates tried for every baseline
 flags.DEFINE_list("configs", None, "Subset of configurations to run (default: all).")
 flags.DEFINE_integer("seed", 0, "Evaluation seed; tuning uses seed + 1000.")
 flags.DEFINE_string("output_dir", "experiments/results", "Where tables, plots and caches go.")
+flags.DEFINE_string("tag", None, "Name for this learned optimizer in tables and file names "
+                    "(default: the problem's name); baselines and tuning are shared.")
 FLAGS = flags.FLAGS
 
 
@@ -164,8 +168,10 @@ def main(argv):
     if unknown:
         raise cli.UsageError(f"unknown --configs {sorted(unknown)}: use {list(all_configs)}.")
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    prefix = os.path.join(FLAGS.output_dir, FLAGS.problem)
-    tuning_path = f"{prefix}_tuning.json"
+    shared = os.path.join(FLAGS.output_dir, FLAGS.problem)
+    prefix = os.path.join(FLAGS.output_dir, FLAGS.tag or FLAGS.problem)
+    learned_label = "L2L" if FLAGS.tag is None else f"L2L {FLAGS.tag}"
+    tuning_path = f"{shared}_tuning.json"
     tuning = load_json(tuning_path, {})
     rows = []
     for name in names:
@@ -175,9 +181,9 @@ def main(argv):
         best = tune(name, problem, num_steps, tuning)
         cli.write_text_atomically(tuning_path, json.dumps(tuning, indent=1))
         curves = {}
-        cache_path = f"{prefix}_{name}_curves.npz"
+        cache_path = f"{shared}_{name}_curves.npz"
         cached = dict(np.load(cache_path)) if os.path.exists(cache_path) else {}
-        for label, build in [("L2L", learned)] + [
+        for label, build in [(learned_label, learned)] + [
                 (f"{b} (lr {best[b]})", lambda b=b: baseline(b, float(best[b]))) for b in BASELINES]:
             if label not in cached:
                 cached[label] = evaluate(build(), problem, num_steps, FLAGS.num_runs, FLAGS.seed)
@@ -189,7 +195,8 @@ def main(argv):
                 k: f"{m:.4g} ± {e:.2g}" for k, (m, e) in stats.items()}})
             print(f"{name} {label}: " + ", ".join(f"{k} {m:.4g}" for k, (m, _) in stats.items()),
                   flush=True)
-        plot(f"{prefix}_{name}.png", f"{FLAGS.problem} {name}: {FLAGS.num_runs} runs", curves)
+        plot(f"{prefix}_{name}.png", f"{FLAGS.tag or FLAGS.problem} {name}: "
+             f"{FLAGS.num_runs} runs", curves)
         print(f"{name}: {time.time() - start:.0f} s", flush=True)
     write_tables(prefix, rows, tuning, names)
 

@@ -42,7 +42,7 @@ def pretrained_path(name_or_path):
         f"{pretrained_names()} or the path of saved nets."
     )
 
-PROBLEMS = ("simple", "simple-multi", "quadratic", "mnist", "cifar", "cifar-multi")
+PROBLEMS = ("simple", "simple-multi", "quadratic", "mnist", "mnist-mix", "cifar", "cifar-multi")
 
 
 def _check_preset(preset):
@@ -100,6 +100,14 @@ def get_config(problem_name, path=None, preset="original", mode=None, data_dir=N
         return problem, {"cw": _net_spec("cw", path, {"layers": (20, 20)})}, None
     if problem_name == "mnist":
         problem = problems.mnist(layers=(20,), mode=mode, data_dir=data_dir)
+        return problem, {"cw": _net_spec("cw", path, default)}, None
+    if problem_name == "mnist-mix":
+        # Beyond the paper: one optimizer for sigmoid and ReLU MLPs at once (the ensemble of
+        # both), to see whether it keeps sigmoid's gains without failing on ReLU.
+        problem = problems.ensemble([
+            problems.mnist(activation="sigmoid", mode=mode, data_dir=data_dir),
+            problems.mnist(activation="relu", mode=mode, data_dir=data_dir),
+        ])
         return problem, {"cw": _net_spec("cw", path, default)}, None
     if problem_name == "cifar":
         problem = problems.cifar10(mode=mode, data_dir=data_dir)
