@@ -17,6 +17,7 @@ Sections:
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
 
+import itertools
 import json
 import resource
 import subprocess
@@ -33,6 +34,8 @@ from l2l_tf import LearnedOptimizer, cli, meta, presets
 flags.DEFINE_list("sections", ["machine", "fit", "meta"], "Sections to run.")
 flags.DEFINE_list("unroll_lengths", ["20"], "Unroll lengths for the meta section.")
 flags.DEFINE_list("meta_jit", ["false"], "XLA settings for the meta section (false, true).")
+flags.DEFINE_list("meta_recompute", ["false"],
+                  "Recomputation settings for the meta section (false, true).")
 flags.DEFINE_integer("epochs", 5, "Timed meta-training epochs per configuration.", lower_bound=1)
 flags.DEFINE_integer("num_steps", 100, "Optimizee steps per epoch.", lower_bound=1)
 flags.DEFINE_integer("fit_steps", 100, "Timed fit steps per repetition.", lower_bound=1)
@@ -95,12 +98,12 @@ def unroll_flops(run):
     return model_analyzer.profile(graph, options=options).total_float_ops
 
 
-def meta_child(unroll_length, jit_compile):
+def meta_child(unroll_length, jit_compile, recompute):
     """One meta-training configuration; returns a dict of measurements."""
     problem, net_config, _ = presets.get_config("mnist")
     optimizer = meta.MetaOptimizer(seed=0, **net_config)
     run = optimizer.meta_minimize(problem, unroll_length, learning_rate=0.001,
-                                  jit_compile=jit_compile)
+                                  jit_compile=jit_compile, recompute=recompute)
     memory_before = peak_memory_mb()
     num_unrolls = FLAGS.num_steps // unroll_length
     start = time.perf_counter()
@@ -115,7 +118,7 @@ def meta_child(unroll_length, jit_compile):
     epoch_seconds = float(np.median(times))
     flops_per_epoch = unroll_flops(run) * num_unrolls
     return {
-        "unroll_length": unroll_length, "jit_compile": jit_compile,
+        "unroll_length": unroll_length, "jit_compile": jit_compile, "recompute": recompute,
         "trace_seconds": trace_seconds, "epoch_seconds": epoch_seconds,
         "steps_per_second": FLAGS.num_steps / epoch_seconds,
         "gflop_per_epoch": flops_per_epoch / 1e9,
@@ -127,26 +130,26 @@ def meta_child(unroll_length, jit_compile):
 def meta_section(machine_rate):
     print(f"\n## Meta-training, mnist problem, {FLAGS.num_steps}-step epochs (median of "
           f"{FLAGS.epochs})\n")
-    print("| unroll | XLA | trace s | s/epoch | steps/s | GFLOP/epoch | GFLOP/s | of matmul peak "
-          "| peak RSS MB (before first unroll) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for unroll_length in FLAGS.unroll_lengths:
-        for jit in FLAGS.meta_jit:
-            command = [sys.executable, __file__, f"--child={unroll_length}:{jit}",
-                       f"--epochs={FLAGS.epochs}", f"--num_steps={FLAGS.num_steps}"]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            r = json.loads(output.strip().splitlines()[-1])
-            print(f"| {r['unroll_length']} | {r['jit_compile']} | {r['trace_seconds']:.1f} | "
-                  f"{r['epoch_seconds']:.3f} | {r['steps_per_second']:.0f} | "
-                  f"{r['gflop_per_epoch']:.1f} | {r['gflops']:.1f} | "
-                  f"{r['gflops'] / machine_rate:.0%} | {r['peak_memory_mb']:.0f} "
-                  f"({r['memory_before_mb']:.0f}) |", flush=True)
+    print("| unroll | XLA | recompute | trace s | s/epoch | steps/s | GFLOP/epoch | GFLOP/s "
+          "| of matmul peak | peak RSS MB (before first unroll) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    settings = itertools.product(FLAGS.unroll_lengths, FLAGS.meta_jit, FLAGS.meta_recompute)
+    for unroll_length, jit, recompute in settings:
+        command = [sys.executable, __file__, f"--child={unroll_length}:{jit}:{recompute}",
+                   f"--epochs={FLAGS.epochs}", f"--num_steps={FLAGS.num_steps}"]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        r = json.loads(output.strip().splitlines()[-1])
+        print(f"| {r['unroll_length']} | {r['jit_compile']} | {r['recompute']} | "
+              f"{r['trace_seconds']:.1f} | {r['epoch_seconds']:.3f} | "
+              f"{r['steps_per_second']:.0f} | {r['gflop_per_epoch']:.1f} | {r['gflops']:.1f} | "
+              f"{r['gflops'] / machine_rate:.0%} | {r['peak_memory_mb']:.0f} "
+              f"({r['memory_before_mb']:.0f}) |", flush=True)
 
 
 def main(argv):
     if FLAGS.child is not None:
-        unroll_length, jit = FLAGS.child.split(":")
-        print(json.dumps(meta_child(int(unroll_length), jit == "true")))
+        unroll_length, jit, recompute = FLAGS.child.split(":")
+        print(json.dumps(meta_child(int(unroll_length), jit == "true", recompute == "true")))
         return
     unknown = set(FLAGS.sections) - {"machine", "fit", "meta"}
     if unknown:

@@ -38,6 +38,8 @@ flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS), "Constants: pap
 flags.DEFINE_boolean("resume", False, "Continue from the checkpoint in save_path.")
 flags.DEFINE_integer("checkpoint_period", 100, "Checkpoint every this many epochs.", lower_bound=1)
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_boolean("recompute", False,
+                     "Recompute the nets' activations in the backward pass: bounds memory.")
 flags.DEFINE_boolean("deterministic", False,
                      "Turn on TensorFlow's op determinism: the same seed gives the same bits.")
 FLAGS = flags.FLAGS
@@ -114,7 +116,7 @@ def main(argv):
         training = optimizer.meta_minimize(
             problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,
             net_assignments=net_assignments, second_derivatives=FLAGS.second_derivatives,
-            seed=FLAGS.seed,
+            seed=FLAGS.seed, recompute=FLAGS.recompute,
         )
         evaluation = optimizer.meta_loss(problem, FLAGS.unroll_length,
                                          net_assignments=net_assignments, seed=FLAGS.seed + 1)

@@ -46,13 +46,18 @@ class MetaOptimizer:
         return [v for name in names for v in tf.nest.flatten(self.weights[name])]
 
     def meta_loss(self, problem, unroll_length, net_assignments=None, second_derivatives=False,
-                  loss_weights=None, seed=0, jit_compile=False):
-        """An evaluation run of `problem`: `reset()`, then `unroll()` repeatedly."""
+                  loss_weights=None, seed=0, jit_compile=False, recompute=False):
+        """An evaluation run of `problem`: `reset()`, then `unroll()` repeatedly.
+
+        `recompute=True` bounds meta-training memory: each step's net activations are
+        recomputed in the backward pass instead of kept (about a third more compute).
+        """
         return MetaLoss(self, problem, unroll_length, net_assignments, second_derivatives,
-                        loss_weights, seed, jit_compile)
+                        loss_weights, seed, jit_compile, recompute)
 
     def meta_minimize(self, problem, unroll_length, learning_rate=0.01, net_assignments=None,
-                      second_derivatives=False, loss_weights=None, seed=0, jit_compile=False):
+                      second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
+                      recompute=False):
         """A training run: like `meta_loss`, and `step()` also takes an Adam step on the nets.
 
         The meta-optimizer is a Keras Adam (epsilon 1e-8 as TF1's) shared by every run made
@@ -62,7 +67,7 @@ class MetaOptimizer:
             self.meta_optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
             self.meta_optimizer.build(self.trainable_weights())
         return self.meta_loss(problem, unroll_length, net_assignments, second_derivatives,
-                              loss_weights, seed, jit_compile)
+                              loss_weights, seed, jit_compile, recompute)
 
     def save(self, path):
         """Writes one file per net, `<path>/<net_name>.npz`, loadable by `LearnedOptimizer`."""
@@ -93,7 +98,7 @@ class MetaLoss:
     """
 
     def __init__(self, meta, problem, unroll_length, net_assignments, second_derivatives,
-                 loss_weights, seed, jit_compile):
+                 loss_weights, seed, jit_compile, recompute):
         if int(unroll_length) != unroll_length or unroll_length < 1:
             raise ValueError(f"unroll_length must be a positive integer, got {unroll_length!r}.")
         self.meta = meta
@@ -122,6 +127,7 @@ class MetaLoss:
         }
         self.trained_weights = meta.trainable_weights(list(self.assignment))
         self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
+        self._net_updates = self._recomputed_updates if recompute else self.updates
         self._unroll = tf.function(self._run_unroll, jit_compile=jit_compile)
         self._reset = tf.function(self._run_reset)
         self.reset()
@@ -166,6 +172,19 @@ class MetaLoss:
                     new_states[net_name].append(new_state)
         return updates, new_states
 
+    def _recomputed_updates(self, gradients, states):
+        """`updates` under `tf.recompute_grad`: the nets' activations (nearly all of the
+        unroll's memory) are not kept for the backward pass but computed again there."""
+        structure = (gradients, states)
+
+        @tf.recompute_grad
+        def flat_updates(*flat):
+            updates, new_states = self.updates(*tf.nest.pack_sequence_as(structure, list(flat)))
+            return tf.nest.flatten((updates, new_states))
+
+        flat_out = flat_updates(*tf.nest.flatten(structure))
+        return tf.nest.pack_sequence_as((gradients, states), list(flat_out))
+
     def _run_unroll(self, train):
         x = [v.read_value() for v in self.x]
         constants = {k: v.read_value() for k, v in self.constants.items()}
@@ -181,7 +200,7 @@ class MetaLoss:
                 if not self.second_derivatives:
                     gradients = [tf.stop_gradient(g) for g in gradients]
                 losses.append(loss)
-                updates, states = self.updates(gradients, states)
+                updates, states = self._net_updates(gradients, states)
                 x = [xi + ui for xi, ui in zip(x, updates)]
             losses.append(self.problem.loss(x, constants, self.rng))
             meta_loss = tf.reduce_sum(self.loss_weights * tf.stack(losses[1:]))

@@ -180,3 +180,22 @@ def test_non_finite_meta_steps_are_skipped_counted_and_the_nets_stay_finite():
         assert np.all(np.isfinite(weight.numpy()))
     for slot in optimizer.meta_optimizer.variables:
         assert np.all(np.isfinite(slot.numpy()))
+
+
+def test_recomputation_gives_the_same_meta_step():
+    def weights_before_and_after(recompute):
+        optimizer = meta.MetaOptimizer(seed=0, cw=networks.CoordinateWiseDeepLSTM(
+            layers=(5, 5), preprocess_name="LogAndSign", scale=0.1))
+        optimizer.meta_optimizer = keras.optimizers.SGD(learning_rate=0.1)
+        before = [w.numpy() for w in optimizer.trainable_weights()]
+        run = optimizer.meta_minimize(problems.quadratic(batch_size=4, num_dims=3), 5,
+                                      recompute=recompute, seed=2)
+        run.step()
+        run.step()
+        return before, [w.numpy() for w in optimizer.trainable_weights()]
+
+    before, plain = weights_before_and_after(False)
+    _, recomputed = weights_before_and_after(True)
+    assert not np.allclose(before[0], plain[0])
+    for a, b in zip(plain, recomputed):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
