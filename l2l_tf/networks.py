@@ -395,12 +395,20 @@ def factory(net, net_options=None, net_path=None):
     if net not in NETS:
         raise ValueError(f"Unknown net {net!r}: use one of {sorted(NETS)}.")
     net_options = dict(net_options or {})
+    saved = None
     if net_path is not None:
-        _, _, net_options["initializer"] = load_weights(net_path)
+        saved_net, saved_options, net_options["initializer"] = load_weights(net_path)
+        saved = (saved_net, json.loads(json.dumps(saved_options)))
     try:
-        return NETS[net](**net_options)
+        built = NETS[net](**net_options)
     except TypeError as error:
         raise ValueError(f"Bad net_options {net_options!r} for {net}: {error}.") from None
+    if saved is not None and saved != (net, json.loads(json.dumps(built.get_config()))):
+        raise ValueError(
+            f"{net_path!r} holds a {saved[0]} trained with options {saved[1]}, not a {net} with "
+            f"{built.get_config()}: pass the options it was trained with, or use load_net(path)."
+        )
+    return built
 
 
 def net_config(net):

@@ -70,10 +70,10 @@ def default_nets(preset="original"):
 
 
 def _net_spec(net_name, path, net_options, net="CoordinateWiseDeepLSTM"):
-    spec = {"net": net, "net_options": net_options}
+    """The spec of a net to train, or with `path` the saved net itself (its own options)."""
     if path is not None:
-        spec["net_path"] = os.path.join(path, f"{net_name}.npz")
-    return spec
+        return networks.load_net(os.path.join(path, f"{net_name}.npz"))
+    return {"net": net, "net_options": net_options}
 
 
 def get_config(problem_name, path=None, preset="original", mode=None, data_dir=None):

@@ -267,3 +267,15 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_weights_trained_with_other_constants_are_refused_not_misused(tmp_path):
+    paper = networks.CoordinateWiseDeepLSTM(layers=(3,), preprocess_name="LogAndSign",
+                                            preprocess_options={"k": 10}, scale=0.1)
+    path = str(tmp_path / "paper.npz")
+    networks.save_weights(path, paper, paper.initial_weights(seed=0))
+    original_constants = {"layers": (3,), "preprocess_name": "LogAndSign",
+                          "preprocess_options": {"k": 5}, "scale": 0.01}
+    with pytest.raises(ValueError, match="pass the options it was trained with"):
+        networks.factory("CoordinateWiseDeepLSTM", original_constants, net_path=path)
+    assert networks.load_net(path).scale == 0.1
