@@ -38,6 +38,8 @@ flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS), "Constants: pap
 flags.DEFINE_boolean("resume", False, "Continue from the checkpoint in save_path.")
 flags.DEFINE_integer("checkpoint_period", 100, "Checkpoint every this many epochs.", lower_bound=1)
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_integer("samples", 1, "Problem samples unrolled together per meta-step (a "
+                     "meta-batch); the meta-loss is their mean.", lower_bound=1)
 flags.DEFINE_boolean("recompute", False,
                      "Recompute the nets' activations in the backward pass: bounds memory.")
 flags.DEFINE_boolean("deterministic", False,
@@ -81,7 +83,7 @@ def check_flags():
 def run_flags():
     """The flags that must match when a run is resumed."""
     names = ["problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
-             "seed", "preset"]
+             "seed", "preset", "samples"]
     return {name: FLAGS[name].value for name in names}
 
 
@@ -116,7 +118,7 @@ def main(argv):
         training = optimizer.meta_minimize(
             problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,
             net_assignments=net_assignments, second_derivatives=FLAGS.second_derivatives,
-            seed=FLAGS.seed, recompute=FLAGS.recompute,
+            seed=FLAGS.seed, recompute=FLAGS.recompute, samples=FLAGS.samples,
         )
         evaluation = optimizer.meta_loss(problem, FLAGS.unroll_length,
                                          net_assignments=net_assignments, seed=FLAGS.seed + 1)
@@ -129,7 +131,7 @@ def main(argv):
         os.makedirs(FLAGS.save_path, exist_ok=True)
         checkpoint = tf.train.Checkpoint(
             weights=optimizer.weights, meta_optimizer=optimizer.meta_optimizer,
-            rng=training.rng, epoch=epoch, best_evaluation=best_evaluation,
+            rngs=training.rngs, epoch=epoch, best_evaluation=best_evaluation,
             skipped_steps=training.skipped_steps,
         )
         manager = tf.train.CheckpointManager(

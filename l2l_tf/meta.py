@@ -46,18 +46,21 @@ class MetaOptimizer:
         return [v for name in names for v in tf.nest.flatten(self.weights[name])]
 
     def meta_loss(self, problem, unroll_length, net_assignments=None, second_derivatives=False,
-                  loss_weights=None, seed=0, jit_compile=False, recompute=False):
+                  loss_weights=None, seed=0, jit_compile=False, recompute=False, samples=1):
         """An evaluation run of `problem`: `reset()`, then `unroll()` repeatedly.
 
         `recompute=True` bounds meta-training memory: each step's net activations are
         recomputed in the backward pass instead of kept (about a third more compute).
+        `samples` > 1 unrolls that many independent samples of the problem together (a
+        meta-batch): the meta-loss is their mean, and elementwise nets step all of them in
+        one call.
         """
         return MetaLoss(self, problem, unroll_length, net_assignments, second_derivatives,
-                        loss_weights, seed, jit_compile, recompute)
+                        loss_weights, seed, jit_compile, recompute, samples)
 
     def meta_minimize(self, problem, unroll_length, learning_rate=0.01, net_assignments=None,
                       second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
-                      recompute=False):
+                      recompute=False, samples=1):
         """A training run: like `meta_loss`, and `step()` also takes an Adam step on the nets.
 
         The meta-optimizer is a Keras Adam (epsilon 1e-8 as TF1's) shared by every run made
@@ -67,7 +70,7 @@ class MetaOptimizer:
             self.meta_optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
             self.meta_optimizer.build(self.trainable_weights())
         return self.meta_loss(problem, unroll_length, net_assignments, second_derivatives,
-                              loss_weights, seed, jit_compile, recompute)
+                              loss_weights, seed, jit_compile, recompute, samples)
 
     def save(self, path):
         """Writes one file per net, `<path>/<net_name>.npz`, loadable by `LearnedOptimizer`."""
@@ -86,6 +89,9 @@ def assign_params(nets, param_names, net_assignments):
     return assignment
 
 
+_SAMPLE_SEED_STRIDE = 1_000_003
+
+
 class MetaLoss:
     """One optimizee run of a problem under the nets: parameters, constants and net states.
 
@@ -94,11 +100,12 @@ class MetaLoss:
     `step()` does the same and takes a meta-optimizer step on the nets from that unroll,
     unless the meta-loss or the meta-gradient is not finite: then the step is skipped and
     counted in `skipped_steps`, and the nets and the meta-optimizer's slots are untouched.
-    Both return `(meta_loss, losses)` where `losses[t]` is f(theta_t), t = 0..unroll_length.
+    Both return `(meta_loss, losses)` where `losses[t]` is f(theta_t), t = 0..unroll_length
+    (averaged over the samples).
     """
 
     def __init__(self, meta, problem, unroll_length, net_assignments, second_derivatives,
-                 loss_weights, seed, jit_compile, recompute):
+                 loss_weights, seed, jit_compile, recompute, samples):
         if int(unroll_length) != unroll_length or unroll_length < 1:
             raise ValueError(f"unroll_length must be a positive integer, got {unroll_length!r}.")
         self.meta = meta
@@ -112,13 +119,26 @@ class MetaLoss:
                 f"unroll ({self.unroll_length})."
             )
         self.loss_weights = tf.constant(weights, tf.float32)
-        self.assignment = assign_params(meta.nets, problem.param_names, net_assignments)
-        self.rng = tf.random.Generator.from_seed(seed)
-        self.x = [tf.Variable(tf.zeros(p.shape), trainable=False, name="x") for p in problem.params]
-        self.constants = {
-            name: tf.Variable(value, trainable=False, name="constant")
-            for name, value in problem.sample_constants(self.rng).items()
+        if int(samples) != samples or samples < 1:
+            raise ValueError(f"samples must be a positive integer, got {samples!r}.")
+        self.samples = int(samples)
+        # Parameters of all samples in one list, sample-major: index s * P + i.
+        num_params = len(problem.params)
+        self.shapes = [p.shape for p in problem.params] * self.samples
+        self.assignment = {
+            net_name: [s * num_params + i for s in range(self.samples) for i in indices]
+            for net_name, indices in assign_params(meta.nets, problem.param_names,
+                                                   net_assignments).items()
         }
+        # One generator per sample, so sample s sees the same problems whatever `samples` is.
+        self.rngs = [tf.random.Generator.from_seed(seed + _SAMPLE_SEED_STRIDE * s)
+                     for s in range(self.samples)]
+        self.x = [tf.Variable(tf.zeros(shape), trainable=False, name="x") for shape in self.shapes]
+        self.constants = [
+            {name: tf.Variable(value, trainable=False, name="constant")
+             for name, value in problem.sample_constants(rng).items()}
+            for rng in self.rngs
+        ]
         self.states = {
             net_name: tf.nest.map_structure(
                 lambda s: tf.Variable(s, trainable=False, name="state"), self._initial_state(net_name)
@@ -135,17 +155,18 @@ class MetaLoss:
     def _initial_state(self, net_name):
         """Elementwise nets step all their parameters as one flat vector; others one by one."""
         net = self.meta.nets[net_name]
-        shapes = [self.problem.params[i].shape for i in self.assignment[net_name]]
+        shapes = [self.shapes[i] for i in self.assignment[net_name]]
         if net.elementwise:
             total = sum(networks.num_elements(s) for s in shapes)
             return net.initial_state((total,))
         return [net.initial_state(s) for s in shapes]
 
     def _run_reset(self):
-        for variable, value in zip(self.x, self.problem.init_params(self.rng)):
-            variable.assign(value)
-        for name, value in self.problem.sample_constants(self.rng).items():
-            self.constants[name].assign(value)
+        for s, rng in enumerate(self.rngs):
+            for variable, value in zip(self._sample(self.x, s), self.problem.init_params(rng)):
+                variable.assign(value)
+            for name, value in self.problem.sample_constants(rng).items():
+                self.constants[s][name].assign(value)
         for net_name in self.assignment:
             tf.nest.map_structure(lambda v, s: v.assign(s), self.states[net_name],
                                   self._initial_state(net_name))
@@ -162,9 +183,9 @@ class MetaLoss:
             if net.elementwise:
                 flat = tf.concat([tf.reshape(gradients[i], [-1]) for i in indices], 0)
                 flat_update, new_states[net_name] = net.step(weights, flat, states[net_name])
-                sizes = [networks.num_elements(self.problem.params[i].shape) for i in indices]
+                sizes = [networks.num_elements(self.shapes[i]) for i in indices]
                 for i, part in zip(indices, tf.split(flat_update, sizes)):
-                    updates[i] = tf.reshape(part, self.problem.params[i].shape)
+                    updates[i] = tf.reshape(part, self.shapes[i])
             else:
                 new_states[net_name] = []
                 for i, state in zip(indices, states[net_name]):
@@ -187,23 +208,29 @@ class MetaLoss:
 
     def _run_unroll(self, train):
         x = [v.read_value() for v in self.x]
-        constants = {k: v.read_value() for k, v in self.constants.items()}
+        constants = tf.nest.map_structure(lambda v: v.read_value(), self.constants)
         states = tf.nest.map_structure(lambda v: v.read_value(), self.states)
-        losses = []
+        losses = []  # [step][sample]
         with tf.GradientTape(watch_accessed_variables=False) as meta_tape:
             meta_tape.watch(self.trained_weights)
             for _ in range(self.unroll_length):
-                with tf.GradientTape(watch_accessed_variables=False) as tape:
-                    tape.watch(x)
-                    loss = self.problem.loss(x, constants, self.rng)
-                gradients = tape.gradient(loss, x)
+                gradients, step_losses = [], []
+                for s, rng in enumerate(self.rngs):
+                    x_s = self._sample(x, s)
+                    with tf.GradientTape(watch_accessed_variables=False) as tape:
+                        tape.watch(x_s)
+                        loss = self.problem.loss(x_s, constants[s], rng)
+                    gradients += tape.gradient(loss, x_s)
+                    step_losses.append(loss)
                 if not self.second_derivatives:
                     gradients = [tf.stop_gradient(g) for g in gradients]
-                losses.append(loss)
+                losses.append(tf.stack(step_losses))
                 updates, states = self._net_updates(gradients, states)
                 x = [xi + ui for xi, ui in zip(x, updates)]
-            losses.append(self.problem.loss(x, constants, self.rng))
-            meta_loss = tf.reduce_sum(self.loss_weights * tf.stack(losses[1:]))
+            losses.append(tf.stack([self.problem.loss(self._sample(x, s), constants[s], rng)
+                                    for s, rng in enumerate(self.rngs)]))
+            losses = tf.reduce_mean(tf.stack(losses), axis=1)  # mean over samples
+            meta_loss = tf.reduce_sum(self.loss_weights * losses[1:])
         if train:
             meta_gradients = meta_tape.gradient(meta_loss, self.trained_weights)
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
@@ -219,7 +246,12 @@ class MetaLoss:
         for variable, value in zip(self.x, x):
             variable.assign(value)
         tf.nest.map_structure(lambda v, s: v.assign(s), self.states, states)
-        return meta_loss, tf.stack(losses)
+        return meta_loss, losses
+
+    def _sample(self, values, s):
+        """Sample s's slice of a sample-major list of parameters."""
+        num_params = len(self.problem.params)
+        return values[s * num_params:(s + 1) * num_params]
 
     def unroll(self):
         """Runs one unroll with the nets as they are (evaluation)."""

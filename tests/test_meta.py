@@ -40,14 +40,14 @@ def test_meta_loss_sums_steps_one_to_t_with_weights():
 def test_unrolls_carry_parameters_and_reset_resamples():
     optimizer = meta.MetaOptimizer(seed=0)
     run = optimizer.meta_loss(problems.quadratic(batch_size=4, num_dims=3), 5, seed=7)
-    w0 = run.constants["w"].numpy()
+    w0 = run.constants[0]["w"].numpy()
     _, first = run.unroll()
     _, second = run.unroll()
     # The second unroll starts where the first ended (same constants, same parameters).
     np.testing.assert_allclose(second[0].numpy(), first[-1].numpy(), rtol=1e-6)
     assert np.any(run.states["coordinatewise"][0].numpy() != 0)
     run.reset()
-    assert not np.array_equal(run.constants["w"].numpy(), w0)
+    assert not np.array_equal(run.constants[0]["w"].numpy(), w0)
     assert all(np.all(s.numpy() == 0) for s in run.states["coordinatewise"])
 
 
@@ -130,7 +130,7 @@ def test_short_quadratic_meta_training_beats_the_untrained_net_and_keras_agrees(
     keras_optimizer = l2l_tf.LearnedOptimizer.from_pretrained(str(tmp_path))
     run = optimizer.meta_loss(problem, 20, seed=5)
     x = keras.Variable(run.x[0].numpy())
-    constants = {k: v.read_value() for k, v in run.constants.items()}
+    constants = {k: v.read_value() for k, v in run.constants[0].items()}
     meta_losses = np.concatenate([run.unroll()[1].numpy()[:-1] for _ in range(5)])
     keras_losses = []
     for _ in range(100):
@@ -199,3 +199,22 @@ def test_recomputation_gives_the_same_meta_step():
     assert not np.allclose(before[0], plain[0])
     for a, b in zip(plain, recomputed):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_meta_batch_of_samples_averages_their_meta_gradients():
+    def weight_change(samples, seed):
+        optimizer = meta.MetaOptimizer(seed=0, cw=networks.CoordinateWiseDeepLSTM(
+            layers=(4,), preprocess_name="LogAndSign", scale=0.1))
+        optimizer.meta_optimizer = keras.optimizers.SGD(learning_rate=1.0)
+        before = [w.numpy() for w in optimizer.trainable_weights()]
+        run = optimizer.meta_minimize(problems.quadratic(batch_size=4, num_dims=3), 5,
+                                      samples=samples, seed=seed)
+        run.step()
+        return [b - w.numpy() for b, w in zip(before, optimizer.trainable_weights())]
+
+    first = weight_change(1, seed=7)
+    second = weight_change(1, seed=7 + meta._SAMPLE_SEED_STRIDE)
+    both = weight_change(2, seed=7)
+    assert not np.allclose(first[0], second[0])
+    for a, b, ab in zip(first, second, both):
+        np.testing.assert_allclose(ab, (a + b) / 2, rtol=1e-4, atol=1e-7)
