@@ -279,3 +279,20 @@ def test_weights_trained_with_other_constants_are_refused_not_misused(tmp_path):
     with pytest.raises(ValueError, match="pass the options it was trained with"):
         networks.factory("CoordinateWiseDeepLSTM", original_constants, net_path=path)
     assert networks.load_net(path).scale == 0.1
+
+
+def test_a_crash_while_saving_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    net = networks.CoordinateWiseDeepLSTM(layers=(3,))
+    path = str(tmp_path / "cw.npz")
+    networks.save_weights(path, net, net.initial_weights(seed=0))
+    before = (tmp_path / "cw.npz").read_bytes()
+
+    def crash_midway(file, **arrays):
+        file.write(b"PK\x03\x04 half an archive")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(np, "savez", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        networks.save_weights(path, net, net.initial_weights(seed=1))
+    assert (tmp_path / "cw.npz").read_bytes() == before
+    assert os.listdir(tmp_path) == ["cw.npz"]
