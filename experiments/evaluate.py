@@ -93,7 +93,8 @@ def main(argv):
     print(f"Epoch {FLAGS.num_epochs}\nLog Mean Final Error: {np.log10(np.mean(losses[:, -1])):.2f}"
           f"\nMean epoch time: {elapsed / FLAGS.num_epochs:.2f} s"
           f"\nMean final loss: {np.mean(losses[:, -1]):.4g}"
-          f"\nSum of losses over steps 1..{FLAGS.num_steps}: {np.mean(losses[:, 1:].sum(1)):.4g}")
+          f"\nSum of the first {FLAGS.num_steps} losses (steps 0..{FLAGS.num_steps - 1}): "
+          f"{np.mean(losses[:, :-1].sum(1)):.4g}")
     if FLAGS.output is not None:
         write_losses(FLAGS.output, losses)
 

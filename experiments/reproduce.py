@@ -121,7 +121,8 @@ def tune(name, problem, num_steps, cache):
 
 
 def summary(losses):
-    """Mean and standard error of the metrics over runs."""
+    """Mean and standard error over runs: losses at steps 100 and 200, and the sum of the
+    first 100 losses (steps 0..99, the losses each optimizer step is taken from)."""
     metrics = {"loss@100": losses[:, 100], "sum100": losses[:, :100].sum(1)}
     if losses.shape[1] > 200:
         metrics["loss@200"] = losses[:, 200]
