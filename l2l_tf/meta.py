@@ -206,46 +206,64 @@ class MetaLoss:
         flat_out = flat_updates(*tf.nest.flatten(structure))
         return tf.nest.pack_sequence_as((gradients, states), list(flat_out))
 
-    def _run_unroll(self, train):
-        x = [v.read_value() for v in self.x]
-        constants = tf.nest.map_structure(lambda v: v.read_value(), self.constants)
-        states = tf.nest.map_structure(lambda v: v.read_value(), self.states)
-        losses = []  # [step][sample]
-        with tf.GradientTape(watch_accessed_variables=False) as meta_tape:
-            meta_tape.watch(self.trained_weights)
-            for _ in range(self.unroll_length):
-                gradients, step_losses = [], []
-                for s, rng in enumerate(self.rngs):
-                    x_s = self._sample(x, s)
-                    with tf.GradientTape(watch_accessed_variables=False) as tape:
-                        tape.watch(x_s)
-                        loss = self.problem.loss(x_s, constants[s], rng)
-                    gradients += tape.gradient(loss, x_s)
-                    step_losses.append(loss)
-                if not self.second_derivatives:
-                    gradients = [tf.stop_gradient(g) for g in gradients]
-                losses.append(tf.stack(step_losses))
-                updates, states = self._net_updates(gradients, states)
-                x = [xi + ui for xi, ui in zip(x, updates)]
-            losses.append(tf.stack([self.problem.loss(self._sample(x, s), constants[s], rng)
-                                    for s, rng in enumerate(self.rngs)]))
-            losses = tf.reduce_mean(tf.stack(losses), axis=1)  # mean over samples
-            meta_loss = tf.reduce_sum(self.loss_weights * losses[1:])
-        if train:
-            meta_gradients = meta_tape.gradient(meta_loss, self.trained_weights)
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
-                                    for g in [meta_loss, *meta_gradients]])
+    def read_state(self):
+        """The run's carried state as tensors: (parameters, constants, net states)."""
+        return tf.nest.map_structure(lambda v: v.read_value(), (self.x, self.constants, self.states))
 
-            def apply_meta_step():
-                self.meta.meta_optimizer.apply_gradients(zip(meta_gradients, self.trained_weights))
-                return tf.constant(0, tf.int64)
-
-            # A non-finite meta-step would poison the nets and Adam's slots: skip and count it.
-            self.skipped_steps.assign_add(
-                tf.cond(finite, apply_meta_step, lambda: tf.constant(1, tf.int64)))
+    def write_state(self, x, states):
+        """Carries parameters and net states to the next unroll (the truncation of BPTT)."""
         for variable, value in zip(self.x, x):
             variable.assign(value)
         tf.nest.map_structure(lambda v, s: v.assign(s), self.states, states)
+
+    def forward(self, x, constants, states):
+        """One unroll from `x` and `states`: `(meta_loss, losses, x, states)`.
+
+        Differentiable with respect to the nets' weights; the caller holds the tape.
+        """
+        losses = []  # [step][sample]
+        for _ in range(self.unroll_length):
+            gradients, step_losses = [], []
+            for s, rng in enumerate(self.rngs):
+                x_s = self._sample(x, s)
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(x_s)
+                    loss = self.problem.loss(x_s, constants[s], rng)
+                gradients += tape.gradient(loss, x_s)
+                step_losses.append(loss)
+            if not self.second_derivatives:
+                gradients = [tf.stop_gradient(g) for g in gradients]
+            losses.append(tf.stack(step_losses))
+            updates, states = self._net_updates(gradients, states)
+            x = [xi + ui for xi, ui in zip(x, updates)]
+        losses.append(tf.stack([self.problem.loss(self._sample(x, s), constants[s], rng)
+                                for s, rng in enumerate(self.rngs)]))
+        losses = tf.reduce_mean(tf.stack(losses), axis=1)  # mean over samples
+        meta_loss = tf.reduce_sum(self.loss_weights * losses[1:])
+        return meta_loss, losses, x, states
+
+    def apply_meta_gradients(self, meta_loss, meta_gradients):
+        """The meta-optimizer's step, skipped and counted if anything is not finite."""
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                                for g in [meta_loss, *meta_gradients]])
+
+        def apply_meta_step():
+            self.meta.meta_optimizer.apply_gradients(zip(meta_gradients, self.trained_weights))
+            return tf.constant(0, tf.int64)
+
+        # A non-finite meta-step would poison the nets and Adam's slots: skip and count it.
+        self.skipped_steps.assign_add(
+            tf.cond(finite, apply_meta_step, lambda: tf.constant(1, tf.int64)))
+
+    def _run_unroll(self, train):
+        x, constants, states = self.read_state()
+        with tf.GradientTape(watch_accessed_variables=False) as meta_tape:
+            meta_tape.watch(self.trained_weights)
+            meta_loss, losses, x, states = self.forward(x, constants, states)
+        if train:
+            self.apply_meta_gradients(
+                meta_loss, meta_tape.gradient(meta_loss, self.trained_weights))
+        self.write_state(x, states)
         return meta_loss, losses
 
     def _sample(self, values, s):
