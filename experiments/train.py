@@ -38,6 +38,12 @@ flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS), "Constants: pap
 flags.DEFINE_boolean("resume", False, "Continue from the checkpoint in save_path.")
 flags.DEFINE_integer("checkpoint_period", 100, "Checkpoint every this many epochs.", lower_bound=1)
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy for meta-training: each replica unrolls its own "
+                  "samples and the meta-gradient is all-reduced.")
+flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu (TPUClusterResolver).")
+flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into this many logical devices "
+                     "(to try --strategy=mirrored without accelerators).", lower_bound=0)
 flags.DEFINE_integer("samples", 1, "Problem samples unrolled together per meta-step (a "
                      "meta-batch); the meta-loss is their mean.", lower_bound=1)
 flags.DEFINE_boolean("recompute", False,
@@ -80,10 +86,29 @@ def check_flags():
         )
 
 
+def make_strategy():
+    """The tf.distribute strategy named by --strategy (None for the default)."""
+    # --logical_cpus was applied by quiet_tensorflow, before the runtime started.
+    if FLAGS.strategy == "mirrored":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
+            [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if FLAGS.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()  # cluster from TF_CONFIG
+    if FLAGS.strategy == "tpu":
+        if FLAGS.tpu is None:
+            raise cli.UsageError("--strategy=tpu needs --tpu=ADDRESS (or 'local').")
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=FLAGS.tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    return None
+
+
 def run_flags():
     """The flags that must match when a run is resumed."""
     names = ["problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
-             "seed", "preset", "samples"]
+             "seed", "preset", "samples", "strategy"]
     return {name: FLAGS[name].value for name in names}
 
 
@@ -112,13 +137,15 @@ def main(argv):
         tf.config.experimental.enable_op_determinism()
     if FLAGS.resume:
         check_resumed_flags(FLAGS.save_path)
-    with cli.configuration_errors():
+    strategy = make_strategy()
+    with cli.configuration_errors(), (strategy or tf.distribute.get_strategy()).scope():
         problem, net_config, net_assignments = presets.get_config(FLAGS.problem, preset=FLAGS.preset)
         optimizer = meta.MetaOptimizer(seed=FLAGS.seed, **net_config)
         training = optimizer.meta_minimize(
             problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,
             net_assignments=net_assignments, second_derivatives=FLAGS.second_derivatives,
             seed=FLAGS.seed, recompute=FLAGS.recompute, samples=FLAGS.samples,
+            strategy=strategy,
         )
         evaluation = optimizer.meta_loss(problem, FLAGS.unroll_length,
                                          net_assignments=net_assignments, seed=FLAGS.seed + 1)

@@ -60,15 +60,22 @@ class MetaOptimizer:
 
     def meta_minimize(self, problem, unroll_length, learning_rate=0.01, net_assignments=None,
                       second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
-                      recompute=False, samples=1):
+                      recompute=False, samples=1, strategy=None):
         """A training run: like `meta_loss`, and `step()` also takes an Adam step on the nets.
 
         The meta-optimizer is a Keras Adam (epsilon 1e-8 as TF1's) shared by every run made
-        from this `MetaOptimizer`, so its slots survive resets.
+        from this `MetaOptimizer`, so its slots survive resets. With a `tf.distribute`
+        `strategy` (this `MetaOptimizer` built in its scope) every replica unrolls its own
+        samples: see `ReplicatedMetaLoss`.
         """
         if self.meta_optimizer is None:
             self.meta_optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
             self.meta_optimizer.build(self.trainable_weights())
+        if strategy is not None:
+            if jit_compile:
+                raise ValueError("jit_compile with a strategy is not supported yet: drop one.")
+            return ReplicatedMetaLoss(self, strategy, problem, unroll_length, net_assignments,
+                                      second_derivatives, loss_weights, seed, recompute, samples)
         return self.meta_loss(problem, unroll_length, net_assignments, second_derivatives,
                               loss_weights, seed, jit_compile, recompute, samples)
 
@@ -300,3 +307,71 @@ def run_epoch(run, num_unrolls, train):
     values = np.concatenate(curve)
     return np.pad(values, (0, num_unrolls * run.unroll_length + 1 - len(values)),
                   constant_values=np.nan)
+
+
+class ReplicatedMetaLoss:
+    """Meta-training under a `tf.distribute` strategy: one `MetaLoss` per local replica.
+
+    Each replica unrolls its own samples of the problem (own initialisations, constants and
+    batches: replica r's sample s is seeded as global sample r * samples + s, so R replicas of
+    S samples see the problems one device with R * S samples sees). The meta-loss and
+    meta-gradient are averaged over replicas with an all-reduce, and one meta-optimizer step
+    (skipped if not finite) updates the nets, which the strategy keeps identical everywhere.
+    Build the `MetaOptimizer` and its meta-optimizer inside `strategy.scope()`.
+    """
+
+    def __init__(self, meta, strategy, problem, unroll_length, net_assignments=None,
+                 second_derivatives=False, loss_weights=None, seed=0, recompute=False,
+                 samples=1):
+        self.strategy = strategy
+        devices = strategy.extended.worker_devices
+        # Replica ids are global across workers; this worker's first one:
+        resolver = getattr(strategy, "cluster_resolver", None)
+        task_id = getattr(resolver, "task_id", None) or 0
+        self.runs = []
+        for local, device in enumerate(devices):
+            replica = task_id * len(devices) + local
+            with tf.device(device):
+                self.runs.append(meta.meta_loss(
+                    problem, unroll_length, net_assignments, second_derivatives, loss_weights,
+                    seed=seed + _SAMPLE_SEED_STRIDE * samples * replica, recompute=recompute,
+                    samples=samples))
+        self.unroll_length = self.runs[0].unroll_length
+        self.trained_weights = self.runs[0].trained_weights
+        self.skipped_steps = self.runs[0].skipped_steps
+        self.rngs = [rng for run in self.runs for rng in run.rngs]
+        self._unroll = tf.function(self._run_unroll)
+        self._reset = tf.function(self._run_reset)
+
+    def _run_reset(self):
+        for run in self.runs:
+            run._run_reset()
+
+    def reset(self):
+        self._reset()
+
+    def _run_unroll(self, train):
+        def replica_fn():
+            context = tf.distribute.get_replica_context()
+            replica = tf.get_static_value(context.replica_id_in_sync_group)
+            run = self.runs[replica % len(self.runs)]
+            x, constants, states = run.read_state()
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(self.trained_weights)
+                meta_loss, losses, x, states = run.forward(x, constants, states)
+            gradients = tape.gradient(meta_loss, self.trained_weights) if train else []
+            run.write_state(x, states)
+            return context.all_reduce(tf.distribute.ReduceOp.MEAN, [meta_loss, losses, *gradients])
+
+        reduced = self.strategy.run(replica_fn)
+        meta_loss, losses, *gradients = [
+            self.strategy.experimental_local_results(value)[0] for value in reduced]
+        if train:
+            self.runs[0].apply_meta_gradients(meta_loss, gradients)
+        return meta_loss, losses
+
+    def unroll(self):
+        return self._unroll(train=False)
+
+    def step(self):
+        return self._unroll(train=True)

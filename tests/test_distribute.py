@@ -19,3 +19,13 @@ def test_mirrored_fit_matches_one_device_and_backup_and_restore_resumes(tmp_path
     # uninterrupted fit ends: the optimizer's states came back from the backup.
     assert r["iterations"] == [12, 12], r
     assert r["restored_variables"] < 1e-5 and r["restored_states"] < 1e-5, r
+
+
+def test_meta_training_with_two_replicas_equals_one_device_with_two_samples():
+    script = os.path.join(os.path.dirname(__file__), "scripts", "mirrored_meta.py")
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r["changed"] > 1e-4, r  # the meta-steps did move the nets
+    assert r["weights"] < 1e-5 and r["losses"] < 1e-4, r
+    assert r["replica_gap"] == 0.0, r  # the nets stay identical on both replicas
