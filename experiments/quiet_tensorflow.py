@@ -1,6 +1,7 @@
 """Imported first by the scripts: imports TensorFlow with its start-up chatter silenced.
 
-It also starts TensorFlow's runtime, so it applies train.py's --logical_cpus first.
+It also starts TensorFlow's runtime (except for train.py's multi-worker and TPU strategies,
+which must configure it themselves), so it applies train.py's --logical_cpus first.
 
 TensorFlow 2.21 writes INFO lines (oneDNN, CUDA drivers) to stderr while it is imported,
 before `TF_CPP_MIN_LOG_LEVEL` is honoured, so a user error would not be the only line a
@@ -26,7 +27,10 @@ try:
                 tensorflow.config.set_logical_device_configuration(
                     tensorflow.config.list_physical_devices("CPU")[0],
                     [tensorflow.config.LogicalDeviceConfiguration()] * count)
-    tensorflow.config.list_logical_devices()  # device start-up logs here, not later
+    # Device start-up logs here, not later; but multi-worker and TPU strategies must set up
+    # the runtime themselves, so it is left to them.
+    if not any(arg in ("--strategy=multi_worker", "--strategy=tpu") for arg in sys.argv[1:]):
+        tensorflow.config.list_logical_devices()
 finally:
     os.dup2(_saved_stderr, 2)
     os.close(_devnull)

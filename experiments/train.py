@@ -55,7 +55,21 @@ FLAGS = flags.FLAGS
 CHECKPOINT_DIR = "checkpoint"
 
 
-def check_flags():
+def output_path():
+    """Where this process writes: --save_path, or for a multi-worker worker that is not the
+    chief, <save_path>/worker_<index>. Every worker must write its own checkpoints (they hold
+    its replicas' random generators); the chief's nets are the run's."""
+    if FLAGS.save_path is None or FLAGS.strategy != "multi_worker":
+        return FLAGS.save_path
+    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = config.get("task", {})
+    has_chief = "chief" in config.get("cluster", {})
+    if task.get("type", "chief") == "chief" or (not has_chief and task.get("index", 0) == 0):
+        return FLAGS.save_path
+    return os.path.join(FLAGS.save_path, f"{task['type']}_{task['index']}")
+
+
+def check_flags(save_path):
     if FLAGS.problem not in presets.PROBLEMS:
         raise cli.UsageError(
             f"unknown --problem={FLAGS.problem!r}: use one of {', '.join(presets.PROBLEMS)}."
@@ -65,23 +79,23 @@ def check_flags():
             f"--unroll_length={FLAGS.unroll_length} does not divide --num_steps="
             f"{FLAGS.num_steps}: choose values where num_steps is a multiple of unroll_length."
         )
-    if FLAGS.save_path is None:
+    if save_path is None:
         if FLAGS.resume:
             raise cli.UsageError("--resume needs --save_path: the run to continue.")
         return
-    if os.path.exists(FLAGS.save_path) and not os.path.isdir(FLAGS.save_path):
-        raise cli.UsageError(f"--save_path={FLAGS.save_path!r} is a file: give a directory.")
-    has_checkpoint = tf.train.latest_checkpoint(os.path.join(FLAGS.save_path, CHECKPOINT_DIR))
+    if os.path.exists(save_path) and not os.path.isdir(save_path):
+        raise cli.UsageError(f"--save_path={save_path!r} is a file: give a directory.")
+    has_checkpoint = tf.train.latest_checkpoint(os.path.join(save_path, CHECKPOINT_DIR))
     if FLAGS.resume and not has_checkpoint:
         raise cli.UsageError(
-            f"--resume: no checkpoint in {FLAGS.save_path!r}; start without --resume."
+            f"--resume: no checkpoint in {save_path!r}; start without --resume."
         )
     # A run killed before its first checkpoint left only flags and summaries: nothing to lose.
-    holds_run = has_checkpoint or any(f.endswith(".npz") for f in os.listdir(FLAGS.save_path)) \
-        if os.path.isdir(FLAGS.save_path) else False
+    holds_run = has_checkpoint or any(f.endswith(".npz") for f in os.listdir(save_path)) \
+        if os.path.isdir(save_path) else False
     if not FLAGS.resume and holds_run:
         raise cli.UsageError(
-            f"--save_path={FLAGS.save_path!r} already holds a run: pass --resume to continue "
+            f"--save_path={save_path!r} already holds a run: pass --resume to continue "
             "it, or choose a new directory."
         )
 
@@ -132,11 +146,12 @@ def log_mean_final_error(losses):
 
 
 def main(argv):
-    check_flags()
+    save_path = output_path()
+    check_flags(save_path)
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
     if FLAGS.resume:
-        check_resumed_flags(FLAGS.save_path)
+        check_resumed_flags(save_path)
     strategy = make_strategy()
     with cli.configuration_errors(), (strategy or tf.distribute.get_strategy()).scope():
         problem, net_config, net_assignments = presets.get_config(FLAGS.problem, preset=FLAGS.preset)
@@ -154,23 +169,23 @@ def main(argv):
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
     best_evaluation = tf.Variable(np.inf, dtype=tf.float64, name="best_evaluation")
     manager = writer = None
-    if FLAGS.save_path is not None:
-        os.makedirs(FLAGS.save_path, exist_ok=True)
+    if save_path is not None:
+        os.makedirs(save_path, exist_ok=True)
         checkpoint = tf.train.Checkpoint(
             weights=optimizer.weights, meta_optimizer=optimizer.meta_optimizer,
             rngs=training.rngs, epoch=epoch, best_evaluation=best_evaluation,
             skipped_steps=training.skipped_steps,
         )
         manager = tf.train.CheckpointManager(
-            checkpoint, os.path.join(FLAGS.save_path, CHECKPOINT_DIR), max_to_keep=2
+            checkpoint, os.path.join(save_path, CHECKPOINT_DIR), max_to_keep=2
         )
         if FLAGS.resume:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             print(f"Resumed from {manager.latest_checkpoint} at epoch {int(epoch.numpy())}.")
         else:
-            cli.write_text_atomically(os.path.join(FLAGS.save_path, "flags.json"),
+            cli.write_text_atomically(os.path.join(save_path, "flags.json"),
                                       json.dumps(run_flags(), indent=2))
-        writer = tf.summary.create_file_writer(os.path.join(FLAGS.save_path, "tensorboard"))
+        writer = tf.summary.create_file_writer(os.path.join(save_path, "tensorboard"))
 
     progress = keras.utils.Progbar(FLAGS.num_epochs, verbose=1 if FLAGS.progress else 0,
                                    stateful_metrics=["log_final_error"])
@@ -208,16 +223,16 @@ def main(argv):
             if writer is not None:
                 with writer.as_default(step=done):
                     tf.summary.scalar("evaluation/final_loss", mean_final)
-            if FLAGS.save_path is not None and mean_final < best_evaluation.numpy():
+            if save_path is not None and mean_final < best_evaluation.numpy():
                 best_evaluation.assign(mean_final)
-                optimizer.save(FLAGS.save_path)
-                print(f"Saving optimizer to {FLAGS.save_path}...", flush=True)
+                optimizer.save(save_path)
+                print(f"Saving optimizer to {save_path}...", flush=True)
 
         if manager is not None and (done % FLAGS.checkpoint_period == 0 or done == FLAGS.num_epochs):
             manager.save(checkpoint_number=done)
-    if FLAGS.save_path is not None and not np.isfinite(best_evaluation.numpy()):
+    if save_path is not None and not np.isfinite(best_evaluation.numpy()):
         # No evaluation ran (a short run): keep the final nets rather than nothing.
-        optimizer.save(FLAGS.save_path)
+        optimizer.save(save_path)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -156,3 +157,47 @@ def test_same_seed_gives_bitwise_identical_nets_with_op_determinism(tmp_path):
         if key != "__l2l_tf__":
             np.testing.assert_array_equal(runs[0][key], runs[1][key], err_msg=key)
     assert not np.array_equal(runs[0]["lstm_0/w_gates"], different["lstm_0/w_gates"])
+
+
+def test_meta_training_with_a_mirrored_strategy_runs_and_resumes(tmp_path):
+    args = QUICK + ["--problem=quadratic", "--num_steps=20", "--unroll_length=10",
+                    "--strategy=mirrored", "--logical_cpus=2", f"--save_path={tmp_path / 'm'}"]
+    first = script("train.py", *args, "--num_epochs=2")
+    assert first.returncode == 0, first.stderr
+    resumed = script("train.py", *args, "--num_epochs=4", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at epoch 2" in resumed.stdout and "Epoch 4" in resumed.stdout
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_meta_training_with_two_processes_keeps_the_nets_identical(tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    save_path = tmp_path / "run"
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "experiments", "train.py"), *QUICK,
+             "--problem=quadratic", "--num_steps=20", "--unroll_length=10", "--num_epochs=3",
+             "--strategy=multi_worker", f"--save_path={save_path}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    chief, worker = np.load(save_path / "cw.npz"), np.load(save_path / "worker_1" / "cw.npz")
+    for key in chief.files:
+        if key != "__l2l_tf__":
+            np.testing.assert_array_equal(chief[key], worker[key], err_msg=key)
+    initial = l2l_tf.networks.CoordinateWiseDeepLSTM(layers=(20, 20)).initial_weights(seed=0)
+    assert not np.allclose(chief["lstm_0/w_gates"], initial["lstm_0"]["w_gates"].numpy())

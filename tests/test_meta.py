@@ -218,3 +218,17 @@ def test_a_meta_batch_of_samples_averages_their_meta_gradients():
     assert not np.allclose(first[0], second[0])
     for a, b, ab in zip(first, second, both):
         np.testing.assert_allclose(ab, (a + b) / 2, rtol=1e-4, atol=1e-7)
+
+
+def test_the_meta_step_compiles_with_xla_and_matches():
+    def weights_after(jit_compile):
+        optimizer = meta.MetaOptimizer(seed=0, cw=networks.CoordinateWiseDeepLSTM(
+            layers=(4,), preprocess_name="LogAndSign", scale=0.1))
+        run = optimizer.meta_minimize(problems.quadratic(batch_size=4, num_dims=3), 5,
+                                      learning_rate=0.01, jit_compile=jit_compile, seed=3)
+        run.step()
+        run.step()
+        return [w.numpy() for w in optimizer.trainable_weights()]
+
+    for a, b in zip(weights_after(False), weights_after(True)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
