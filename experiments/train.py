@@ -153,9 +153,10 @@ def main(argv):
     if FLAGS.resume:
         check_resumed_flags(save_path)
     strategy = make_strategy()
-    with cli.configuration_errors(), (strategy or tf.distribute.get_strategy()).scope():
+    with cli.configuration_errors():
         problem, net_config, net_assignments = presets.get_config(FLAGS.problem, preset=FLAGS.preset)
-        optimizer = meta.MetaOptimizer(seed=FLAGS.seed, **net_config)
+        with (strategy or tf.distribute.get_strategy()).scope():  # mirrored nets
+            optimizer = meta.MetaOptimizer(seed=FLAGS.seed, **net_config)
         training = optimizer.meta_minimize(
             problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,
             net_assignments=net_assignments, second_derivatives=FLAGS.second_derivatives,

@@ -65,15 +65,28 @@ class MetaOptimizer:
 
         The meta-optimizer is a Keras Adam (epsilon 1e-8 as TF1's) shared by every run made
         from this `MetaOptimizer`, so its slots survive resets. With a `tf.distribute`
-        `strategy` (this `MetaOptimizer` built in its scope) every replica unrolls its own
-        samples: see `ReplicatedMetaLoss`.
+        `strategy` every replica unrolls its own samples (see `ReplicatedMetaLoss`): build
+        the `MetaOptimizer` inside `strategy.scope()` and call this outside it.
         """
-        if self.meta_optimizer is None:
-            self.meta_optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
-            self.meta_optimizer.build(self.trainable_weights())
         if strategy is not None:
+            if tf.distribute.has_strategy():
+                raise ValueError(
+                    "Call meta_minimize(strategy=...) outside strategy.scope(): each replica's "
+                    "run must keep its own, unmirrored variables."
+                )
+            if not all(strategy.extended.variable_created_in_scope(v)
+                       for v in self.trainable_weights()):
+                raise ValueError(
+                    "The nets' weights are not mirrored: create the MetaOptimizer inside "
+                    "strategy.scope()."
+                )
             if jit_compile:
                 raise ValueError("jit_compile with a strategy is not supported yet: drop one.")
+        if self.meta_optimizer is None:
+            with (strategy or tf.distribute.get_strategy()).scope():
+                self.meta_optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
+                self.meta_optimizer.build(self.trainable_weights())
+        if strategy is not None:
             return ReplicatedMetaLoss(self, strategy, problem, unroll_length, net_assignments,
                                       second_derivatives, loss_weights, seed, recompute, samples)
         return self.meta_loss(problem, unroll_length, net_assignments, second_derivatives,
@@ -317,7 +330,8 @@ class ReplicatedMetaLoss:
     S samples see the problems one device with R * S samples sees). The meta-loss and
     meta-gradient are averaged over replicas with an all-reduce, and one meta-optimizer step
     (skipped if not finite) updates the nets, which the strategy keeps identical everywhere.
-    Build the `MetaOptimizer` and its meta-optimizer inside `strategy.scope()`.
+    Build the `MetaOptimizer` and its meta-optimizer inside `strategy.scope()`, and this
+    outside it, so that the replicas' runs are plain variables on their own devices.
     """
 
     def __init__(self, meta, strategy, problem, unroll_length, net_assignments=None,

@@ -92,3 +92,20 @@ def test_bad_input_gives_one_clear_line(case, call, message, tmp_path):
     assert re.search(message, text), text
     # Nothing written: only the inputs a case prepares for itself are there.
     assert {p.name for p in tmp_path.iterdir()} <= {"net.npz", "corrupt.npz"}
+
+
+def test_meta_training_under_a_strategy_refuses_misplaced_set_up():
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with pytest.raises(ValueError, match="create the MetaOptimizer inside strategy.scope"):
+        meta.MetaOptimizer(seed=0).meta_minimize(problems.simple(), 2, strategy=strategy)
+    with strategy.scope():
+        optimizer = meta.MetaOptimizer(seed=0)
+        with pytest.raises(ValueError, match="outside strategy.scope"):
+            optimizer.meta_minimize(problems.simple(), 2, strategy=strategy)
+    with pytest.raises(ValueError, match="jit_compile with a strategy"):
+        optimizer.meta_minimize(problems.simple(), 2, strategy=strategy, jit_compile=True)
+    run = optimizer.meta_minimize(problems.simple(), 2, strategy=strategy)
+    meta_loss, losses = run.step()
+    assert losses.shape == (3,) and np.isfinite(meta_loss.numpy())
