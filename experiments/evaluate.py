@@ -19,9 +19,7 @@ from absl import flags
 
 from l2l_tf import cli, meta, presets
 
-BASELINES = {"Adam": "Adam", "SGD": "Sgd", "RMSprop": "RMSprop", "NAG": "Nag"}
-
-flags.DEFINE_enum("optimizer", "L2L", ["L2L", *BASELINES], "Optimizer to evaluate.")
+flags.DEFINE_enum("optimizer", "L2L", ["L2L", *presets.BASELINES], "Optimizer to evaluate.")
 flags.DEFINE_string("path", None, "Directory of the learned optimizer's nets (for L2L).")
 flags.DEFINE_float("learning_rate", 0.001, "Learning rate of a baseline optimizer.", lower_bound=0)
 flags.DEFINE_integer("num_epochs", 100, "Number of evaluation epochs.", lower_bound=1)
@@ -60,8 +58,8 @@ def build_optimizer():
             return meta.MetaOptimizer(**net_config), problem, net_assignments
         # Baselines are evaluated on the test split, like a loaded L2L optimizer.
         problem, _, _ = presets.get_config(FLAGS.problem, preset=FLAGS.preset, mode="test")
-        net = {"net": BASELINES[FLAGS.optimizer], "net_options": {"learning_rate": FLAGS.learning_rate}}
-        return meta.MetaOptimizer(baseline=net), problem, None
+        nets = presets.baseline_nets(FLAGS.optimizer, FLAGS.learning_rate)
+        return meta.MetaOptimizer(**nets), problem, None
 
 
 def write_losses(path, losses):

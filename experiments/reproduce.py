@@ -35,7 +35,6 @@ from absl import flags
 
 from l2l_tf import cli, meta, networks, presets, problems
 
-BASELINES = {"SGD": "Sgd", "RMSprop": "RMSprop", "Adam": "Adam", "NAG": "Nag"}
 DEFAULT_GRID = ["0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3", "1", "3"]
 
 flags.DEFINE_enum("problem", "mnist", ["mnist", "quadratic"], "Which experiment.")
@@ -77,8 +76,7 @@ def evaluate(optimizer, problem, num_steps, runs, seed):
 
 
 def baseline(name, learning_rate):
-    return meta.MetaOptimizer(baseline={"net": BASELINES[name],
-                                        "net_options": {"learning_rate": learning_rate}})
+    return meta.MetaOptimizer(**presets.baseline_nets(name, learning_rate))
 
 
 def learned():
@@ -107,7 +105,7 @@ def train():
 def tune(name, problem, num_steps, cache):
     """Fills cache[name][optimizer][rate] = mean final loss; returns the best rate per optimizer."""
     best = {}
-    for optimizer_name in BASELINES:
+    for optimizer_name in presets.BASELINES:
         scores = cache.setdefault(name, {}).setdefault(optimizer_name, {})
         for rate in FLAGS.grid:
             if rate not in scores:
@@ -185,7 +183,7 @@ def main(argv):
         cache_path = f"{shared}_{name}_curves.npz"
         cached = dict(np.load(cache_path)) if os.path.exists(cache_path) else {}
         for label, build in [(learned_label, learned)] + [
-                (f"{b} (lr {best[b]})", lambda b=b: baseline(b, float(best[b]))) for b in BASELINES]:
+                (f"{b} (lr {best[b]})", lambda b=b: baseline(b, float(best[b]))) for b in presets.BASELINES]:
             if label not in cached:
                 cached[label] = evaluate(build(), problem, num_steps, FLAGS.num_runs, FLAGS.seed)
                 np.savez(cache_path + ".tmp.npz", **cached)

@@ -13,7 +13,6 @@ meta-gradient is the same and the reported meta-loss is the paper's.
 """
 
 import os
-import re
 
 import keras
 import numpy as np

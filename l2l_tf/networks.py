@@ -70,6 +70,11 @@ def num_elements(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
+def _coordinate_slots(param_shape, count):
+    """State shapes of a fixed rule with `count` scalars per coordinate, e.g. Adam's t, m, v."""
+    return ((num_elements(param_shape), 1),) * count
+
+
 class StandardDeepLSTM(Net):
     """A stack of LSTMs and a linear output layer, times `scale` (the original's base class).
 
@@ -285,7 +290,7 @@ class Adam(Net):
         self.epsilon = float(epsilon)
 
     def state_shapes(self, param_shape):
-        return ((num_elements(param_shape), 1),) * 3
+        return _coordinate_slots(param_shape, 3)
 
     def step(self, weights, gradient, state):
         t, m, v = state
@@ -316,7 +321,7 @@ class RMSprop(Net):
         self.epsilon = float(epsilon)
 
     def state_shapes(self, param_shape):
-        return ((num_elements(param_shape), 1),)
+        return _coordinate_slots(param_shape, 1)
 
     def step(self, weights, gradient, state):
         (v,) = state
@@ -341,7 +346,7 @@ class Nag(Net):
         self.momentum = float(momentum)
 
     def state_shapes(self, param_shape):
-        return ((num_elements(param_shape), 1),)
+        return _coordinate_slots(param_shape, 1)
 
     def step(self, weights, gradient, state):
         (m,) = state

@@ -7,7 +7,6 @@ meta-trainer differentiates, so a net behaves identically in both.
 """
 
 import os
-import re
 import warnings
 
 import keras

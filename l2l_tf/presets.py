@@ -42,6 +42,16 @@ def pretrained_path(name_or_path):
         f"{pretrained_names()} or the path of saved nets."
     )
 
+# The paper's hand-designed baselines, as nets so that they run through the same unroll as the
+# learned optimizer (same problems, batches and resets for a given seed).
+BASELINES = {"SGD": "Sgd", "RMSprop": "RMSprop", "Adam": "Adam", "NAG": "Nag"}
+
+
+def baseline_nets(name, learning_rate):
+    """`{"baseline": spec}` for `MetaOptimizer(**...)`: a baseline of `BASELINES` at a rate."""
+    return {"baseline": {"net": BASELINES[name], "net_options": {"learning_rate": learning_rate}}}
+
+
 PROBLEMS = ("simple", "simple-multi", "quadratic", "mnist", "mnist-mix", "cifar", "cifar-multi")
 
 

@@ -1,6 +1,5 @@
 import json
 import os
-import zipfile
 
 import keras
 import numpy as np

@@ -17,8 +17,8 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
     assert presets.pretrained_names() == ["mnist", "quadratic"]
     mnist = l2l_tf.LearnedOptimizer.from_pretrained("mnist")
     default = l2l_tf.LearnedOptimizer()
-    for a, b in zip(*(np.concatenate([w.ravel() for w in _flat(o)]) for o in (mnist, default))):
-        assert a == b
+    np.testing.assert_array_equal(*(np.concatenate([w.ravel() for w in _flat(o)])
+                                    for o in (mnist, default)))
     quadratic = l2l_tf.LearnedOptimizer.from_pretrained("quadratic")
     assert quadratic.nets["cw"].preprocess_name == "identity"
     assert mnist.nets["cw"].get_config()["preprocess_name"] == "LogAndSign"
