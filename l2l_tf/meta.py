@@ -79,15 +79,14 @@ class MetaOptimizer:
                     "The nets' weights are not mirrored: create the MetaOptimizer inside "
                     "strategy.scope()."
                 )
-            if jit_compile:
-                raise ValueError("jit_compile with a strategy is not supported yet: drop one.")
         if self.meta_optimizer is None:
             with (strategy or tf.distribute.get_strategy()).scope():
                 self.meta_optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
                 self.meta_optimizer.build(self.trainable_weights())
         if strategy is not None:
             return ReplicatedMetaLoss(self, strategy, problem, unroll_length, net_assignments,
-                                      second_derivatives, loss_weights, seed, recompute, samples)
+                                      second_derivatives, loss_weights, seed, jit_compile,
+                                      recompute, samples)
         return self.meta_loss(problem, unroll_length, net_assignments, second_derivatives,
                               loss_weights, seed, jit_compile, recompute, samples)
 
@@ -168,6 +167,7 @@ class MetaLoss:
         self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         self._net_updates = self._recomputed_updates if recompute else self.updates
         self._unroll = tf.function(self._run_unroll, jit_compile=jit_compile)
+        self.forward_backward = tf.function(self._run_forward_backward, jit_compile=jit_compile)
         self._reset = tf.function(self._run_reset)
         self.reset()
 
@@ -275,15 +275,21 @@ class MetaLoss:
             tf.cond(finite, apply_meta_step, lambda: tf.constant(1, tf.int64)))
 
     def _run_unroll(self, train):
+        meta_loss, losses, meta_gradients = self._run_forward_backward(train)
+        if train:
+            self.apply_meta_gradients(meta_loss, meta_gradients)
+        return meta_loss, losses
+
+    def _run_forward_backward(self, train):
+        """One unroll carried to the next: `(meta_loss, losses, meta_gradients)`, with no
+        meta-gradients unless `train`. A replica's share of a distributed meta-step."""
         x, constants, states = self.read_state()
         with tf.GradientTape(watch_accessed_variables=False) as meta_tape:
             meta_tape.watch(self.trained_weights)
             meta_loss, losses, x, states = self.forward(x, constants, states)
-        if train:
-            self.apply_meta_gradients(
-                meta_loss, meta_tape.gradient(meta_loss, self.trained_weights))
+        meta_gradients = meta_tape.gradient(meta_loss, self.trained_weights) if train else []
         self.write_state(x, states)
-        return meta_loss, losses
+        return meta_loss, losses, meta_gradients
 
     def _sample(self, values, s):
         """Sample s's slice of a sample-major list of parameters."""
@@ -334,10 +340,10 @@ class ReplicatedMetaLoss:
     """
 
     def __init__(self, meta, strategy, problem, unroll_length, net_assignments=None,
-                 second_derivatives=False, loss_weights=None, seed=0, recompute=False,
-                 samples=1):
+                 second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
+                 recompute=False, samples=1):
         self.strategy = strategy
-        devices = strategy.extended.worker_devices
+        self.devices = devices = strategy.extended.worker_devices
         # Replica ids are global across workers; this worker's first one:
         resolver = getattr(strategy, "cluster_resolver", None)
         task_id = getattr(resolver, "task_id", None) or 0
@@ -347,8 +353,8 @@ class ReplicatedMetaLoss:
             with tf.device(device):
                 self.runs.append(meta.meta_loss(
                     problem, unroll_length, net_assignments, second_derivatives, loss_weights,
-                    seed=seed + _SAMPLE_SEED_STRIDE * samples * replica, recompute=recompute,
-                    samples=samples))
+                    seed=seed + _SAMPLE_SEED_STRIDE * samples * replica, jit_compile=jit_compile,
+                    recompute=recompute, samples=samples))
         self.unroll_length = self.runs[0].unroll_length
         self.trained_weights = self.runs[0].trained_weights
         self.skipped_steps = self.runs[0].skipped_steps
@@ -367,13 +373,16 @@ class ReplicatedMetaLoss:
         def replica_fn():
             context = tf.distribute.get_replica_context()
             replica = tf.get_static_value(context.replica_id_in_sync_group)
-            run = self.runs[replica % len(self.runs)]
-            x, constants, states = run.read_state()
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(self.trained_weights)
-                meta_loss, losses, x, states = run.forward(x, constants, states)
-            gradients = tape.gradient(meta_loss, self.trained_weights) if train else []
-            run.write_state(x, states)
+            if replica is None:
+                raise NotImplementedError(
+                    f"{type(self.strategy).__name__} traces one program for all replicas; "
+                    "ReplicatedMetaLoss needs each replica traced on its own (MirroredStrategy, "
+                    "MultiWorkerMirroredStrategy) to give it its own problem samples."
+                )
+            local = replica % len(self.runs)
+            # On the run's own device: an XLA cluster may only touch its device's variables.
+            with tf.device(self.devices[local]):
+                meta_loss, losses, gradients = self.runs[local].forward_backward(train)
             return context.all_reduce(tf.distribute.ReduceOp.MEAN, [meta_loss, losses, *gradients])
 
         reduced = self.strategy.run(replica_fn)

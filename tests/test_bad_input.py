@@ -104,8 +104,6 @@ def test_meta_training_under_a_strategy_refuses_misplaced_set_up():
         optimizer = meta.MetaOptimizer(seed=0)
         with pytest.raises(ValueError, match="outside strategy.scope"):
             optimizer.meta_minimize(problems.simple(), 2, strategy=strategy)
-    with pytest.raises(ValueError, match="jit_compile with a strategy"):
-        optimizer.meta_minimize(problems.simple(), 2, strategy=strategy, jit_compile=True)
     run = optimizer.meta_minimize(problems.simple(), 2, strategy=strategy)
     meta_loss, losses = run.step()
     assert losses.shape == (3,) and np.isfinite(meta_loss.numpy())

@@ -21,11 +21,12 @@ def test_mirrored_fit_matches_one_device_and_backup_and_restore_resumes(tmp_path
     assert r["restored_variables"] < 1e-5 and r["restored_states"] < 1e-5, r
 
 
-def test_meta_training_with_two_replicas_equals_one_device_with_two_samples():
+def test_meta_training_with_two_replicas_equals_one_device_with_two_samples_with_and_without_xla():
     script = os.path.join(os.path.dirname(__file__), "scripts", "mirrored_meta.py")
     result = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(result.stdout.strip().splitlines()[-1])
     assert r["changed"] > 1e-4, r  # the meta-steps did move the nets
-    assert r["weights"] < 1e-5 and r["losses"] < 1e-4, r
-    assert r["replica_gap"] == 0.0, r  # the nets stay identical on both replicas
+    for mode in ("graph", "xla"):  # each replica's unroll as a graph and compiled with XLA
+        assert r[mode]["weights"] < 1e-5 and r[mode]["losses"] < 1e-4, r
+        assert r[mode]["replica_gap"] == 0.0, r  # the nets stay identical on both replicas
