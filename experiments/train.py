@@ -36,6 +36,8 @@ flags.DEFINE_boolean("second_derivatives", False, "Backpropagate through optimiz
 flags.DEFINE_integer("seed", 0, "Seed of the nets' initial weights and the problems.")
 flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS), "Constants: paper or original.")
 flags.DEFINE_boolean("resume", False, "Continue from the checkpoint in save_path.")
+flags.DEFINE_string("init_path", None, "Start from the nets saved in this directory (e.g. "
+                    "l2l_tf/pretrained/mnist) instead of fresh ones: fine-tuning.")
 flags.DEFINE_integer("checkpoint_period", 100, "Checkpoint every this many epochs.", lower_bound=1)
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
@@ -46,6 +48,8 @@ flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into this many logical de
                      "(to try --strategy=mirrored without accelerators).", lower_bound=0)
 flags.DEFINE_integer("samples", 1, "Problem samples unrolled together per meta-step (a "
                      "meta-batch); the meta-loss is their mean.", lower_bound=1)
+flags.DEFINE_boolean("jit_compile", False, "Compile each unroll (each replica's, under a "
+                     "strategy) with XLA. Slower on CPU; see BUILD_NOTES.md.")
 flags.DEFINE_boolean("recompute", False,
                      "Recompute the nets' activations in the backward pass: bounds memory.")
 flags.DEFINE_boolean("deterministic", False,
@@ -78,6 +82,11 @@ def check_flags(save_path):
         raise cli.UsageError(
             f"--unroll_length={FLAGS.unroll_length} does not divide --num_steps="
             f"{FLAGS.num_steps}: choose values where num_steps is a multiple of unroll_length."
+        )
+    if FLAGS.init_path is not None and not os.path.isdir(FLAGS.init_path):
+        raise cli.UsageError(
+            f"--init_path={FLAGS.init_path!r} is not a directory: give one that holds saved nets "
+            "(a train.py save_path or l2l_tf/pretrained/<name>)."
         )
     if save_path is None:
         if FLAGS.resume:
@@ -122,7 +131,7 @@ def make_strategy():
 def run_flags():
     """The flags that must match when a run is resumed."""
     names = ["problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
-             "seed", "preset", "samples", "strategy"]
+             "seed", "preset", "samples", "strategy", "init_path"]
     return {name: FLAGS[name].value for name in names}
 
 
@@ -154,17 +163,19 @@ def main(argv):
         check_resumed_flags(save_path)
     strategy = make_strategy()
     with cli.configuration_errors():
-        problem, net_config, net_assignments = presets.get_config(FLAGS.problem, preset=FLAGS.preset)
+        problem, net_config, net_assignments = presets.get_config(
+            FLAGS.problem, path=FLAGS.init_path, preset=FLAGS.preset, mode="train")
         with (strategy or tf.distribute.get_strategy()).scope():  # mirrored nets
             optimizer = meta.MetaOptimizer(seed=FLAGS.seed, **net_config)
         training = optimizer.meta_minimize(
             problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,
             net_assignments=net_assignments, second_derivatives=FLAGS.second_derivatives,
-            seed=FLAGS.seed, recompute=FLAGS.recompute, samples=FLAGS.samples,
-            strategy=strategy,
+            seed=FLAGS.seed, jit_compile=FLAGS.jit_compile, recompute=FLAGS.recompute,
+            samples=FLAGS.samples, strategy=strategy,
         )
         evaluation = optimizer.meta_loss(problem, FLAGS.unroll_length,
-                                         net_assignments=net_assignments, seed=FLAGS.seed + 1)
+                                         net_assignments=net_assignments, seed=FLAGS.seed + 1,
+                                         jit_compile=FLAGS.jit_compile)
     num_unrolls = FLAGS.num_steps // FLAGS.unroll_length
 
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")

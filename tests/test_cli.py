@@ -93,6 +93,21 @@ def test_sigkill_at_random_moments_loses_at_most_one_checkpoint_interval(tmp_pat
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def test_train_fine_tunes_from_init_path(tmp_path):
+    """--init_path starts from saved nets: with a zero meta learning rate they stay as loaded."""
+    shipped = os.path.join(os.path.dirname(l2l_tf.__file__), "pretrained", "quadratic")
+    result = script("train.py", "--problem=quadratic", f"--init_path={shipped}",
+                    "--learning_rate=0", "--num_epochs=2", "--num_steps=10", "--unroll_length=5",
+                    "--evaluation_period=2", "--evaluation_epochs=1", "--noprogress",
+                    f"--save_path={tmp_path / 'tuned'}")
+    assert result.returncode == 0, result.stderr
+    a, b = np.load(os.path.join(shipped, "cw.npz")), np.load(tmp_path / "tuned" / "cw.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        if key != "__l2l_tf__":
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 def test_train_runs_offline_on_mnist(tmp_path, mnist_data_dir):
     result = script("train.py", "--problem=mnist", "--num_epochs=2", "--num_steps=20",
                     "--unroll_length=10", "--log_period=1", "--evaluation_period=2",
@@ -110,6 +125,7 @@ BAD_TRAIN_FLAGS = [
     (["--preset=best"], "--preset=best"),
     (["--resume"], "--resume: no checkpoint in"),
     (["positional"], "unexpected arguments"),
+    (["--init_path=/nonexistent"], "--init_path='/nonexistent' is not a directory"),
 ]
 
 
