@@ -167,7 +167,6 @@ class MetaLoss:
         self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         self._net_updates = self._recomputed_updates if recompute else self.updates
         self._unroll = tf.function(self._run_unroll, jit_compile=jit_compile)
-        self.forward_backward = tf.function(self._run_forward_backward, jit_compile=jit_compile)
         self._reset = tf.function(self._run_reset)
         self.reset()
 
@@ -193,29 +192,29 @@ class MetaLoss:
     def reset(self):
         self._reset()
 
-    def updates(self, gradients, states):
+    def updates(self, weights, gradients, states):
         """The nets' updates for all parameters: `(updates, new_states)`."""
         updates = [None] * len(gradients)
         new_states = {}
         for net_name, indices in self.assignment.items():
-            net, weights = self.meta.nets[net_name], self.meta.weights[net_name]
+            net, net_weights = self.meta.nets[net_name], weights[net_name]
             if net.elementwise:
                 flat = tf.concat([tf.reshape(gradients[i], [-1]) for i in indices], 0)
-                flat_update, new_states[net_name] = net.step(weights, flat, states[net_name])
+                flat_update, new_states[net_name] = net.step(net_weights, flat, states[net_name])
                 sizes = [networks.num_elements(self.shapes[i]) for i in indices]
                 for i, part in zip(indices, tf.split(flat_update, sizes)):
                     updates[i] = tf.reshape(part, self.shapes[i])
             else:
                 new_states[net_name] = []
                 for i, state in zip(indices, states[net_name]):
-                    updates[i], new_state = net.step(weights, gradients[i], state)
+                    updates[i], new_state = net.step(net_weights, gradients[i], state)
                     new_states[net_name].append(new_state)
         return updates, new_states
 
-    def _recomputed_updates(self, gradients, states):
+    def _recomputed_updates(self, weights, gradients, states):
         """`updates` under `tf.recompute_grad`: the nets' activations (nearly all of the
         unroll's memory) are not kept for the backward pass but computed again there."""
-        structure = (gradients, states)
+        structure = (weights, gradients, states)
 
         @tf.recompute_grad
         def flat_updates(*flat):
@@ -225,9 +224,23 @@ class MetaLoss:
         flat_out = flat_updates(*tf.nest.flatten(structure))
         return tf.nest.pack_sequence_as((gradients, states), list(flat_out))
 
-    def read_state(self):
-        """The run's carried state as tensors: (parameters, constants, net states)."""
-        return tf.nest.map_structure(lambda v: v.read_value(), (self.x, self.constants, self.states))
+    def read_weights(self):
+        """The trained nets' weights as tensors, `{net_name: nested weights}`."""
+        return {name: tf.nest.map_structure(lambda v: v.read_value(), self.meta.weights[name])
+                for name in self.assignment}
+
+    def read_inputs(self):
+        """What the next unroll starts from, as tensors: `(parameters, constants, net states,
+        batches)`. The unroll's minibatches (steps 0..unroll_length of every sample, stacked)
+        are drawn here, so that `forward` reads no data variables and no generators."""
+        x, constants, states = tf.nest.map_structure(
+            lambda v: v.read_value(), (self.x, self.constants, self.states))
+        batches = [
+            tf.nest.map_structure(lambda *steps: tf.stack(steps), *[
+                self.problem.sample_batch(rng) for _ in range(self.unroll_length + 1)])
+            for rng in self.rngs
+        ]
+        return x, constants, states, batches
 
     def write_state(self, x, states):
         """Carries parameters and net states to the next unroll (the truncation of BPTT)."""
@@ -235,28 +248,30 @@ class MetaLoss:
             variable.assign(value)
         tf.nest.map_structure(lambda v, s: v.assign(s), self.states, states)
 
-    def forward(self, x, constants, states):
-        """One unroll from `x` and `states`: `(meta_loss, losses, x, states)`.
-
-        Differentiable with respect to the nets' weights; the caller holds the tape.
+    def forward(self, weights, x, constants, states, batches):
+        """One unroll from `x` and `states` (see `read_inputs`): `(meta_loss, losses, x,
+        states)`. A pure function of its arguments, differentiable with respect to `weights`;
+        the caller holds the tape.
         """
+        def loss(s, t):
+            batch = tf.nest.map_structure(lambda steps: steps[t], batches[s])
+            return self.problem.loss(self._sample(x, s), constants[s], batch)
+
         losses = []  # [step][sample]
-        for _ in range(self.unroll_length):
+        for t in range(self.unroll_length):
             gradients, step_losses = [], []
-            for s, rng in enumerate(self.rngs):
-                x_s = self._sample(x, s)
+            for s in range(self.samples):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
-                    tape.watch(x_s)
-                    loss = self.problem.loss(x_s, constants[s], rng)
-                gradients += tape.gradient(loss, x_s)
-                step_losses.append(loss)
+                    tape.watch(self._sample(x, s))
+                    step_loss = loss(s, t)
+                gradients += tape.gradient(step_loss, self._sample(x, s))
+                step_losses.append(step_loss)
             if not self.second_derivatives:
                 gradients = [tf.stop_gradient(g) for g in gradients]
             losses.append(tf.stack(step_losses))
-            updates, states = self._net_updates(gradients, states)
+            updates, states = self._net_updates(weights, gradients, states)
             x = [xi + ui for xi, ui in zip(x, updates)]
-        losses.append(tf.stack([self.problem.loss(self._sample(x, s), constants[s], rng)
-                                for s, rng in enumerate(self.rngs)]))
+        losses.append(tf.stack([loss(s, self.unroll_length) for s in range(self.samples)]))
         losses = tf.reduce_mean(tf.stack(losses), axis=1)  # mean over samples
         meta_loss = tf.reduce_sum(self.loss_weights * losses[1:])
         return meta_loss, losses, x, states
@@ -275,21 +290,22 @@ class MetaLoss:
             tf.cond(finite, apply_meta_step, lambda: tf.constant(1, tf.int64)))
 
     def _run_unroll(self, train):
-        meta_loss, losses, meta_gradients = self._run_forward_backward(train)
+        meta_loss, losses, meta_gradients, x, states = self.forward_backward(
+            self.read_weights(), *self.read_inputs(), train=train)
         if train:
             self.apply_meta_gradients(meta_loss, meta_gradients)
+        self.write_state(x, states)
         return meta_loss, losses
 
-    def _run_forward_backward(self, train):
-        """One unroll carried to the next: `(meta_loss, losses, meta_gradients)`, with no
-        meta-gradients unless `train`. A replica's share of a distributed meta-step."""
-        x, constants, states = self.read_state()
+    def forward_backward(self, weights, x, constants, states, batches, train):
+        """`forward` and, if `train`, the meta-gradient with respect to `weights` (flat, in
+        `trained_weights`' order): `(meta_loss, losses, meta_gradients, x, states)`. Pure:
+        the one function every replica of a distributed meta-step runs."""
         with tf.GradientTape(watch_accessed_variables=False) as meta_tape:
-            meta_tape.watch(self.trained_weights)
-            meta_loss, losses, x, states = self.forward(x, constants, states)
-        meta_gradients = meta_tape.gradient(meta_loss, self.trained_weights) if train else []
-        self.write_state(x, states)
-        return meta_loss, losses, meta_gradients
+            meta_tape.watch(weights)
+            meta_loss, losses, x, states = self.forward(weights, x, constants, states, batches)
+        meta_gradients = meta_tape.gradient(meta_loss, tf.nest.flatten(weights)) if train else []
+        return meta_loss, losses, meta_gradients, x, states
 
     def _sample(self, values, s):
         """Sample s's slice of a sample-major list of parameters."""
@@ -337,28 +353,35 @@ class ReplicatedMetaLoss:
     (skipped if not finite) updates the nets, which the strategy keeps identical everywhere.
     Build the `MetaOptimizer` and its meta-optimizer inside `strategy.scope()`, and this
     outside it, so that the replicas' runs are plain variables on their own devices.
+
+    The replicas run one pure function (`MetaLoss.forward_backward`, compiled with XLA if
+    `jit_compile`) of the nets' weights and of inputs that each run reads beforehand and
+    hands in with `experimental_distribute_values_from_function`; the results are written
+    back to the runs afterwards. No replica touches another device's variables or needs a
+    static replica id, as XLA and TPU replication require.
     """
 
     def __init__(self, meta, strategy, problem, unroll_length, net_assignments=None,
                  second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
                  recompute=False, samples=1):
         self.strategy = strategy
-        self.devices = devices = strategy.extended.worker_devices
+        devices = strategy.extended.worker_devices
         # Replica ids are global across workers; this worker's first one:
         resolver = getattr(strategy, "cluster_resolver", None)
-        task_id = getattr(resolver, "task_id", None) or 0
+        self.first_replica = (getattr(resolver, "task_id", None) or 0) * len(devices)
         self.runs = []
         for local, device in enumerate(devices):
-            replica = task_id * len(devices) + local
             with tf.device(device):
                 self.runs.append(meta.meta_loss(
                     problem, unroll_length, net_assignments, second_derivatives, loss_weights,
-                    seed=seed + _SAMPLE_SEED_STRIDE * samples * replica, jit_compile=jit_compile,
+                    seed=seed + _SAMPLE_SEED_STRIDE * samples * (self.first_replica + local),
                     recompute=recompute, samples=samples))
         self.unroll_length = self.runs[0].unroll_length
         self.trained_weights = self.runs[0].trained_weights
         self.skipped_steps = self.runs[0].skipped_steps
         self.rngs = [rng for run in self.runs for rng in run.rngs]
+        self._forward_backward = tf.function(self.runs[0].forward_backward,
+                                             jit_compile=jit_compile)
         self._unroll = tf.function(self._run_unroll)
         self._reset = tf.function(self._run_reset)
 
@@ -370,22 +393,20 @@ class ReplicatedMetaLoss:
         self._reset()
 
     def _run_unroll(self, train):
-        def replica_fn():
-            context = tf.distribute.get_replica_context()
-            replica = tf.get_static_value(context.replica_id_in_sync_group)
-            if replica is None:
-                raise NotImplementedError(
-                    f"{type(self.strategy).__name__} traces one program for all replicas; "
-                    "ReplicatedMetaLoss needs each replica traced on its own (MirroredStrategy, "
-                    "MultiWorkerMirroredStrategy) to give it its own problem samples."
-                )
-            local = replica % len(self.runs)
-            # On the run's own device: an XLA cluster may only touch its device's variables.
-            with tf.device(self.devices[local]):
-                meta_loss, losses, gradients = self.runs[local].forward_backward(train)
-            return context.all_reduce(tf.distribute.ReduceOp.MEAN, [meta_loss, losses, *gradients])
+        inputs = self.strategy.experimental_distribute_values_from_function(
+            lambda context: self.runs[
+                context.replica_id_in_sync_group - self.first_replica].read_inputs())
 
-        reduced = self.strategy.run(replica_fn)
+        def replica_fn(inputs):
+            meta_loss, losses, gradients, x, states = self._forward_backward(
+                self.runs[0].read_weights(), *inputs, train=train)
+            reduced = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.MEAN, [meta_loss, losses, *gradients])
+            return reduced, (x, states)
+
+        reduced, carried = self.strategy.run(replica_fn, args=(inputs,))
+        for run, (x, states) in zip(self.runs, self.strategy.experimental_local_results(carried)):
+            run.write_state(x, states)
         meta_loss, losses, *gradients = [
             self.strategy.experimental_local_results(value)[0] for value in reduced]
         if train:

@@ -4,7 +4,8 @@ The original's problems were loss builders whose TF1 variables were intercepted 
 tensors. Here a `Problem` says it outright: named parameter shapes with their initialisers,
 constants re-sampled at every reset (a new quadratic each epoch), and a pure loss of parameter
 tensors. All sampling uses the caller's `tf.random.Generator`, so runs are reproducible and the
-generator's state can be checkpointed.
+generator's state can be checkpointed. Minibatches are drawn apart from the loss: the meta-step
+then reads no data variables, so a replica's step compiles with XLA on any device.
 """
 
 import dataclasses
@@ -27,14 +28,17 @@ class Param:
 class Problem:
     """A differentiable loss of a list of parameter tensors.
 
-    `constants` maps names to samplers `rng -> tensor`, called at every reset. `loss(params,
-    constants, rng)` returns a scalar; it may draw from `rng` (a fresh minibatch each step).
+    `constants` maps names to samplers `rng -> tensor`, called at every reset. `batch` (if
+    any) draws one step's data `rng -> nested tensors` (a fresh minibatch each step).
+    `loss(params, constants, batch)` returns a scalar, a pure function of tensors; `batch`
+    is `()` for problems without data.
     """
 
     name: str
     params: tuple
     loss: Callable
     constants: dict = dataclasses.field(default_factory=dict)
+    batch: Callable = None
 
     @property
     def param_names(self):
@@ -45,6 +49,9 @@ class Problem:
 
     def sample_constants(self, rng):
         return {name: sampler(rng) for name, sampler in self.constants.items()}
+
+    def sample_batch(self, rng):
+        return () if self.batch is None else self.batch(rng)
 
 
 def constant_initializer(value):
@@ -60,7 +67,7 @@ def simple():
     return Problem(
         name="simple",
         params=(Param("x", (), constant_initializer(1.0)),),
-        loss=lambda params, constants, rng: tf.square(params[0]),
+        loss=lambda params, constants, batch: tf.square(params[0]),
     )
 
 
@@ -69,7 +76,7 @@ def simple_multi_optimizer(num_dims=2):
     return Problem(
         name="simple_multi_optimizer",
         params=tuple(Param(f"x_{i}", (), constant_initializer(1.0)) for i in range(num_dims)),
-        loss=lambda params, constants, rng: tf.add_n([tf.square(x) for x in params]),
+        loss=lambda params, constants, batch: tf.add_n([tf.square(x) for x in params]),
     )
 
 
@@ -87,7 +94,7 @@ def quadratic(batch_size=128, num_dims=10, stddev=0.01, distribution="uniform"):
             return lambda rng: rng.uniform(shape, dtype=tf.float32)
         return lambda rng: rng.normal(shape, dtype=tf.float32)
 
-    def loss(params, constants, rng):
+    def loss(params, constants, batch):
         product = tf.squeeze(tf.matmul(constants["w"], params[0][:, :, None]), -1)
         return tf.reduce_mean(tf.reduce_sum(tf.square(product - constants["y"]), 1))
 
@@ -114,15 +121,19 @@ def ensemble(problems, weights=None):
         slices.append(slice(start, len(params)))
         constants.update({f"problem_{i}/{k}": v for k, v in problem.constants.items()})
 
-    def loss(all_params, all_constants, rng):
+    def loss(all_params, all_constants, batches):
         total = 0.0
         for i, (problem, weight, part) in enumerate(zip(problems, weights, slices)):
             prefix = f"problem_{i}/"
             own = {k[len(prefix):]: v for k, v in all_constants.items() if k.startswith(prefix)}
-            total += weight * problem.loss(all_params[part], own, rng)
+            total += weight * problem.loss(all_params[part], own, batches[i])
         return total
 
-    return Problem(name="ensemble", params=tuple(params), loss=loss, constants=constants)
+    def batch(rng):
+        return tuple(problem.sample_batch(rng) for problem in problems)
+
+    return Problem(name="ensemble", params=tuple(params), loss=loss, constants=constants,
+                   batch=batch)
 
 
 _ACTIVATIONS = {"sigmoid": tf.sigmoid, "relu": tf.nn.relu, "tanh": tf.tanh, "elu": tf.nn.elu}
@@ -162,11 +173,15 @@ def load_tfds(name, mode, data_dir=None):
     return images, labels
 
 
-def _sample_batch(images, labels, batch_size, rng):
-    """A fresh minibatch drawn with replacement, as in the original."""
-    indices = rng.uniform([batch_size], 0, tf.shape(labels, out_type=tf.int64)[0], dtype=tf.int64)
-    batch_images = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
-    return batch_images, tf.gather(labels, indices)
+def _batch_sampler(images, labels, batch_size):
+    """`rng -> (images, labels)`: a fresh minibatch drawn with replacement, as in the original."""
+
+    def sample_batch(rng):
+        indices = rng.uniform([batch_size], 0, tf.shape(labels, out_type=tf.int64)[0],
+                              dtype=tf.int64)
+        return tf.cast(tf.gather(images, indices), tf.float32) / 255.0, tf.gather(labels, indices)
+
+    return sample_batch
 
 
 def _data_variables(images, labels):
@@ -213,11 +228,12 @@ def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data
     images, labels = load_tfds("mnist", mode, data_dir)
     images, labels = _data_variables(images.reshape(len(images), -1), labels)
 
-    def loss(params, constants, rng):
-        batch_images, batch_labels = _sample_batch(images, labels, batch_size, rng)
+    def loss(params, constants, batch):
+        batch_images, batch_labels = batch
         return _cross_entropy(_mlp_logits(params, batch_images, act), batch_labels)
 
-    return Problem(name="mnist", params=_mlp_params(784, layers, 10), loss=loss)
+    return Problem(name="mnist", params=_mlp_params(784, layers, 10), loss=loss,
+                   batch=_batch_sampler(images, labels, batch_size))
 
 
 def _batch_norm(x, axes):
@@ -248,8 +264,8 @@ def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_norm=True, ba
     params += list(_mlp_params(flat * flat * channels, linear_layers, 10))
     num_conv = len(conv_channels)
 
-    def loss(params, constants, rng):
-        x, y = _sample_batch(images, labels, batch_size, rng)
+    def loss(params, constants, batch):
+        x, y = batch
         for i in range(num_conv):
             x = tf.nn.conv2d(x, params[2 * i], strides=1, padding="SAME")
             x = (_batch_norm(x, [0, 1, 2]) if batch_norm else x) + params[2 * i + 1]
@@ -264,7 +280,8 @@ def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_norm=True, ba
                 x = x + mlp[2 * i + 1]
         return _cross_entropy(x, y)
 
-    return Problem(name="cifar10", params=tuple(params), loss=loss)
+    return Problem(name="cifar10", params=tuple(params), loss=loss,
+                   batch=_batch_sampler(images, labels, batch_size))
 
 
 def keras_model(model, x, y, loss, batch_size=128, initializer="model"):
@@ -294,11 +311,15 @@ def keras_model(model, x, y, loss, batch_size=128, initializer="model"):
         Param(v.path, tuple(v.shape), init_from(v)) for v in model.trainable_variables
     )
 
-    def problem_loss(params, constants, rng):
+    def sample_batch(rng):
         indices = rng.uniform([batch_size], 0, tf.shape(data_y, out_type=tf.int64)[0],
                               dtype=tf.int64)
-        batch_x, batch_y = tf.gather(data_x, indices), tf.gather(data_y, indices)
+        return tf.gather(data_x, indices), tf.gather(data_y, indices)
+
+    def problem_loss(params, constants, batch):
+        batch_x, batch_y = batch
         outputs, _ = model.stateless_call(list(params), frozen, batch_x, training=True)
         return tf.reduce_mean(loss_fn(batch_y, outputs))
 
-    return Problem(name=f"keras_model:{model.name}", params=params, loss=problem_loss)
+    return Problem(name=f"keras_model:{model.name}", params=params, loss=problem_loss,
+                   batch=sample_batch)

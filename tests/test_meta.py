@@ -135,7 +135,7 @@ def test_short_quadratic_meta_training_beats_the_untrained_net_and_keras_agrees(
     keras_losses = []
     for _ in range(100):
         with tf.GradientTape() as tape:
-            loss = problem.loss([x.value], constants, None)
+            loss = problem.loss([x.value], constants, ())
         keras_optimizer.apply_gradients([(tape.gradient(loss, x.value), x)])
         keras_losses.append(loss.numpy())
     np.testing.assert_allclose(keras_losses, meta_losses, rtol=2e-4)
@@ -160,7 +160,7 @@ def poisoned_problem():
     return problems.Problem(
         name="poisoned",
         params=(problems.Param("x", (3,), problems.normal_initializer(1.0)),),
-        loss=lambda params, constants, rng: constants["scale"] * tf.reduce_sum(params[0] ** 2),
+        loss=lambda params, constants, batch: constants["scale"] * tf.reduce_sum(params[0] ** 2),
         constants={"scale": sample_scale},
     )
 

@@ -22,7 +22,7 @@ def test_quadratic_distributions_and_loss():
     assert abs(float(tf.math.reduce_std(x)) - 0.01) < 0.005
     w, y = constants["w"].numpy(), constants["y"].numpy()
     want = np.mean(np.sum((np.einsum("bij,bj->bi", w, x.numpy()) - y) ** 2, axis=1))
-    np.testing.assert_allclose(uniform.loss([x], constants, None).numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(uniform.loss([x], constants, uniform.sample_batch(rng())).numpy(), want, rtol=1e-5)
     with pytest.raises(ValueError, match="'uniform' or 'normal'"):
         problems.quadratic(distribution="gaussian")
 
@@ -31,7 +31,8 @@ def test_ensemble_sums_weighted_problems_and_prefixes_names():
     problem = problems.ensemble([problems.simple(), problems.simple_multi_optimizer(2)], [1.0, 0.5])
     assert problem.param_names == ["problem_0/x", "problem_1/x_0", "problem_1/x_1"]
     params = [tf.constant(2.0), tf.constant(1.0), tf.constant(3.0)]
-    np.testing.assert_allclose(problem.loss(params, {}, None).numpy(), 4.0 + 0.5 * (1 + 9))
+    assert problem.sample_batch(rng()) == ((), ())  # no data
+    np.testing.assert_allclose(problem.loss(params, {}, ((), ())).numpy(), 4.0 + 0.5 * (1 + 9))
 
 
 def test_mnist_problem_reads_tfds_offline_and_samples_fresh_batches(mnist_data_dir):
@@ -39,7 +40,7 @@ def test_mnist_problem_reads_tfds_offline_and_samples_fresh_batches(mnist_data_d
     assert [p.shape for p in problem.params] == [(784, 20), (20,), (20, 10), (10,)]
     generator = rng(3)
     params = problem.init_params(generator)
-    losses = [problem.loss(params, {}, generator).numpy() for _ in range(3)]
+    losses = [problem.loss(params, {}, problem.sample_batch(generator)).numpy() for _ in range(3)]
     # Near log(10) at a small random initialisation, and a different batch every call.
     np.testing.assert_allclose(losses, np.log(10), atol=0.05)
     assert len(set(losses)) == 3
@@ -97,7 +98,7 @@ def test_keras_model_adapter_matches_the_hand_written_mlp():
     generator = rng(1)
     with tf.GradientTape() as tape:
         tape.watch(params)
-        loss = problem.loss(params, {}, generator)
+        loss = problem.loss(params, {}, problem.sample_batch(generator))
     grads = tape.gradient(loss, params)
     indices = rng(1).uniform([50], 0, 50, dtype=tf.int64).numpy()
     with tf.GradientTape() as tape:
