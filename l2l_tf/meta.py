@@ -225,9 +225,13 @@ class MetaLoss:
         return tf.nest.pack_sequence_as((gradients, states), list(flat_out))
 
     def read_weights(self):
-        """The trained nets' weights as tensors, `{net_name: nested weights}`."""
-        return {name: tf.nest.map_structure(lambda v: v.read_value(), self.meta.weights[name])
-                for name in self.assignment}
+        """The trained nets' weights as tensors in plain dicts, `{net: {module: {field}}}`
+        (a checkpoint wraps the variables' dicts in types `tf.function` cannot trace)."""
+        return {
+            name: {module: {field: v.read_value() for field, v in fields.items()}
+                   for module, fields in self.meta.weights[name].items()}
+            for name in self.assignment
+        }
 
     def read_inputs(self):
         """What the next unroll starts from, as tensors: `(parameters, constants, net states,
