@@ -257,25 +257,28 @@ class MetaLoss:
         states)`. A pure function of its arguments, differentiable with respect to `weights`;
         the caller holds the tape.
         """
-        def loss(s, t):
+        def loss(x_s, s, t):
+            """Sample s's loss at step t, on its batch of that step."""
             batch = tf.nest.map_structure(lambda steps: steps[t], batches[s])
-            return self.problem.loss(self._sample(x, s), constants[s], batch)
+            return self.problem.loss(x_s, constants[s], batch)
 
         losses = []  # [step][sample]
         for t in range(self.unroll_length):
             gradients, step_losses = [], []
             for s in range(self.samples):
+                x_s = self._sample(x, s)
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
-                    tape.watch(self._sample(x, s))
-                    step_loss = loss(s, t)
-                gradients += tape.gradient(step_loss, self._sample(x, s))
+                    tape.watch(x_s)
+                    step_loss = loss(x_s, s, t)
+                gradients += tape.gradient(step_loss, x_s)
                 step_losses.append(step_loss)
             if not self.second_derivatives:
                 gradients = [tf.stop_gradient(g) for g in gradients]
             losses.append(tf.stack(step_losses))
             updates, states = self._net_updates(weights, gradients, states)
             x = [xi + ui for xi, ui in zip(x, updates)]
-        losses.append(tf.stack([loss(s, self.unroll_length) for s in range(self.samples)]))
+        losses.append(tf.stack([loss(self._sample(x, s), s, self.unroll_length)
+                                for s in range(self.samples)]))
         losses = tf.reduce_mean(tf.stack(losses), axis=1)  # mean over samples
         meta_loss = tf.reduce_sum(self.loss_weights * losses[1:])
         return meta_loss, losses, x, states
