@@ -111,3 +111,26 @@ def test_keras_model_adapter_matches_the_hand_written_mlp():
     # And a meta-training step runs on it.
     run = meta.MetaOptimizer(seed=0).meta_minimize(problem, 3)
     assert np.isfinite(run.step()[0].numpy())
+
+
+def test_mnist_mix_and_family_presets_are_ensembles_of_mlps(mnist_data_dir):
+    mix, mix_nets, _ = presets.get_config("mnist-mix", preset="paper", mode="test")
+    family, family_nets, _ = presets.get_config("mnist-family", preset="paper", mode="test")
+    assert len(mix.params) == 8 and list(mix_nets) == list(family_nets) == ["cw"]
+    shapes = dict(zip(family.param_names, [p.shape for p in family.params]))
+    assert len(shapes) == 4 + 4 + 6
+    assert shapes["problem_1/mlp/linear_0/w"] == (784, 20)
+    assert shapes["problem_2/mlp/linear_1/w"] == (20, 20)  # the 2-hidden-layer member
+    # Each member draws its own batch every step.
+    batch = family.sample_batch(rng(0))
+    assert len(batch) == 3 and not np.array_equal(batch[0][1].numpy(), batch[1][1].numpy())
+    # Members are sigmoid, ReLU and 2-layer sigmoid: the family loss is their sum (ReLU and
+    # sigmoid give different losses on the same weights and batch).
+    params = family.init_params(rng(1))
+    family_loss = family.loss(params[:4] + params[:4] + params[8:], {}, (batch[0],) * 3)
+    members = [problems.mnist(activation=a, mode="test").loss(params[:4], {}, batch[0])
+               for a in ("sigmoid", "relu")]
+    assert abs(float(members[0]) - float(members[1])) > 1e-4
+    two_layer = problems.mnist(layers=(20, 20), mode="test").loss(params[8:], {}, batch[0])
+    np.testing.assert_allclose(float(family_loss), float(members[0] + members[1] + two_layer),
+                               rtol=1e-5)
