@@ -101,6 +101,32 @@ def test_net_assignments_give_each_net_its_parameters():
         optimizer.meta_loss(problems.simple_multi_optimizer(), 5, net_assignments=[("cw", ["x_0"])])
 
 
+def test_each_trained_net_gets_its_own_meta_gradient_whatever_the_names_order():
+    """Two trained nets named against alphabetical order ('z' before 'a'), each on its own
+    parameter of a separable problem: each net's meta-step must equal that of a run of the
+    net alone on its parameter."""
+    layers = {"z": (3,), "a": (5,)}
+
+    def lstm(name):
+        return networks.CoordinateWiseDeepLSTM(layers=layers[name], preprocess_name="LogAndSign")
+
+    both = meta.MetaOptimizer(seed=0, z=lstm("z"), a=lstm("a"))
+    initial = {name: [v.numpy() for v in both.trainable_weights([name])] for name in layers}
+    both.meta_minimize(problems.simple_multi_optimizer(), 5, learning_rate=0.01,
+                       net_assignments=[("z", ["x_0"]), ("a", ["x_1"])]).step()
+    for index, name in enumerate(layers):
+        alone = meta.MetaOptimizer(**{name: lstm(name)})
+        for variable, value in zip(alone.trainable_weights(), initial[name]):
+            variable.assign(value)
+        problem = problems.Problem("one", (problems.simple_multi_optimizer().params[index],),
+                                   lambda params, constants, batch: tf.square(params[0]))
+        alone.meta_minimize(problem, 5, learning_rate=0.01).step()
+        trained = [v.numpy() for v in both.trainable_weights([name])]
+        assert any(not np.array_equal(t, i) for t, i in zip(trained, initial[name]))  # it moved
+        for t, w in zip(trained, alone.trainable_weights()):
+            np.testing.assert_allclose(t, w.numpy(), rtol=1e-6, atol=1e-8, err_msg=name)
+
+
 def evaluate_final_loss(optimizer, problem, seed, epochs=4):
     run = optimizer.meta_loss(problem, 20, seed=seed)
     finals = []
