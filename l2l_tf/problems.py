@@ -38,7 +38,7 @@ class Problem:
     params: tuple
     loss: Callable
     constants: dict = dataclasses.field(default_factory=dict)
-    batch: Callable = None
+    batch: Callable | None = None
 
     @property
     def param_names(self):
