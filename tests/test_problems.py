@@ -22,7 +22,8 @@ def test_quadratic_distributions_and_loss():
     assert abs(float(tf.math.reduce_std(x)) - 0.01) < 0.005
     w, y = constants["w"].numpy(), constants["y"].numpy()
     want = np.mean(np.sum((np.einsum("bij,bj->bi", w, x.numpy()) - y) ** 2, axis=1))
-    np.testing.assert_allclose(uniform.loss([x], constants, uniform.sample_batch(rng())).numpy(), want, rtol=1e-5)
+    loss = uniform.loss([x], constants, uniform.sample_batch(rng()))
+    np.testing.assert_allclose(loss.numpy(), want, rtol=1e-5)
     with pytest.raises(ValueError, match="'uniform' or 'normal'"):
         problems.quadratic(distribution="gaussian")
 
