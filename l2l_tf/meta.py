@@ -308,13 +308,15 @@ class MetaLoss:
         """`forward` and, if `train`, the meta-gradient with respect to `weights` (flat, in
         `trained_weights`' order): `(meta_loss, losses, meta_gradients, x, states)`. Pure:
         the one function every replica of a distributed meta-step runs."""
+        if not train:  # evaluation: no tape, so no activations are kept for a backward pass
+            meta_loss, losses, x, states = self.forward(weights, x, constants, states, batches)
+            return meta_loss, losses, [], x, states
         # The order of `trained_weights`: net by net as assigned (not tf.nest's sorted keys).
         flat_weights = [w for name in self.assignment for w in tf.nest.flatten(weights[name])]
         with tf.GradientTape(watch_accessed_variables=False) as meta_tape:
             meta_tape.watch(flat_weights)
             meta_loss, losses, x, states = self.forward(weights, x, constants, states, batches)
-        meta_gradients = meta_tape.gradient(meta_loss, flat_weights) if train else []
-        return meta_loss, losses, meta_gradients, x, states
+        return meta_loss, losses, meta_tape.gradient(meta_loss, flat_weights), x, states
 
     def _sample(self, values, s):
         """Sample s's slice of a sample-major list of parameters."""

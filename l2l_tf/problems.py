@@ -173,12 +173,16 @@ def load_tfds(name, mode, data_dir=None):
     return images, labels
 
 
+def _batch_indices(rng, batch_size, labels):
+    """`batch_size` example indices drawn with replacement, as in the original."""
+    return rng.uniform([batch_size], 0, tf.shape(labels, out_type=tf.int64)[0], dtype=tf.int64)
+
+
 def _batch_sampler(images, labels, batch_size):
     """`rng -> (images, labels)`: a fresh minibatch drawn with replacement, as in the original."""
 
     def sample_batch(rng):
-        indices = rng.uniform([batch_size], 0, tf.shape(labels, out_type=tf.int64)[0],
-                              dtype=tf.int64)
+        indices = _batch_indices(rng, batch_size, labels)
         return tf.cast(tf.gather(images, indices), tf.float32) / 255.0, tf.gather(labels, indices)
 
     return sample_batch
@@ -312,8 +316,7 @@ def keras_model(model, x, y, loss, batch_size=128, initializer="model"):
     )
 
     def sample_batch(rng):
-        indices = rng.uniform([batch_size], 0, tf.shape(data_y, out_type=tf.int64)[0],
-                              dtype=tf.int64)
+        indices = _batch_indices(rng, batch_size, data_y)
         return tf.gather(data_x, indices), tf.gather(data_y, indices)
 
     def problem_loss(params, constants, batch):
