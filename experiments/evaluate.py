@@ -28,7 +28,8 @@ flags.DEFINE_string("problem", "simple", f"One of {', '.join(presets.PROBLEMS)}.
 flags.DEFINE_integer("num_steps", 100, "Optimizee steps per epoch.", lower_bound=1)
 flags.DEFINE_integer("unroll_length", 20, "Steps per compiled unroll (no effect on results).",
                      lower_bound=1)
-flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS), "Constants: paper or original.")
+flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS),
+                  "Constants of the nets (k, scale; presets.PRESETS).")
 flags.DEFINE_string("output", None, "Write per-step losses to this .csv or .json file.")
 FLAGS = flags.FLAGS
 

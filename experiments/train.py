@@ -34,7 +34,8 @@ flags.DEFINE_integer("unroll_length", 20, "Steps per truncated unroll.", lower_b
 flags.DEFINE_float("learning_rate", 0.001, "Meta-optimizer (Adam) learning rate.", lower_bound=0)
 flags.DEFINE_boolean("second_derivatives", False, "Backpropagate through optimizee gradients.")
 flags.DEFINE_integer("seed", 0, "Seed of the nets' initial weights and the problems.")
-flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS), "Constants: paper or original.")
+flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS),
+                  "Constants of the nets (k, scale; presets.PRESETS).")
 flags.DEFINE_boolean("resume", False, "Continue from the checkpoint in save_path.")
 flags.DEFINE_string("init_path", None, "Start from the nets saved in this directory (e.g. "
                     "l2l_tf/pretrained/mnist) instead of fresh ones: fine-tuning.")
