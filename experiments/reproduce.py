@@ -9,6 +9,9 @@ Stages, each resumable (results are cached under --output_dir and reused):
 2. tune: for every test configuration and baseline (SGD, RMSprop, Adam, NAG with momentum
    0.9), the learning rate from --grid with the lowest mean final loss over --tuning_runs
    runs (seed --seed + 1000, so the tuning problems are not the evaluation problems).
+   With --learned_grid, the learned optimizer's learning rate (the factor on its update,
+   `LearnedOptimizer(learning_rate=...)`) is tuned the same way and reported as an extra
+   row next to the untuned one (factor 1, as trained).
 3. evaluate: --num_runs runs per optimizer and configuration (seed --seed), the same
    initialisations and batches for every optimizer.
 4. report: `<tag>_results.csv` and `.md` (loss at steps 100 and 200, sum of the first 100
@@ -46,6 +49,8 @@ flags.DEFINE_float("meta_learning_rate", 0.01, "Meta-optimizer learning rate for
 flags.DEFINE_integer("num_runs", 100, "Evaluation runs per curve.", lower_bound=1)
 flags.DEFINE_integer("tuning_runs", 20, "Runs per learning rate in the grid search.", lower_bound=1)
 flags.DEFINE_list("grid", DEFAULT_GRID, "Learning rates tried for every baseline.")
+flags.DEFINE_list("learned_grid", [], "Learning rates (factors on the learned optimizer's "
+                  "update) to tune it over as the baselines are; empty: only the factor 1.")
 flags.DEFINE_list("configs", None, "Subset of configurations to run (default: all).")
 flags.DEFINE_integer("seed", 0, "Evaluation seed; tuning uses seed + 1000.")
 flags.DEFINE_string("output_dir", "experiments/results", "Where tables, plots and caches go.")
@@ -79,8 +84,13 @@ def baseline(name, learning_rate):
     return meta.MetaOptimizer(**presets.baseline_nets(name, learning_rate))
 
 
-def learned():
-    return meta.MetaOptimizer(**networks.load_nets(FLAGS.path))
+def learned(learning_rate=1.0):
+    """The nets in --path, their update scaled by `learning_rate` (as LearnedOptimizer's)."""
+    nets = networks.load_nets(FLAGS.path)
+    if learning_rate != 1.0:
+        nets = {name: type(net)(**{**net.get_config(), "scale": net.scale * learning_rate},
+                                initializer=net.initializer) for name, net in nets.items()}
+    return meta.MetaOptimizer(**nets)
 
 
 def load_json(path, default):
@@ -102,19 +112,20 @@ def train():
     subprocess.run(command, check=True)
 
 
-def tune(name, problem, num_steps, cache):
-    """Fills cache[name][optimizer][rate] = mean final loss; returns the best rate per optimizer."""
+def tune(name, problem, num_steps, cache, candidates):
+    """Fills cache[name][label][rate] = mean final loss for `candidates` (label -> (build(rate),
+    grid)); returns the best rate per label."""
     best = {}
-    for optimizer_name in presets.BASELINES:
-        scores = cache.setdefault(name, {}).setdefault(optimizer_name, {})
-        for rate in FLAGS.grid:
+    for label, (build, grid) in candidates.items():
+        scores = cache.setdefault(name, {}).setdefault(label, {})
+        for rate in grid:
             if rate not in scores:
-                finals = evaluate(baseline(optimizer_name, float(rate)), problem, num_steps,
-                                  FLAGS.tuning_runs, FLAGS.seed + 1000)[:, -1]
+                finals = evaluate(build(float(rate)), problem, num_steps, FLAGS.tuning_runs,
+                                  FLAGS.seed + 1000)[:, -1]
                 scores[rate] = float(np.mean(finals)) if np.all(np.isfinite(finals)) else None
-                print(f"  tune {name} {optimizer_name} lr={rate}: {scores[rate]}", flush=True)
-        finite = {r: s for r, s in scores.items() if s is not None and r in FLAGS.grid}
-        best[optimizer_name] = min(finite, key=finite.get)
+                print(f"  tune {name} {label} lr={rate}: {scores[rate]}", flush=True)
+        finite = {r: s for r, s in scores.items() if s is not None and r in grid}
+        best[label] = min(finite, key=finite.get)
     return best
 
 
@@ -159,8 +170,9 @@ def main(argv):
                              "(--train_epochs=N) or point at a train.py save_path.")
     with cli.configuration_errors():
         grid = [float(rate) for rate in FLAGS.grid]
-    if min(grid) <= 0:
-        raise cli.UsageError("--grid learning rates must be positive.")
+        learned_grid = [float(rate) for rate in FLAGS.learned_grid]
+    if min(grid + learned_grid) <= 0:
+        raise cli.UsageError("--grid and --learned_grid learning rates must be positive.")
     all_configs = configurations()
     names = FLAGS.configs or list(all_configs)
     unknown = set(names) - set(all_configs)
@@ -177,13 +189,19 @@ def main(argv):
         factory, num_steps = all_configs[name]
         problem = factory()
         start = time.time()
-        best = tune(name, problem, num_steps, tuning)
+        candidates = {b: (lambda rate, b=b: baseline(b, rate), FLAGS.grid)
+                      for b in presets.BASELINES}
+        if FLAGS.learned_grid:
+            candidates[learned_label] = (learned, FLAGS.learned_grid)
+        best = tune(name, problem, num_steps, tuning, candidates)
         cli.write_text_atomically(tuning_path, json.dumps(tuning, indent=1))
         curves = {}
         cache_path = f"{shared}_{name}_curves.npz"
         cached = dict(np.load(cache_path)) if os.path.exists(cache_path) else {}
-        for label, build in [(learned_label, learned)] + [
-                (f"{b} (lr {best[b]})", lambda b=b: baseline(b, float(best[b]))) for b in presets.BASELINES]:
+        runs = [(learned_label, learned)] + [
+            (f"{label} (lr {best[label]})", lambda build=build, rate=float(best[label]): build(rate))
+            for label, (build, _) in candidates.items()]
+        for label, build in runs:
             if label not in cached:
                 cached[label] = evaluate(build(), problem, num_steps, FLAGS.num_runs, FLAGS.seed)
                 np.savez(cache_path + ".tmp.npz", **cached)
@@ -197,22 +215,25 @@ def main(argv):
         plot(f"{prefix}_{name}.png", f"{FLAGS.tag or FLAGS.problem} {name}: "
              f"{FLAGS.num_runs} runs", curves)
         print(f"{name}: {time.time() - start:.0f} s", flush=True)
-    write_tables(prefix, rows, tuning, names)
+    write_tables(prefix, rows, tuning, names, learned_label)
 
 
-def write_tables(prefix, rows, tuning, names):
+def write_tables(prefix, rows, tuning, names, learned_label):
     columns = ["config", "optimizer", "loss@100", "loss@200", "sum100"]
     csv = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in rows]
     cli.write_text_atomically(f"{prefix}_results.csv", "\n".join(csv) + "\n")
     md = [f"Command: `python {' '.join(sys.argv)}`", "",
           f"Runs per curve: {FLAGS.num_runs} (seed {FLAGS.seed}); tuning: {FLAGS.tuning_runs} "
-          f"runs per rate (seed {FLAGS.seed + 1000}), grid {', '.join(FLAGS.grid)}; "
-          "mean ± standard error.", "",
+          f"runs per rate (seed {FLAGS.seed + 1000}), grid {', '.join(FLAGS.grid)}"
+          + (f" (learned: {', '.join(FLAGS.learned_grid)})" if FLAGS.learned_grid else "")
+          + "; mean ± standard error.", "",
           "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     md += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
     md += ["", "Grid search (mean final loss per learning rate):", ""]
     for name in names:
         for optimizer_name, scores in tuning.get(name, {}).items():
+            if optimizer_name not in (*presets.BASELINES, learned_label):
+                continue  # another learned optimizer's tuning, sharing the cache
             md.append(f"- {name} {optimizer_name}: " + ", ".join(
                 f"{rate}: {'diverged' if s is None else f'{s:.4g}'}" for rate, s in scores.items()))
     cli.write_text_atomically(f"{prefix}_results.md", "\n".join(md) + "\n")

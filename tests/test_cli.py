@@ -217,3 +217,31 @@ def test_multi_worker_meta_training_with_two_processes_keeps_the_nets_identical(
             np.testing.assert_array_equal(chief[key], worker[key], err_msg=key)
     initial = l2l_tf.networks.CoordinateWiseDeepLSTM(layers=(20, 20)).initial_weights(seed=0)
     assert not np.allclose(chief["lstm_0/w_gates"], initial["lstm_0"]["w_gates"].numpy())
+
+
+def test_reproduce_tunes_baselines_and_the_learned_rate_then_reuses_its_caches(tmp_path):
+    shipped = os.path.join(ROOT, "l2l_tf", "pretrained", "quadratic")
+    args = ["--problem=quadratic", f"--path={shipped}",
+            "--num_runs=3", "--tuning_runs=2", "--grid=0.01,0.1", "--learned_grid=0.3,1",
+            f"--output_dir={tmp_path}"]
+    first = script("reproduce.py", *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("  tune base ") == 4 * 2 + 2
+    with open(tmp_path / "quadratic_tuning.json") as f:
+        learned_scores = json.load(f)["base"]["L2L"]
+    assert sorted(learned_scores) == ["0.3", "1"] and len(set(learned_scores.values())) == 2
+    chosen = min(learned_scores, key=learned_scores.get)
+    with open(tmp_path / "quadratic_results.md") as f:
+        table = f.read()
+    assert "| base | L2L | " in table and f"| base | L2L (lr {chosen}) | " in table
+    for name in ("SGD", "RMSprop", "Adam", "NAG"):
+        assert f"| base | {name} (lr " in table and f"- base {name}: 0.01: " in table
+    assert "- base L2L: 0.3: " in table and os.path.exists(tmp_path / "quadratic_base.png")
+    curves = np.load(tmp_path / "quadratic_base_curves.npz")
+    assert curves["L2L"].shape == (3, 101)
+    # The factor 1 is the untuned optimizer itself; 0.3 scales every update.
+    assert np.array_equal(curves["L2L"], curves[f"L2L (lr {chosen})"]) == (chosen == "1")
+    # A second run reuses the tuning and the curves.
+    second = script("reproduce.py", *args)
+    assert second.returncode == 0, second.stderr
+    assert "tune" not in second.stdout
