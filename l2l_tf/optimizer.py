@@ -74,7 +74,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
 
     @classmethod
     def from_pretrained(cls, name_or_path, **kwargs):
-        """Loads a shipped optimizer by name ("mnist", "quadratic") or saved nets by path.
+        """Loads a shipped optimizer by name or saved nets by path.
+
+        Shipped (`presets.pretrained_names()`, each with a PROVENANCE.md in
+        `l2l_tf/pretrained/`): "mnist-wide" (the default), "mnist" (the paper's constants),
+        "mnist-family" (for ReLU networks too) and "quadratic".
 
         A path is one net file (the net is named after the file) or a directory of
         `<net_name>.npz` files, as `train.py` and `MetaOptimizer.save` write; several nets need
