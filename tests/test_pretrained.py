@@ -100,12 +100,15 @@ def test_shipped_mnist_optimizer_beats_tuned_adam_through_model_fit(mnist_data_d
     assert np.mean(learned) < np.mean(adam), (learned, adam)
 
 
-def test_mnist_family_optimizer_trains_a_relu_mlp_through_model_fit(mnist_data_dir):
+def test_relu_mlp_through_model_fit_with_mnist_family_or_the_default_scaled_down(
+        mnist_data_dir):
     x, y = mnist_arrays("train", 128 * 100)
     x_test, y_test = mnist_arrays("test", 2000)
     optimizers = {
         "family": lambda: l2l_tf.LearnedOptimizer.from_pretrained("mnist-family"),
         "paper": lambda: l2l_tf.LearnedOptimizer.from_pretrained("mnist"),
+        # The rate reproduce.py --learned_grid chose for the default on ReLU.
+        "default_0.3": lambda: l2l_tf.LearnedOptimizer(learning_rate=0.3),
         "adam": lambda: keras.optimizers.Adam(ADAM_TUNED_LR),
     }
     losses = {name: [] for name in optimizers}
@@ -113,9 +116,10 @@ def test_mnist_family_optimizer_trains_a_relu_mlp_through_model_fit(mnist_data_d
         for name, make in optimizers.items():
             losses[name].append(fit_losses(make(), seed, x, y, x_test, y_test, "relu"))
     means = {name: np.mean(values) for name, values in losses.items()}
-    # Measured: family 0.332, paper 0.701, Adam (lr 0.03) 0.350.
+    # Measured: family 0.332, paper 0.701, default at rate 0.3 0.323, Adam (lr 0.03) 0.350.
     assert means["family"] < 0.6 * means["paper"], means
     assert means["family"] < 1.25 * means["adam"], means
+    assert means["default_0.3"] < means["adam"], means
 
 
 def test_mnist_wide_optimizer_trains_two_hidden_layers_where_the_paper_one_stalls(
