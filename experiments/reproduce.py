@@ -199,7 +199,8 @@ def main(argv):
         cache_path = f"{shared}_{name}_curves.npz"
         cached = dict(np.load(cache_path)) if os.path.exists(cache_path) else {}
         runs = [(learned_label, learned)] + [
-            (f"{label} (lr {best[label]})", lambda build=build, rate=float(best[label]): build(rate))
+            (f"{label} (lr {best[label]})",
+             lambda build=build, rate=float(best[label]): build(rate))
             for label, (build, _) in candidates.items()]
         for label, build in runs:
             if label not in cached:

@@ -25,8 +25,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             `{"net": class name, "net_options": {...}, "net_path": file}` (the original's
             `MetaOptimizer(**nets)` form). Defaults to the shipped "mnist-wide" optimizer (a
             2 x 20 coordinatewise LSTM meta-trained on the MNIST MLP, with LogAndSign k = 20,
-            see `l2l_tf/pretrained/mnist-wide/PROVENANCE.md`). An untrained net is an explicit choice:
-            `nets=presets.default_nets()`.
+            see `l2l_tf/pretrained/mnist-wide/PROVENANCE.md`). An untrained net is an
+            explicit choice: `nets=presets.default_nets()`.
         net_assignments: with several nets, a list of `(net_name, [regex, ...])`; a model
             variable goes to the first net with a pattern found (`re.search`) in its `path`.
             With one net it may be omitted: that net updates every variable.
