@@ -202,9 +202,13 @@ def main(argv):
             (f"{label} (lr {best[label]})",
              lambda build=build, rate=float(best[label]): build(rate))
             for label, (build, _) in candidates.items()]
+        # A tuned factor of 1 is the learned optimizer as trained: its curves, not a rerun.
+        as_trained = (f"{learned_label} (lr {best[learned_label]})"
+                      if float(best.get(learned_label, 0)) == 1.0 else None)
         for label, build in runs:
             if label not in cached:
-                cached[label] = evaluate(build(), problem, num_steps, FLAGS.num_runs, FLAGS.seed)
+                cached[label] = (cached[learned_label] if label == as_trained else
+                                 evaluate(build(), problem, num_steps, FLAGS.num_runs, FLAGS.seed))
                 np.savez(cache_path + ".tmp.npz", **cached)
                 os.replace(cache_path + ".tmp.npz", cache_path)
             curves[label] = cached[label]
