@@ -127,9 +127,17 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         finite = tf.reduce_all(
             [tf.reduce_all(tf.math.is_finite(t)) for t in (gradient, new_value, *new_state)]
         )
-        self.assign(variable, tf.where(finite, new_value, old_value))
-        for state_variable, value in zip(state_variables, new_state):
-            self.assign(state_variable, tf.where(finite, value, state_variable.value))
+
+        # A `cond` rather than `tf.where`: skipping costs nothing when the step is kept,
+        # where a select would stream every state through memory once more (~1 ms a step
+        # on the MNIST MLP without XLA).
+        def apply_step():
+            self.assign(variable, new_value)
+            for state_variable, value in zip(state_variables, new_state):
+                self.assign(state_variable, value)
+            return tf.constant(True)
+
+        tf.cond(finite, apply_step, lambda: tf.constant(False))
 
     def net_weight_values(self):
         """`{net_name: {module: {field: np.ndarray}}}`: the nets' current weights."""
