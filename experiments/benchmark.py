@@ -8,6 +8,9 @@ Sections:
 - fit: one `model.fit` step of the MNIST MLP (784-20-10, batch 128) with Adam and with
   `LearnedOptimizer` (2 x 20 LSTM), with and without XLA; data are random arrays of MNIST's
   shape (the cost of a step does not depend on the values).
+- lstm: one step of the 2 x 20 LSTM on the MLP's 15,910 coordinates, its two matmuls alone
+  and one layer's elementwise part alone: the floor any update built from TensorFlow's ops
+  has here.
 - meta: meta-training on the mnist problem (batch 128, LSTM 2 x 20): trace time, seconds per
   100-step epoch, optimizee steps per second including the meta-gradient, FLOPs counted by
   TensorFlow's profiler on the traced unroll, the achieved rate and its ratio to the matmul
@@ -17,6 +20,7 @@ Sections:
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
 
+import functools
 import itertools
 import json
 import resource
@@ -29,16 +33,17 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from l2l_tf import LearnedOptimizer, cli, meta, presets
+from l2l_tf import LearnedOptimizer, cli, meta, networks, presets
 
-flags.DEFINE_list("sections", ["machine", "fit", "meta"], "Sections to run.")
+flags.DEFINE_list("sections", ["machine", "fit", "lstm", "meta"], "Sections to run.")
 flags.DEFINE_list("unroll_lengths", ["20"], "Unroll lengths for the meta section.")
 flags.DEFINE_list("meta_jit", ["false"], "XLA settings for the meta section (false, true).")
 flags.DEFINE_list("meta_recompute", ["false"],
                   "Recomputation settings for the meta section (false, true).")
 flags.DEFINE_integer("epochs", 5, "Timed meta-training epochs per configuration.", lower_bound=1)
 flags.DEFINE_integer("num_steps", 100, "Optimizee steps per epoch.", lower_bound=1)
-flags.DEFINE_integer("fit_steps", 100, "Timed fit steps per repetition.", lower_bound=1)
+flags.DEFINE_integer("fit_steps", 50, "Timed fit steps per round.", lower_bound=1)
+flags.DEFINE_integer("repeats", 12, "Interleaved timing rounds (fit, lstm).", lower_bound=1)
 flags.DEFINE_string("child", None, "Internal: run one meta configuration and print JSON.")
 FLAGS = flags.FLAGS
 
@@ -60,33 +65,93 @@ def matmul_gflops(size=2048, repeats=10):
     return 2 * size**3 / best / 1e9
 
 
-def fit_step_ms(optimizer, jit_compile, steps):
-    rng = np.random.default_rng(0)
-    x = rng.random((128 * steps, 784), dtype=np.float32)
-    y = rng.integers(0, 10, 128 * steps)
+def fit_model(optimizer, jit_compile, x, y):
+    """The MNIST MLP compiled with `optimizer`, after one fit that traces and compiles it."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(20, activation="sigmoid"),
                               keras.layers.Dense(10)])
     model.compile(optimizer=optimizer, jit_compile=jit_compile,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=128, epochs=1, verbose=0)  # trace and compile
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=128, epochs=1, verbose=0)
-        times.append((time.perf_counter() - start) / steps * 1000)
-    return float(np.median(times))
+    model.fit(x, y, batch_size=128, epochs=1, verbose=0)
+    return model
+
+
+def interleaved_ms(calls, repeats, count):
+    """ms per call of each of `calls`, min and median over `repeats` rounds of `count` calls.
+
+    The rounds alternate between the calls, so that the VM's slow phases (timings here drift
+    by up to 2x over seconds) hit every call alike; the minimum is the least disturbed.
+    """
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) / count * 1000)
+    return {name: (min(t), float(np.median(t))) for name, t in times.items()}
 
 
 def fit_section():
-    print("\n## model.fit step, MNIST MLP 784-20-10, batch 128 (median of 5 x "
-          f"{FLAGS.fit_steps} steps)\n")
-    print("| XLA | Adam ms/step | LearnedOptimizer ms/step | ratio |")
-    print("| --- | --- | --- | --- |")
+    steps = FLAGS.fit_steps
+    print(f"\n## model.fit step, MNIST MLP 784-20-10, batch 128 ({FLAGS.repeats} interleaved "
+          f"rounds of {steps} steps; min / median)\n")
+    print("| XLA | Adam ms/step | LearnedOptimizer ms/step | ratio of min | ratio of median |")
+    print("| --- | --- | --- | --- | --- |")
+    rng = np.random.default_rng(0)
+    x = rng.random((128 * steps, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 128 * steps)
     for jit in (False, True):
-        adam = fit_step_ms(keras.optimizers.Adam(), jit, FLAGS.fit_steps)
-        learned = fit_step_ms(LearnedOptimizer(seed=0), jit, FLAGS.fit_steps)
-        print(f"| {jit} | {adam:.2f} | {learned:.2f} | {learned / adam:.2f} |", flush=True)
+        models = {"adam": fit_model(keras.optimizers.Adam(), jit, x, y),
+                  "learned": fit_model(LearnedOptimizer(), jit, x, y)}
+        ms = interleaved_ms(
+            {name: functools.partial(model.fit, x, y, batch_size=128, epochs=1, verbose=0)
+             for name, model in models.items()}, FLAGS.repeats, steps)
+        (adam_min, adam_med), (learned_min, learned_med) = ms["adam"], ms["learned"]
+        print(f"| {jit} | {adam_min:.2f} / {adam_med:.2f} | {learned_min:.2f} / "
+              f"{learned_med:.2f} | {learned_min / adam_min:.2f} | "
+              f"{learned_med / adam_med:.2f} |", flush=True)
+
+
+def lstm_section():
+    """Where the learned update's time goes: the pieces of one LSTM step on the MLP's size."""
+    rows = 15910  # coordinates of the MNIST MLP 784-20-10
+    print(f"\n## One LSTM step (2 x 20) on {rows} coordinates, and its parts "
+          f"({FLAGS.repeats} interleaved rounds of 20 calls; ms, min / median)\n")
+    net = networks.build_nets(presets.default_nets())[presets.DEFAULT_NET_NAME]
+    weights = net.initial_weights(0)
+    gradient = tf.random.normal([rows], seed=0) * 1e-3
+    state = tuple(tf.zeros(shape) for shape in net.state_shapes([rows]))
+    inputs = [tf.random.normal(shape, seed=0) for shape in ([rows, 22], [22, 80],
+                                                             [rows, 40], [40, 80])]
+    gates, cell = tf.random.normal([rows, 80], seed=0), tf.random.normal([rows, 20], seed=0)
+
+    def elementwise(gates, cell):
+        gate_i, gate_j, gate_f, gate_o = tf.split(tf.sigmoid(gates), 4, axis=1)
+        cell = cell * gate_f + gate_i * (2.0 * gate_j - 1.0)
+        return tf.tanh(cell) * gate_o, cell
+
+    parts = {"whole step": lambda: net.step(weights, gradient, state),
+             "its two matmuls": lambda: (tf.matmul(inputs[0], inputs[1]),
+                                         tf.matmul(inputs[2], inputs[3])),
+             "one layer's elementwise part": lambda: elementwise(gates, cell)}
+    calls = {}
+    for jit in (False, True):
+        for name, part in parts.items():
+            function = tf.function(part, jit_compile=jit)
+            function()
+
+            def call(function=function):
+                for _ in range(19):
+                    function()
+                tf.nest.map_structure(lambda t: t.numpy(), function())
+
+            calls[(name, jit)] = call
+    ms = interleaved_ms(calls, FLAGS.repeats, 20)
+    print("| part | without XLA | with XLA |")
+    print("| --- | --- | --- |")
+    for name in parts:
+        cells = [f"{ms[(name, jit)][0]:.2f} / {ms[(name, jit)][1]:.2f}" for jit in (False, True)]
+        print(f"| {name} | {cells[0]} | {cells[1]} |", flush=True)
 
 
 def unroll_flops(run):
@@ -151,9 +216,10 @@ def main(argv):
         unroll_length, jit, recompute = FLAGS.child.split(":")
         print(json.dumps(meta_child(int(unroll_length), jit == "true", recompute == "true")))
         return
-    unknown = set(FLAGS.sections) - {"machine", "fit", "meta"}
+    unknown = set(FLAGS.sections) - {"machine", "fit", "lstm", "meta"}
     if unknown:
-        raise cli.UsageError(f"unknown --sections {sorted(unknown)}: use machine, fit, meta.")
+        raise cli.UsageError(
+            f"unknown --sections {sorted(unknown)}: use machine, fit, lstm, meta.")
     if any(FLAGS.num_steps % int(u) for u in FLAGS.unroll_lengths):
         raise cli.UsageError("every --unroll_lengths value must divide --num_steps.")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
@@ -164,6 +230,8 @@ def main(argv):
         print(f"\n## Machine\n\nfloat32 matmul 2048^3: {machine_rate:.0f} GFLOP/s")
     if "fit" in FLAGS.sections:
         fit_section()
+    if "lstm" in FLAGS.sections:
+        lstm_section()
     if "meta" in FLAGS.sections:
         meta_section(machine_rate)
 

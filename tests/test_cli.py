@@ -158,6 +158,20 @@ def test_bad_evaluate_flags_give_one_line_and_exit_2(flags, message):
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr
 
 
+def test_benchmark_prints_its_tables_and_refuses_unknown_sections():
+    """Structure only: timings are the benchmark's output, never asserted."""
+    result = script("benchmark.py", "--sections=fit,lstm", "--repeats=1", "--fit_steps=2")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| XLA", "| ---", "| False", "| True",
+        "| part", "| ---", "| whole step", "| its two matmuls", "| one layer's elementwise part"]
+    ratios = [float(row.split(" | ")[3]) for row in rows[2:4]]
+    assert all(ratio > 0 for ratio in ratios)
+    bad = script("benchmark.py", "--sections=fit,speed")
+    assert bad.returncode == 2 and "unknown --sections ['speed']" in bad.stderr
+
+
 def test_same_seed_gives_bitwise_identical_nets_with_op_determinism(tmp_path):
     args = QUICK + ["--problem=quadratic", "--num_steps=10", "--num_epochs=3", "--deterministic",
                     "--evaluation_period=1000"]
