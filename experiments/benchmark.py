@@ -202,8 +202,12 @@ def meta_section(machine_rate):
     for unroll_length, jit, recompute in settings:
         command = [sys.executable, __file__, f"--child={unroll_length}:{jit}:{recompute}",
                    f"--epochs={FLAGS.epochs}", f"--num_steps={FLAGS.num_steps}"]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        r = json.loads(output.strip().splitlines()[-1])
+        child = subprocess.run(command, capture_output=True, text=True)
+        if child.returncode == 2:  # the child's own one-line user error (e.g. no MNIST)
+            raise cli.UsageError(child.stderr.strip().splitlines()[-1].removeprefix("error: "))
+        if child.returncode != 0:
+            raise RuntimeError(f"benchmark child {command[2]} failed:\n{child.stderr}")
+        r = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"| {r['unroll_length']} | {r['jit_compile']} | {r['recompute']} | "
               f"{r['trace_seconds']:.1f} | {r['epoch_seconds']:.3f} | "
               f"{r['steps_per_second']:.0f} | {r['gflop_per_epoch']:.1f} | {r['gflops']:.1f} | "
