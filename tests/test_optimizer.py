@@ -271,6 +271,26 @@ def test_non_finite_gradients_never_reach_variables(bad):
         assert np.all(np.isfinite(v.numpy()))
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_skips_a_non_finite_batch_in_compiled_steps(jit_compile):
+    """The skip inside `model.fit`'s traced (and XLA-compiled) train step, not only eagerly."""
+    model = sequential_model()
+    opt = l2l_tf.LearnedOptimizer(seed=0)
+    model.compile(optimizer=opt, loss="mse", jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 6)).astype(np.float32), rng.normal(size=(8, 2)).astype(np.float32)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # builds, and moves every state
+    before = [v.numpy().copy() for v in model.trainable_variables + opt.variables]
+    x_bad = x.copy()
+    x_bad[0, 0] = np.nan  # every gradient of this batch is NaN
+    model.fit(x_bad, y, batch_size=8, epochs=1, verbose=0)
+    after = [v.numpy() for v in model.trainable_variables + opt.variables]
+    changed = [b.shape for b, a in zip(before, after) if not np.array_equal(b, a, equal_nan=True)]
+    assert changed == [()]  # only the step counter (`iterations`) moved
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert not np.array_equal(model.trainable_variables[0].numpy(), before[0])
+
+
 def test_huge_gradients_and_overflowing_updates_are_finite_or_skipped():
     variable = keras.Variable(np.full((3,), 60000.0, np.float16), dtype="float16")
     opt = l2l_tf.LearnedOptimizer(nets={"sgd": networks.Sgd(learning_rate=1.0)})
