@@ -135,9 +135,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             self.assign(variable, new_value)
             for state_variable, value in zip(state_variables, new_state):
                 self.assign(state_variable, value)
-            return tf.constant(True)
 
-        tf.cond(finite, apply_step, lambda: tf.constant(False))
+        tf.cond(finite, apply_step, lambda: None)
 
     def net_weight_values(self):
         """`{net_name: {module: {field: np.ndarray}}}`: the nets' current weights."""
