@@ -124,16 +124,10 @@ def lstm_section():
     inputs = [tf.random.normal(shape, seed=0) for shape in ([rows, 22], [22, 80],
                                                              [rows, 40], [40, 80])]
     gates, cell = tf.random.normal([rows, 80], seed=0), tf.random.normal([rows, 20], seed=0)
-
-    def elementwise(gates, cell):
-        gate_i, gate_j, gate_f, gate_o = tf.split(tf.sigmoid(gates), 4, axis=1)
-        cell = cell * gate_f + gate_i * (2.0 * gate_j - 1.0)
-        return tf.tanh(cell) * gate_o, cell
-
     parts = {"whole step": lambda: net.step(weights, gradient, state),
              "its two matmuls": lambda: (tf.matmul(inputs[0], inputs[1]),
                                          tf.matmul(inputs[2], inputs[3])),
-             "one layer's elementwise part": lambda: elementwise(gates, cell)}
+             "one layer's elementwise part": lambda: networks.lstm_cell_update(gates, cell)}
     calls = {}
     for jit in (False, True):
         for name, part in parts.items():

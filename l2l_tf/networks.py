@@ -185,13 +185,11 @@ class StandardDeepLSTM(Net):
             # work costs more than the matmuls: the forget bias is folded into the bias and
             # tanh(j) = 2 sigmoid(2 j) - 1, with the factor 2 folded into the weights.
             gate_scale, gate_shift = _gate_constants(units, hidden.dtype)
-            gates = tf.sigmoid(tf.nn.bias_add(
+            gate_inputs = tf.nn.bias_add(
                 tf.matmul(tf.concat([hidden, h], axis=1), lstm["w_gates"] * gate_scale),
                 (lstm["b_gates"] + gate_shift) * gate_scale,
-            ))
-            gate_i, gate_j, gate_f, gate_o = tf.split(gates, 4, axis=1)
-            c = c * gate_f + gate_i * (2.0 * gate_j - 1.0)
-            hidden = tf.tanh(c) * gate_o
+            )
+            hidden, c = lstm_cell_update(gate_inputs, c)
             new_state += [hidden, c]
         output = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
         return output * self.scale, tuple(new_state)
@@ -363,6 +361,19 @@ NETS = {
     cls.__name__: cls
     for cls in (StandardDeepLSTM, CoordinateWiseDeepLSTM, KernelDeepLSTM, Sgd, Adam, RMSprop, Nag)
 }
+
+
+def lstm_cell_update(gate_inputs, cell):
+    """The LSTM cell's elementwise part: `(hidden, cell)` from the scaled gate inputs.
+
+    `gate_inputs [rows, 4 units]` are ordered (i, j, f, o), with the forget bias and the
+    factor 2 of tanh(j) = 2 sigmoid(2 j) - 1 already folded in (see `_gate_constants`), so one
+    sigmoid serves all gates. On CPU this part costs as much as the matmuls or more
+    (`experiments/benchmark.py --sections=lstm`).
+    """
+    gate_i, gate_j, gate_f, gate_o = tf.split(tf.sigmoid(gate_inputs), 4, axis=1)
+    cell = cell * gate_f + gate_i * (2.0 * gate_j - 1.0)
+    return tf.tanh(cell) * gate_o, cell
 
 
 def _gate_constants(units, dtype):
