@@ -172,6 +172,39 @@ def test_benchmark_prints_its_tables_and_refuses_unknown_sections():
     assert bad.returncode == 2 and "unknown --sections ['speed']" in bad.stderr
 
 
+def test_keras_fit_trains_every_model_with_every_optimizer_and_writes_its_tables(
+        tmp_path, mnist_data_dir):
+    output = tmp_path / "fit.md"
+    result = script("keras_fit.py", "--models=mlp_sigmoid,cnn", "--epochs=2", "--seeds=0,1",
+                    "--optimizers=adam@0.03,mnist-wide@0.3:cosine", "--train_examples=1280",
+                    f"--output={output}")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ") for line in output.read_text().splitlines()
+            if line.startswith("| mlp") or line.startswith("| cnn")]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("| mlp_sigmoid", "adam 0.03"), ("| mlp_sigmoid", "mnist-wide 0.3, cosine"),
+        ("| cnn", "adam 0.03"), ("| cnn", "mnist-wide 0.3, cosine")]
+    for row in rows:  # 1280 examples are 10 steps an epoch: both learn, from ln 10 = 2.30
+        first, second = float(row[2]), float(row[3])
+        assert second < first < 2.3 and 0.3 < float(row[5].rstrip(" |")) <= 1
+    csv = (tmp_path / "fit.csv").read_text().splitlines()
+    assert csv[0] == "model,optimizer,seed,epoch,test_loss,test_accuracy"
+    assert len(csv) == 1 + 2 * 2 * 2 * 2  # models x optimizers x seeds x epochs
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--models=resnet"], "unknown --models ['resnet']"),
+    (["--optimizers=adam"], "is not name@learning_rate[:cosine]"),
+    (["--optimizers=adam@0.1:linear"], "is not name@learning_rate[:cosine]"),
+    (["--optimizers=nope@1"], "No shipped optimizer named 'nope'"),
+    (["--output=fit.txt"], "must end in .md"),
+])
+def test_bad_keras_fit_flags_give_one_line_and_exit_2(flags, message):
+    result = script("keras_fit.py", *flags)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+
+
 def test_same_seed_gives_bitwise_identical_nets_with_op_determinism(tmp_path):
     args = QUICK + ["--problem=quadratic", "--num_steps=10", "--num_epochs=3", "--deterministic",
                     "--evaluation_period=1000"]
