@@ -98,6 +98,37 @@ def test_keras_path_equals_pure_step_over_several_steps():
                 np.testing.assert_allclose(slot.numpy(), s.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_a_learning_rate_schedule_scales_each_step_and_survives_saving(tmp_path):
+    """The factor on the net's update at step t is schedule(t), as for Keras's optimizers."""
+    x, y = make_data()
+    model = sequential_model()
+    net = networks.CoordinateWiseDeepLSTM(**trained_net_options())
+    schedule = keras.optimizers.schedules.CosineDecay(0.8, decay_steps=3)
+    opt = l2l_tf.LearnedOptimizer(nets={"cw": net}, seed=5, learning_rate=schedule)
+    weights = opt.net_weight_values()["cw"]
+    params = [tf.constant(v.numpy()) for v in model.trainable_variables]
+    states = [net.initial_state(v.shape) for v in model.trainable_variables]
+    for step in range(4):  # the last step's factor is 0: nothing moves
+        batch = slice(16 * step, 16 * (step + 1))
+        with tf.GradientTape() as tape:
+            loss = LOSS(y[batch], model(x[batch]))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        factor = float(schedule(step))
+        for i, g in enumerate(grads):
+            update, states[i] = net.step(weights, g, states[i])
+            params[i] = params[i] + factor * update
+        for p, v in zip(params, model.trainable_variables):
+            np.testing.assert_allclose(v.numpy(), p.numpy(), rtol=1e-6, atol=1e-7)
+    model.compile(optimizer=opt, loss=LOSS)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path).optimizer
+    assert isinstance(loaded._learning_rate, keras.optimizers.schedules.CosineDecay)
+    assert loaded._learning_rate.get_config() == schedule.get_config()
+    assert int(loaded.iterations.numpy()) == 4
+
+
 def assert_same_optimizer_values(a, b):
     named_a, named_b = a._named_variables(), b._named_variables()
     assert sorted(named_a) == sorted(named_b)
