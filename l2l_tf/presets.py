@@ -56,8 +56,8 @@ def baseline_nets(name, learning_rate):
     return {"baseline": {"net": BASELINES[name], "net_options": {"learning_rate": learning_rate}}}
 
 
-PROBLEMS = ("simple", "simple-multi", "quadratic", "mnist", "mnist-mix", "mnist-family", "cifar",
-            "cifar-multi")
+PROBLEMS = ("simple", "simple-multi", "quadratic", "mnist", "mnist-mix", "mnist-family",
+            "mnist-inits", "cifar", "cifar-multi")
 
 
 def _check_preset(preset):
@@ -94,8 +94,11 @@ def _net_spec(net_name, path, net_options, net="CoordinateWiseDeepLSTM"):
 # Beyond the paper: one optimizer for several MNIST MLPs at once, each with its own parameters
 # and batches. "mnist-mix": sigmoid and ReLU, to see whether it keeps sigmoid's gains without
 # failing on ReLU; "mnist-family": the mix plus the 2-hidden-layer sigmoid MLP, on which the
-# sigmoid-trained optimizer does not generalise (BUILD_NOTES.md).
+# sigmoid-trained optimizer does not generalise (BUILD_NOTES.md). "mnist-inits": the sigmoid
+# MLP from the original's N(0, 0.01^2) and from Keras's Glorot initialisation, for optimizers
+# meant for long `model.fit` runs of Keras models (BUILD_NOTES.md, "Longer training").
 _MNIST_ENSEMBLES = {
+    "mnist-inits": [{"initializer": "normal"}, {"initializer": "glorot"}],
     "mnist-mix": [{"activation": "sigmoid"}, {"activation": "relu"}],
     "mnist-family": [{"activation": "sigmoid"}, {"activation": "relu"},
                      {"layers": (20, 20), "activation": "sigmoid"}],

@@ -62,6 +62,12 @@ def normal_initializer(stddev):
     return lambda rng, shape: rng.normal(shape, stddev=stddev, dtype=tf.float32)
 
 
+def glorot_uniform_initializer(rng, shape):
+    """Keras's default for `Dense` kernels: U(-l, l), l = sqrt(6 / (fan_in + fan_out))."""
+    limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+    return rng.uniform(shape, -limit, limit, dtype=tf.float32)
+
+
 def simple():
     """A scalar x, init 1, loss x^2: the original's test problem."""
     return Problem(
@@ -194,13 +200,26 @@ def _data_variables(images, labels):
             tf.Variable(labels, trainable=False, name="labels"))
 
 
-def _mlp_params(input_size, layers, num_classes, stddev=0.01):
+MLP_INITIALIZERS = {
+    # The original's: weights and biases N(0, 0.01^2).
+    "normal": (normal_initializer(0.01), normal_initializer(0.01)),
+    # Keras's `Dense` defaults, what a `model.fit` user's model starts from.
+    "glorot": (glorot_uniform_initializer, constant_initializer(0.0)),
+}
+
+
+def _mlp_params(input_size, layers, num_classes, initializer):
+    if initializer not in MLP_INITIALIZERS:
+        raise ValueError(
+            f"Unknown MLP initializer {initializer!r}: use one of {', '.join(MLP_INITIALIZERS)}."
+        )
+    weight_init, bias_init = MLP_INITIALIZERS[initializer]
     sizes = [input_size] + list(layers) + [num_classes]
     params = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         params += [
-            Param(f"mlp/linear_{i}/w", (fan_in, fan_out), normal_initializer(stddev)),
-            Param(f"mlp/linear_{i}/b", (fan_out,), normal_initializer(stddev)),
+            Param(f"mlp/linear_{i}/w", (fan_in, fan_out), weight_init),
+            Param(f"mlp/linear_{i}/b", (fan_out,), bias_init),
         ]
     return tuple(params)
 
@@ -221,11 +240,13 @@ def _cross_entropy(logits, labels):
     )
 
 
-def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data_dir=None):
+def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data_dir=None,
+          initializer="normal"):
     """An MLP 784 -> layers -> 10 on MNIST, mean softmax cross-entropy, fresh batch per step.
 
-    Weights and biases start from N(0, 0.01^2) as in the original; pixels are scaled to
-    [0, 1]. `mode="train"` samples the train split (meta-training), `"test"` the test split.
+    Weights and biases start from N(0, 0.01^2) as in the original (`initializer="normal"`),
+    or as Keras's `Dense` layers do (`"glorot"`); pixels are scaled to [0, 1].
+    `mode="train"` samples the train split (meta-training), `"test"` the test split.
     """
     _check_mode(mode)
     act = _activation(activation)
@@ -236,7 +257,7 @@ def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data
         batch_images, batch_labels = batch
         return _cross_entropy(_mlp_logits(params, batch_images, act), batch_labels)
 
-    return Problem(name="mnist", params=_mlp_params(784, layers, 10), loss=loss,
+    return Problem(name="mnist", params=_mlp_params(784, layers, 10, initializer), loss=loss,
                    batch=_batch_sampler(images, labels, batch_size))
 
 
@@ -265,7 +286,7 @@ def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_norm=True, ba
                    Param(f"conv_{i}/b", (out,), normal_initializer(0.01))]
         channels = out
     flat = 32 // 2 ** len(conv_channels)
-    params += list(_mlp_params(flat * flat * channels, linear_layers, 10))
+    params += list(_mlp_params(flat * flat * channels, linear_layers, 10, "normal"))
     num_conv = len(conv_channels)
 
     def loss(params, constants, batch):

@@ -137,6 +137,26 @@ def test_mnist_mix_and_family_presets_are_ensembles_of_mlps(mnist_data_dir):
                                rtol=1e-5)
 
 
+def test_mnist_glorot_initialisation_is_keras_dense_default_and_mnist_inits_has_both(
+        mnist_data_dir):
+    glorot = problems.mnist(initializer="glorot", mode="test").init_params(rng(2))
+    for w in glorot[0::2]:  # U(-l, l), l = sqrt(6 / (fan_in + fan_out)): std l / sqrt(3)
+        limit = np.sqrt(6.0 / sum(w.shape))
+        assert limit * 0.99 < float(tf.reduce_max(tf.abs(w))) <= limit
+        np.testing.assert_allclose(float(tf.math.reduce_std(w)), limit / np.sqrt(3), rtol=0.05)
+    assert all(not np.any(b.numpy()) for b in glorot[1::2])  # zero biases, as Dense's
+    # The original's N(0, 0.01^2) stays the default, drawn exactly as before.
+    normal = problems.mnist(mode="test").init_params(rng(2))
+    np.testing.assert_array_equal(normal[0].numpy(), rng(2).normal((784, 20), stddev=0.01))
+    with pytest.raises(ValueError, match="Unknown MLP initializer 'he'"):
+        problems.mnist(initializer="he")
+    inits, nets, _ = presets.get_config("mnist-inits", preset="wide", mode="test")
+    params = inits.init_params(rng(4))
+    assert len(params) == 8 and list(nets) == ["cw"]
+    assert float(tf.math.reduce_std(params[0])) < 0.02 < float(tf.math.reduce_std(params[4]))
+    assert not np.any(params[5].numpy())
+
+
 def test_wide_preset_sees_the_sign_of_a_two_layer_mlps_first_layer_gradients(mnist_data_dir):
     # Why the paper's optimizer cannot learn the 2-hidden-layer MLP: at initialisation every
     # first-layer gradient is below e^-10, where LogAndSign(10) replaces the sign by e^10 g,
