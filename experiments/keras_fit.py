@@ -140,9 +140,11 @@ def report(results, seeds):
     """Markdown: one row per model and optimizer, test loss per epoch and final accuracy."""
     epochs = range(1, FLAGS.epochs + 1)
     lines = [
-        f"Test loss after each epoch of `model.fit` (batch {FLAGS.batch_size}, "
-        f"jit_compile={FLAGS.jit_compile}), mean over seeds {', '.join(map(str, seeds))}; "
-        "accuracy after the last epoch, and the standard error of the last loss.",
+        (
+            f"Test loss after each epoch of `model.fit` (batch {FLAGS.batch_size}, "
+            f"jit_compile={FLAGS.jit_compile}), mean over seeds {', '.join(map(str, seeds))}; "
+            "accuracy after the last epoch, and the standard error of the last loss."
+        ),
         f"Command: `python experiments/keras_fit.py {' '.join(sys.argv[1:])}`",
         "",
         "| model | optimizer | " + " | ".join(f"epoch {e}" for e in epochs)

@@ -180,7 +180,7 @@ def test_keras_fit_trains_every_model_with_every_optimizer_and_writes_its_tables
                     f"--output={output}")
     assert result.returncode == 0, result.stderr
     rows = [line.split(" | ") for line in output.read_text().splitlines()
-            if line.startswith("| mlp") or line.startswith("| cnn")]
+            if line.startswith(("| mlp", "| cnn"))]
     assert [(r[0], r[1]) for r in rows] == [
         ("| mlp_sigmoid", "adam 0.03"), ("| mlp_sigmoid", "mnist-wide 0.3, cosine"),
         ("| cnn", "adam 0.03"), ("| cnn", "mnist-wide 0.3, cosine")]
