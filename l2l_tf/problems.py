@@ -63,7 +63,11 @@ def normal_initializer(stddev):
 
 
 def glorot_uniform_initializer(rng, shape):
-    """Keras's default for `Dense` kernels: U(-l, l), l = sqrt(6 / (fan_in + fan_out))."""
+    """Keras's default for `Dense` kernels: U(-l, l), l = sqrt(6 / (fan_in + fan_out)).
+
+    Drawn from the problem's generator like every initialiser here (not with
+    `keras.initializers.GlorotUniform`, which has its own seed), so runs stay reproducible.
+    """
     limit = np.sqrt(6.0 / (shape[0] + shape[1]))
     return rng.uniform(shape, -limit, limit, dtype=tf.float32)
 
