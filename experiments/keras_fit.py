@@ -16,6 +16,8 @@ Writes a Markdown table to --output and the per-epoch numbers next to it (.csv).
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
 
+import csv
+import io
 import sys
 import time
 
@@ -163,14 +165,17 @@ def report(results, seeds):
     return "\n".join(lines) + "\n"
 
 
-def csv_rows(results, seeds):
-    rows = ["model,optimizer,seed,epoch,test_loss,test_accuracy"]
+def csv_text(results, seeds):
+    """Per-seed, per-epoch rows; quoted by `csv`, as labels such as "x 0.3, cosine" hold commas."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["model", "optimizer", "seed", "epoch", "test_loss", "test_accuracy"])
     for (model_name, optimizer), runs in results.items():
         for seed, run_results in zip(seeds, runs):
             for epoch, (loss, accuracy) in enumerate(run_results, 1):
-                rows.append(f"{model_name},{label(optimizer)},{seed},{epoch},{loss:.6f},"
-                            f"{accuracy:.6f}")
-    return "\n".join(rows) + "\n"
+                writer.writerow([model_name, label(optimizer), seed, epoch, f"{loss:.6f}",
+                                 f"{accuracy:.6f}"])
+    return text.getvalue()
 
 
 def main(argv):
@@ -190,7 +195,7 @@ def main(argv):
     print(table)
     if FLAGS.output:
         cli.write_text_atomically(FLAGS.output, table)
-        cli.write_text_atomically(FLAGS.output[: -len(".md")] + ".csv", csv_rows(results, seeds))
+        cli.write_text_atomically(FLAGS.output[: -len(".md")] + ".csv", csv_text(results, seeds))
 
 
 if __name__ == "__main__":
