@@ -27,8 +27,9 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest"],
-        # Only experiments/reproduce.py draws plots.
+        # The tests run the experiment scripts, plots included.
+        "test": ["pytest", "matplotlib"],
+        # experiments/reproduce.py and keras_fit.py draw plots; the library does not.
         "experiments": ["matplotlib"],
     },
     license="Apache-2.0",
