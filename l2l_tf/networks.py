@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from l2l_tf import preprocess
 
+TEMPORARY_PREFIX = ".tmp-"  # of files written beside their destination, then renamed
 FORMAT_NAME = "l2l_tf.net"
 FORMAT_VERSION = 1
 _METADATA_KEY = "__l2l_tf__"
@@ -65,6 +66,16 @@ class Net:
         """The constructor arguments, JSON-serialisable, without `initializer`."""
         raise NotImplementedError
 
+    def scaled(self, factor):
+        """The same net (same weights) with its update multiplied by `factor`: what
+        `LearnedOptimizer(learning_rate=factor)` does, for the meta-trainer."""
+        config = self.get_config()
+        key = "scale" if "scale" in config else "learning_rate"
+        config[key] *= factor
+        if isinstance(self, LSTMNet):
+            config["initializer"] = self.initializer
+        return type(self)(**config)
+
 
 def num_elements(shape):
     return int(np.prod(shape, dtype=np.int64))
@@ -75,7 +86,57 @@ def _coordinate_slots(param_shape, count):
     return ((num_elements(param_shape), 1),) * count
 
 
-class StandardDeepLSTM(Net):
+class LSTMNet(Net):
+    """Base of the learned nets: LSTM layers `lstm_0, lstm_1, ...` and a `linear` output.
+
+    Holds what they share: the layer sizes and the original's `initializer` option (a file's
+    weights, arrays, Keras initializer names, per module or per field; `_initializer_for`).
+    """
+
+    def __init__(self, layers, initializer):
+        self.layers = tuple(int(units) for units in layers)
+        if any(units < 1 for units in self.layers):
+            raise ValueError(f"Layer sizes must be positive integers, got layers={layers!r}.")
+        self.initializer = initializer
+
+    def default_weight(self, module, field, shape, seed, index):
+        """A weight without an initializer: Sonnet's defaults (`_default_initializer`)."""
+        return _default_initializer(field, shape, seed, index)
+
+    def _check_initializer(self):
+        """Fails early, naming the field, if an array initializer has the wrong shape."""
+        for module, fields in self.weight_shapes().items():
+            for field, shape in fields.items():
+                value = _initializer_for(self.initializer, module, field)
+                if value is None or isinstance(value, str) or callable(value):
+                    continue
+                array = np.asarray(value, dtype=np.float32)
+                if array.shape != tuple(shape) and array.size != 1:
+                    raise ValueError(
+                        f"Initializer for {module}/{field} has shape {array.shape}, but "
+                        f"{type(self).__name__}(layers={self.layers}) needs {tuple(shape)}: "
+                        "build the net with the options the weights were trained with."
+                    )
+
+    def initial_weights(self, seed=None):
+        weights = {}
+        index = 0
+        for module, fields in self.weight_shapes().items():
+            weights[module] = {}
+            for field, shape in fields.items():
+                value = _initializer_for(self.initializer, module, field)
+                if value is None:
+                    value = self.default_weight(module, field, shape, seed, index)
+                elif isinstance(value, str) or callable(value):
+                    value = keras.initializers.get(value)(shape, dtype="float32")
+                else:
+                    value = np.broadcast_to(np.asarray(value, np.float32), shape)
+                weights[module][field] = tf.convert_to_tensor(value, tf.float32)
+                index += 1
+        return weights
+
+
+class StandardDeepLSTM(LSTMNet):
     """A stack of LSTMs and a linear output layer, times `scale` (the original's base class).
 
     Input `[rows, d]` is preprocessed elementwise into `[rows, d * features]`. LSTM gates are
@@ -94,18 +155,14 @@ class StandardDeepLSTM(Net):
         scale=1.0,
         initializer=None,
     ):
+        super().__init__(layers, initializer)
         self.output_size = int(output_size)
-        self.layers = tuple(int(units) for units in layers)
-        if self.output_size < 1 or any(units < 1 for units in self.layers):
-            raise ValueError(
-                f"Layer sizes must be positive integers, got output_size={output_size!r}, "
-                f"layers={layers!r}."
-            )
+        if self.output_size < 1:
+            raise ValueError(f"output_size must be a positive integer, got {output_size!r}.")
         self.preprocess_name = preprocess_name
         self.preprocess_options = dict(preprocess_options or {})
         self.preprocess = preprocess.factory(preprocess_name, preprocess_options)
         self.scale = float(scale)
-        self.initializer = initializer
         self._check_initializer()
 
     def _input_size(self):
@@ -122,39 +179,6 @@ class StandardDeepLSTM(Net):
             fan_in = units
         shapes["linear"] = {"w": (fan_in, self.output_size), "b": (self.output_size,)}
         return shapes
-
-    def _check_initializer(self):
-        """Fails early, naming the field, if an array initializer has the wrong shape."""
-        for module, fields in self.weight_shapes().items():
-            for field, shape in fields.items():
-                value = _initializer_for(self.initializer, module, field)
-                if value is None or isinstance(value, str) or callable(value):
-                    continue
-                array = np.asarray(value, dtype=np.float32)
-                if array.shape != tuple(shape) and array.size != 1:
-                    raise ValueError(
-                        f"Initializer for {module}/{field} has shape {array.shape}, but "
-                        f"{type(self).__name__}(layers={self.layers}) needs {tuple(shape)}: "
-                        "build the net with the layers and preprocessing the weights were "
-                        "trained with."
-                    )
-
-    def initial_weights(self, seed=None):
-        weights = {}
-        index = 0
-        for module, fields in self.weight_shapes().items():
-            weights[module] = {}
-            for field, shape in fields.items():
-                value = _initializer_for(self.initializer, module, field)
-                if value is None:
-                    value = _default_initializer(field, shape, seed, index)
-                elif isinstance(value, str) or callable(value):
-                    value = keras.initializers.get(value)(shape, dtype="float32")
-                else:
-                    value = np.broadcast_to(np.asarray(value, np.float32), shape)
-                weights[module][field] = tf.convert_to_tensor(value, tf.float32)
-                index += 1
-        return weights
 
     def rows(self, param_shape):
         """How many independent rows (each with its own LSTM state) a parameter has.
@@ -176,23 +200,10 @@ class StandardDeepLSTM(Net):
     def core(self, weights, inputs, state):
         """The LSTM stack on `inputs [rows, d]`: `([rows, output_size], new_state)`."""
         features = self.preprocess(tf.expand_dims(inputs, -1))
-        hidden = tf.reshape(features, [tf.shape(features)[0], -1])
-        new_state = []
-        for i, units in enumerate(self.layers):
-            h, c = state[2 * i], state[2 * i + 1]
-            lstm = weights[f"lstm_{i}"]
-            # One sigmoid over all gates, the cheapest form on CPU, where this elementwise
-            # work costs more than the matmuls: the forget bias is folded into the bias and
-            # tanh(j) = 2 sigmoid(2 j) - 1, with the factor 2 folded into the weights.
-            gate_scale, gate_shift = _gate_constants(units, hidden.dtype)
-            gate_inputs = tf.nn.bias_add(
-                tf.matmul(tf.concat([hidden, h], axis=1), lstm["w_gates"] * gate_scale),
-                (lstm["b_gates"] + gate_shift) * gate_scale,
-            )
-            hidden, c = lstm_cell_update(gate_inputs, c)
-            new_state += [hidden, c]
+        hidden, new_state = deep_lstm(weights, tf.reshape(features, [tf.shape(features)[0], -1]),
+                                      state, self.layers)
         output = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
-        return output * self.scale, tuple(new_state)
+        return output * self.scale, new_state
 
     def step(self, weights, gradient, state):
         self.rows(gradient.shape)
@@ -263,6 +274,114 @@ class KernelDeepLSTM(StandardDeepLSTM):
         del config["output_size"]
         config["kernel_shape"] = list(self.kernel_shape)
         return config
+
+
+class TensorwiseLSTM(LSTMNet):
+    """Keras's Adam, with each tensor's step size set every step by a small LSTM.
+
+    Beyond the paper, for long training runs of any model (BUILD_NOTES.md, "A default for
+    real training"). The paper's net runs a 2 x 20 LSTM on every coordinate: ~10 kFLOP and
+    80 floats of state per parameter per step, 15x Adam's step on a 100k-parameter MLP.
+    Here the per-coordinate work and state are Adam's (moments m, v), and one LSTM per
+    tensor (a variable) reads `FEATURES`, statistics of that tensor's gradient and moments
+    that do not depend on the scale of the loss or of the parameters, and outputs two
+    numbers: the tensor's step-size factor, bounded to `[1 / max_factor, max_factor]`
+    times `learning_rate`, and a weight in [-1, 1] on the normalised current gradient added
+    to Adam's direction (Nesterov-like when positive). The output layer starts at zero, so
+    an untrained net is exactly `keras.optimizers.Adam(learning_rate, beta1, beta2,
+    epsilon)`: a nominal hand-designed step with a bounded learned correction, which stays
+    stable on models unlike the ones it was trained on (Harrison et al. 2022).
+
+    Not elementwise: a tensor's features are means over all its coordinates, so stepping a
+    concatenation of tensors is not stepping each. State per tensor: `(m, v, t, h_0, c_0,
+    ...)`, m and v of the tensor's shape, the step count t and the LSTM's h, c as `[1, n]`.
+    """
+
+    FEATURES = (
+        "mean |Adam step|",  # mean |m_hat| / (sqrt(v_hat) + eps): ~1 when gradients agree
+        "mean |normalised gradient|",  # mean |g| / (sqrt(v_hat) + eps)
+        "cos(gradient, momentum)",  # < 0 when the step oscillates
+        "gradient power trend",  # log(mean g^2 / mean v), clipped to [-5, 5], / 5
+        "training progress",  # log(1 + t) / 10
+        "is a vector or scalar",  # 1 for biases and scales, -1 for kernels
+    )
+    OUTPUTS = ("log step-size factor", "gradient weight")
+
+    def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
+                 max_factor=30.0, initializer=None):
+        super().__init__(layers, initializer)
+        self.learning_rate = float(learning_rate)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.epsilon = float(epsilon)
+        self.max_factor = float(max_factor)
+        if not self.max_factor >= 1.0:
+            raise ValueError(f"max_factor must be at least 1, got {max_factor!r}.")
+        self._check_initializer()
+
+    def weight_shapes(self):
+        shapes = {}
+        fan_in = len(self.FEATURES)
+        for i, units in enumerate(self.layers):
+            shapes[f"lstm_{i}"] = {"w_gates": (fan_in + units, 4 * units),
+                                   "b_gates": (4 * units,)}
+            fan_in = units
+        shapes["linear"] = {"w": (fan_in, len(self.OUTPUTS)), "b": (len(self.OUTPUTS),)}
+        return shapes
+
+    def default_weight(self, module, field, shape, seed, index):
+        if module == "linear":  # an untrained net is Adam
+            return tf.zeros(shape, tf.float32)
+        return super().default_weight(module, field, shape, seed, index)
+
+    def state_shapes(self, param_shape):
+        lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
+        return (tuple(param_shape), tuple(param_shape), (1,)) + lstm
+
+    def features(self, gradient, m, v, t):
+        """`[1, len(FEATURES)]` for one tensor; `t` is the step count, 1 at the first step."""
+        bias_correction = tf.sqrt(1.0 - tf.pow(self.beta2, t)) / (1.0 - tf.pow(self.beta1, t))
+        denominator = tf.sqrt(v) + self.epsilon
+        adam_step = bias_correction * m / denominator
+        normalised = tf.sqrt(1.0 - tf.pow(self.beta2, t)) * gradient / denominator
+        tiny = 1e-30
+        cosine = tf.reduce_sum(gradient * m) / tf.sqrt(
+            tf.reduce_sum(tf.square(gradient)) * tf.reduce_sum(tf.square(m)) + tiny)
+        trend = tf.math.log((tf.reduce_mean(tf.square(gradient)) + tiny)
+                            * (1.0 - tf.pow(self.beta2, t)) / (tf.reduce_mean(v) + tiny))
+        values = [
+            tf.reduce_mean(tf.abs(adam_step)),
+            tf.reduce_mean(tf.abs(normalised)),
+            cosine,
+            tf.clip_by_value(trend, -5.0, 5.0) / 5.0,
+            tf.math.log1p(t[0]) / 10.0,
+            tf.constant(1.0 if gradient.shape.rank < 2 else -1.0),
+        ]
+        return tf.reshape(tf.stack([tf.reshape(value, []) for value in values]), [1, -1]), \
+            adam_step, normalised
+
+    def step(self, weights, gradient, state):
+        m, v, t, *lstm_state = state
+        t = t + 1.0
+        m = self.beta1 * m + (1.0 - self.beta1) * gradient
+        v = self.beta2 * v + (1.0 - self.beta2) * tf.square(gradient)
+        features, adam_step, normalised = self.features(gradient, m, v, t)
+        hidden, lstm_state = deep_lstm(weights, features, lstm_state, self.layers)
+        outputs = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
+        log_factor, gradient_weight = tf.unstack(tf.tanh(outputs[0]))
+        step_size = self.learning_rate * tf.exp(math.log(self.max_factor) * log_factor)
+        update = -step_size * (adam_step + gradient_weight * normalised)
+        return update, (m, v, t, *lstm_state)
+
+    def get_config(self):
+        return {
+            "layers": list(self.layers),
+            "learning_rate": self.learning_rate,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "epsilon": self.epsilon,
+            "max_factor": self.max_factor,
+        }
 
 
 class Sgd(Net):
@@ -359,8 +478,30 @@ class Nag(Net):
 
 NETS = {
     cls.__name__: cls
-    for cls in (StandardDeepLSTM, CoordinateWiseDeepLSTM, KernelDeepLSTM, Sgd, Adam, RMSprop, Nag)
+    for cls in (StandardDeepLSTM, CoordinateWiseDeepLSTM, KernelDeepLSTM, TensorwiseLSTM, Sgd,
+                Adam, RMSprop, Nag)
 }
+
+
+def deep_lstm(weights, inputs, state, layers):
+    """The LSTM stack `lstm_0, lstm_1, ...` on `inputs [rows, d]`: `(hidden, new_state)`,
+    with `state` as `(h_0, c_0, h_1, c_1, ...)`."""
+    hidden = inputs
+    new_state = []
+    for i, units in enumerate(layers):
+        h, c = state[2 * i], state[2 * i + 1]
+        lstm = weights[f"lstm_{i}"]
+        # One sigmoid over all gates, the cheapest form on CPU, where this elementwise work
+        # costs more than the matmuls: the forget bias is folded into the bias and
+        # tanh(j) = 2 sigmoid(2 j) - 1, with the factor 2 folded into the weights.
+        gate_scale, gate_shift = _gate_constants(units, hidden.dtype)
+        gate_inputs = tf.nn.bias_add(
+            tf.matmul(tf.concat([hidden, h], axis=1), lstm["w_gates"] * gate_scale),
+            (lstm["b_gates"] + gate_shift) * gate_scale,
+        )
+        hidden, c = lstm_cell_update(gate_inputs, c)
+        new_state += [hidden, c]
+    return hidden, tuple(new_state)
 
 
 def lstm_cell_update(gate_inputs, cell):
@@ -453,7 +594,7 @@ def save_weights(path, net, weights):
     }
     arrays[_METADATA_KEY] = np.array(json.dumps(metadata))
     directory = os.path.dirname(os.path.abspath(path))
-    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX, suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

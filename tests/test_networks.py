@@ -295,3 +295,59 @@ def test_a_crash_while_saving_leaves_the_old_file_intact(tmp_path, monkeypatch):
         networks.save_weights(path, net, net.initial_weights(seed=1))
     assert (tmp_path / "cw.npz").read_bytes() == before
     assert os.listdir(tmp_path) == ["cw.npz"]
+
+
+def test_untrained_tensorwise_lstm_is_keras_adam():
+    """Its output layer starts at zero: the nominal step, Keras's Adam, exactly."""
+    net = networks.TensorwiseLSTM(learning_rate=3e-3)
+    weights = net.initial_weights(seed=0)
+    rng = np.random.default_rng(0)
+    variable = keras.Variable(rng.normal(size=(4, 3)).astype(np.float32))
+    adam = keras.optimizers.Adam(3e-3)
+    value, state = tf.constant(variable.numpy()), net.initial_state((4, 3))
+    for _ in range(5):
+        gradient = tf.constant(rng.normal(size=(4, 3)).astype(np.float32))
+        adam.apply_gradients([(gradient, variable)])
+        update, state = net.step(weights, gradient, state)
+        value += update
+    np.testing.assert_allclose(value.numpy(), variable.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def tensorwise_with_random_outputs(max_factor=30.0):
+    net = networks.TensorwiseLSTM(layers=(6,), max_factor=max_factor)
+    weights = networks.weights_to_numpy(net.initial_weights(seed=2))
+    weights["linear"]["w"] = np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32) * 5
+    return net, weights
+
+
+def test_tensorwise_lstm_ignores_the_scale_of_the_loss_and_bounds_its_step():
+    """Its features and Adam's direction do not change when the loss (so every gradient) is
+    scaled: loss scales need no meta-training. Its step size stays within max_factor of the
+    learning rate, times at most 2 (Adam's direction plus the gradient term, each <~ 1)."""
+    net, weights = tensorwise_with_random_outputs()
+    rng = np.random.default_rng(0)
+    gradients = [rng.normal(size=(5, 4)).astype(np.float32) for _ in range(6)]
+    updates = {}
+    for scale in (1.0, 1000.0):  # Adam's epsilon (1e-7) aside
+        state = net.initial_state((5, 4))
+        updates[scale] = []
+        for g in gradients:
+            update, state = net.step(weights, tf.constant(g * scale), state)
+            updates[scale].append(update.numpy())
+    np.testing.assert_allclose(updates[1000.0], updates[1.0], rtol=1e-4, atol=1e-8)
+    largest = max(np.abs(u).max() for u in updates[1.0])
+    assert 0 < largest <= 2 * 30.0 * 1e-3 * 1.01
+
+
+def test_tensorwise_lstm_features_are_tensor_statistics():
+    net = networks.TensorwiseLSTM()
+    g = tf.constant([[1.0, -2.0], [3.0, 0.5]])
+    features, _, _ = net.features(g, 0.1 * g, 0.001 * tf.square(g), tf.constant([1.0]))
+    features = features.numpy()[0]
+    assert features.shape == (len(net.FEATURES),)
+    np.testing.assert_allclose(features[2], 1.0, rtol=1e-6)  # momentum along the gradient
+    np.testing.assert_allclose(features[0], 1.0, rtol=1e-3)  # |m_hat| / sqrt(v_hat) = 1
+    np.testing.assert_allclose(features[4], np.log(2.0) / 10, rtol=1e-6)  # log(1 + t) / 10
+    assert features[5] == -1.0  # a kernel; a vector would be +1
+    flipped, _, _ = net.features(g, -0.1 * g, 0.001 * tf.square(g), tf.constant([1.0]))
+    np.testing.assert_allclose(flipped.numpy()[0][2], -1.0, rtol=1e-6)
