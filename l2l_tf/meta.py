@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2l_tf import networks, presets
+from l2l_tf import networks, presets, problems
 
 
 class MetaOptimizer:
@@ -45,21 +45,29 @@ class MetaOptimizer:
         return [v for name in names for v in tf.nest.flatten(self.weights[name])]
 
     def meta_loss(self, problem, unroll_length, net_assignments=None, second_derivatives=False,
-                  loss_weights=None, seed=0, jit_compile=False, recompute=False, samples=1):
+                  loss_weights=None, seed=0, jit_compile=False, recompute=False, samples=1,
+                  log_loss=False):
         """An evaluation run of `problem`: `reset()`, then `unroll()` repeatedly.
 
         `recompute=True` bounds meta-training memory: each step's net activations are
         recomputed in the backward pass instead of kept (about a third more compute).
         `samples` > 1 unrolls that many independent samples of the problem together (a
         meta-batch): the meta-loss is their mean, and elementwise nets step all of them in
-        one call.
+        one call. `log_loss=True` sums w_t log f(theta_t) instead of w_t f(theta_t), so that
+        late steps (small losses) and problems of any loss scale weigh as much as early ones.
+        A `problems.Family` gives a `FamilyMetaLoss`: one run per member, in turn.
         """
-        return MetaLoss(self, problem, unroll_length, net_assignments, second_derivatives,
-                        loss_weights, seed, jit_compile, recompute, samples)
+        args = (unroll_length, net_assignments, second_derivatives, loss_weights, seed,
+                jit_compile, recompute, samples, log_loss)
+        if isinstance(problem, problems.Family):
+            return FamilyMetaLoss([
+                MetaLoss(self, member, *args[:4], seed + _MEMBER_SEED_STRIDE * i, *args[5:])
+                for i, member in enumerate(problem.members)])
+        return MetaLoss(self, problem, *args)
 
     def meta_minimize(self, problem, unroll_length, learning_rate=0.01, net_assignments=None,
                       second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
-                      recompute=False, samples=1, strategy=None):
+                      recompute=False, samples=1, strategy=None, log_loss=False):
         """A training run: like `meta_loss`, and `step()` also takes an Adam step on the nets.
 
         The meta-optimizer is a Keras Adam (epsilon 1e-8 as TF1's) shared by every run made
@@ -84,11 +92,14 @@ class MetaOptimizer:
                 self.meta_optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-8)
                 self.meta_optimizer.build(self.trainable_weights())
         if strategy is not None:
+            if isinstance(problem, problems.Family):
+                raise ValueError("Meta-training a problems.Family under a tf.distribute "
+                                 "strategy is not supported: train it on one device.")
             return ReplicatedMetaLoss(self, strategy, problem, unroll_length, net_assignments,
                                       second_derivatives, loss_weights, seed, jit_compile,
-                                      recompute, samples)
+                                      recompute, samples, log_loss)
         return self.meta_loss(problem, unroll_length, net_assignments, second_derivatives,
-                              loss_weights, seed, jit_compile, recompute, samples)
+                              loss_weights, seed, jit_compile, recompute, samples, log_loss)
 
     def save(self, path):
         """Writes one file per net, `<path>/<net_name>.npz`, loadable by `LearnedOptimizer`."""
@@ -108,6 +119,7 @@ def assign_params(nets, param_names, net_assignments):
 
 
 _SAMPLE_SEED_STRIDE = 1_000_003
+_MEMBER_SEED_STRIDE = 10_007
 
 
 class MetaLoss:
@@ -123,13 +135,14 @@ class MetaLoss:
     """
 
     def __init__(self, meta, problem, unroll_length, net_assignments, second_derivatives,
-                 loss_weights, seed, jit_compile, recompute, samples):
+                 loss_weights, seed, jit_compile, recompute, samples, log_loss):
         if int(unroll_length) != unroll_length or unroll_length < 1:
             raise ValueError(f"unroll_length must be a positive integer, got {unroll_length!r}.")
         self.meta = meta
         self.problem = problem
         self.unroll_length = int(unroll_length)
         self.second_derivatives = second_derivatives
+        self.log_loss = bool(log_loss)
         weights = [1.0] * self.unroll_length if loss_weights is None else list(loss_weights)
         if len(weights) != self.unroll_length:
             raise ValueError(
@@ -280,7 +293,8 @@ class MetaLoss:
         losses.append(tf.stack([loss(self._sample(x, s), s, self.unroll_length)
                                 for s in range(self.samples)]))
         losses = tf.reduce_mean(tf.stack(losses), axis=1)  # mean over samples
-        meta_loss = tf.reduce_sum(self.loss_weights * losses[1:])
+        terms = tf.math.log(losses[1:]) if self.log_loss else losses[1:]
+        meta_loss = tf.reduce_sum(self.loss_weights * terms)
         return meta_loss, losses, x, states
 
     def apply_meta_gradients(self, meta_loss, meta_gradients):
@@ -334,20 +348,24 @@ class MetaLoss:
         return self._unroll(train=True)
 
 
-def run_epoch(run, num_unrolls, train):
+def run_epoch(run, num_unrolls, train, after_unroll=None):
     """The original's epoch: `reset()`, then `num_unrolls` unrolls (with meta-steps if `train`).
 
     Returns the losses f(theta_t) for t = 0..num_unrolls * unroll_length. An unroll whose
     meta-loss is not finite ends the epoch (its meta-step was skipped, see `MetaLoss.step`);
     the curve is then padded with NaN and the next epoch re-samples the problem.
+    `after_unroll(step)`, if given, is called after each finite unroll with the number of
+    optimizee steps taken so far, when `run.x` holds the parameters at that step.
     """
     run.reset()
     curve = []
-    for _ in range(num_unrolls):
+    for unroll in range(num_unrolls):
         meta_loss, losses = run.step() if train else run.unroll()
         curve.append(losses.numpy()[:-1])
         if not np.isfinite(meta_loss.numpy()):
             break
+        if after_unroll is not None:
+            after_unroll((unroll + 1) * run.unroll_length)
     curve.append(losses.numpy()[-1:])
     values = np.concatenate(curve)
     return np.pad(values, (0, num_unrolls * run.unroll_length + 1 - len(values)),
@@ -374,7 +392,7 @@ class ReplicatedMetaLoss:
 
     def __init__(self, meta, strategy, problem, unroll_length, net_assignments=None,
                  second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
-                 recompute=False, samples=1):
+                 recompute=False, samples=1, log_loss=False):
         self.strategy = strategy
         devices = strategy.extended.worker_devices
         # Replica ids are global across workers; this worker's first one:
@@ -386,7 +404,7 @@ class ReplicatedMetaLoss:
                 self.runs.append(meta.meta_loss(
                     problem, unroll_length, net_assignments, second_derivatives, loss_weights,
                     seed=seed + _SAMPLE_SEED_STRIDE * samples * (self.first_replica + local),
-                    recompute=recompute, samples=samples))
+                    recompute=recompute, samples=samples, log_loss=log_loss))
         self.unroll_length = self.runs[0].unroll_length
         self.trained_weights = self.runs[0].trained_weights
         self.skipped_steps = self.runs[0].skipped_steps
@@ -429,3 +447,34 @@ class ReplicatedMetaLoss:
 
     def step(self):
         return self._unroll(train=True)
+
+
+class FamilyMetaLoss:
+    """Runs of the members of a `problems.Family`, used in turn: each `reset()` moves to the
+    next member (round robin, the position checkpointed in `member`), and `unroll()` /
+    `step()` run the current one. Member i is seeded `seed + 10007 i` (its own problems and
+    batches); all share the nets and the meta-optimizer.
+    """
+
+    def __init__(self, runs):
+        self.runs = runs
+        self.unroll_length = runs[0].unroll_length
+        self.member = tf.Variable(-1, dtype=tf.int64, trainable=False, name="member")
+        self.rngs = [rng for run in runs for rng in run.rngs]
+        self.skipped_steps = runs[0].skipped_steps  # one counter for the whole family
+        for run in runs[1:]:
+            run.skipped_steps = self.skipped_steps
+
+    @property
+    def current(self):
+        return self.runs[int(self.member.numpy()) % len(self.runs)]
+
+    def reset(self):
+        self.member.assign_add(1)
+        self.current.reset()
+
+    def unroll(self):
+        return self.current.unroll()
+
+    def step(self):
+        return self.current.step()

@@ -31,7 +31,8 @@ class Problem:
     `constants` maps names to samplers `rng -> tensor`, called at every reset. `batch` (if
     any) draws one step's data `rng -> nested tensors` (a fresh minibatch each step).
     `loss(params, constants, batch)` returns a scalar, a pure function of tensors; `batch`
-    is `()` for problems without data.
+    is `()` for problems without data. `heldout(params)`, if any, returns `(loss,
+    accuracy)` on the whole of a split the problem never draws its batches from.
     """
 
     name: str
@@ -39,6 +40,7 @@ class Problem:
     loss: Callable
     constants: dict = dataclasses.field(default_factory=dict)
     batch: Callable | None = None
+    heldout: Callable | None = None
 
     @property
     def param_names(self):
@@ -52,6 +54,19 @@ class Problem:
 
     def sample_batch(self, rng):
         return () if self.batch is None else self.batch(rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """Several problems meta-trained in turn: every reset moves to the next member.
+
+    Unlike `ensemble` (one problem summing its members' losses, all stepped together), each
+    epoch trains on one member, so members may differ in batch size or cost and each
+    meta-step sees one member's loss on its own scale.
+    """
+
+    name: str
+    members: tuple
 
 
 def constant_initializer(value):
@@ -146,7 +161,8 @@ def ensemble(problems, weights=None):
                    batch=batch)
 
 
-_ACTIVATIONS = {"sigmoid": tf.sigmoid, "relu": tf.nn.relu, "tanh": tf.tanh, "elu": tf.nn.elu}
+_ACTIVATIONS = {"sigmoid": tf.sigmoid, "relu": tf.nn.relu, "tanh": tf.tanh, "elu": tf.nn.elu,
+                "gelu": tf.nn.gelu}
 
 
 def _activation(name):
@@ -228,14 +244,24 @@ def _mlp_params(input_size, layers, num_classes, initializer):
     return tuple(params)
 
 
-def _mlp_logits(params, inputs, activation):
+def _mlp_logits(params, inputs, activation, dropout_masks=()):
+    """The MLP's logits; `dropout_masks[i]`, if given, multiplies hidden layer i's output."""
     hidden = inputs
     num_layers = len(params) // 2
     for i in range(num_layers):
         hidden = tf.matmul(hidden, params[2 * i]) + params[2 * i + 1]
         if i < num_layers - 1:
             hidden = activation(hidden)
+            if dropout_masks:
+                hidden = hidden * dropout_masks[i]
     return hidden
+
+
+def _dropout_masks(rng, batch_size, layers, rate):
+    """Inverted dropout's masks, one `[batch_size, units]` per hidden layer (Keras's form:
+    kept units are scaled by 1 / (1 - rate))."""
+    return tuple(tf.cast(rng.uniform([batch_size, units]) >= rate, tf.float32) / (1.0 - rate)
+                 for units in layers)
 
 
 def _cross_entropy(logits, labels):
@@ -244,25 +270,92 @@ def _cross_entropy(logits, labels):
     )
 
 
+def _heldout_metrics(name, split, mode, data_dir, logits):
+    """`params -> (loss, accuracy)` of `logits(params, images)` on all of `split`, which must
+    not be `mode`, the split the batches come from."""
+    if split is None:
+        return None
+    _check_mode(split)
+    if split == mode:
+        raise ValueError(f"heldout_split={split!r} is the split the batches come from: a "
+                         "held-out split must be the other one.")
+    images, labels = load_tfds(name, split, data_dir)
+    images = tf.constant(images.astype(np.float32) / 255.0)
+    labels = tf.constant(labels)
+
+    def metrics(params):
+        batch_logits = logits(params, images)
+        correct = tf.equal(tf.argmax(batch_logits, axis=1, output_type=tf.int32), labels)
+        return (_cross_entropy(batch_logits, labels),
+                tf.reduce_mean(tf.cast(correct, tf.float32)))
+
+    return metrics
+
+
 def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data_dir=None,
-          initializer="normal"):
+          initializer="normal", dropout=0.0, heldout_split=None):
     """An MLP 784 -> layers -> 10 on MNIST, mean softmax cross-entropy, fresh batch per step.
 
     Weights and biases start from N(0, 0.01^2) as in the original (`initializer="normal"`),
     or as Keras's `Dense` layers do (`"glorot"`); pixels are scaled to [0, 1].
     `mode="train"` samples the train split (meta-training), `"test"` the test split.
+    `dropout` > 0 drops hidden units at that rate, with fresh masks drawn with each batch.
+    `heldout_split` (the other split) gives the problem a `heldout` evaluation on all of it.
     """
     _check_mode(mode)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
     act = _activation(activation)
     images, labels = load_tfds("mnist", mode, data_dir)
     images, labels = _data_variables(images.reshape(len(images), -1), labels)
+    sample_images = _batch_sampler(images, labels, batch_size)
+
+    def sample_batch(rng):
+        batch = sample_images(rng)
+        return batch + _dropout_masks(rng, batch_size, layers, dropout) if dropout else batch
 
     def loss(params, constants, batch):
-        batch_images, batch_labels = batch
-        return _cross_entropy(_mlp_logits(params, batch_images, act), batch_labels)
+        batch_images, batch_labels, *masks = batch
+        return _cross_entropy(_mlp_logits(params, batch_images, act, masks), batch_labels)
+
+    def logits(params, batch_images):
+        return _mlp_logits(params, tf.reshape(batch_images, [-1, 784]), act)
 
     return Problem(name="mnist", params=_mlp_params(784, layers, 10, initializer), loss=loss,
+                   batch=sample_batch,
+                   heldout=_heldout_metrics("mnist", heldout_split, mode, data_dir, logits))
+
+
+def mnist_cnn(channels=(8, 16), batch_size=128, mode="train", data_dir=None):
+    """A small CNN on MNIST as Keras builds it by default: per layer a 3x3 VALID conv with
+    ReLU and a 2x2 max-pool, then a dense layer to 10 logits; kernels Glorot-uniform
+    (fan in kh*kw*in, fan out kh*kw*out), biases zero. `experiments/keras_fit.py`'s "cnn"."""
+    _check_mode(mode)
+    images, labels = load_tfds("mnist", mode, data_dir)
+    images, labels = _data_variables(images, labels)
+    params, size, in_channels = [], 28, 1
+    for i, out in enumerate(channels):
+        params += [Param(f"conv_{i}/w", (3, 3, in_channels, out), _conv_glorot_initializer),
+                   Param(f"conv_{i}/b", (out,), constant_initializer(0.0))]
+        size, in_channels = (size - 2) // 2, out
+    params += list(_mlp_params(size * size * in_channels, (), 10, "glorot"))
+
+    def loss(params, constants, batch):
+        x, y = batch
+        for i in range(len(channels)):
+            x = tf.nn.relu(tf.nn.conv2d(x, params[2 * i], 1, "VALID") + params[2 * i + 1])
+            x = tf.nn.max_pool2d(x, 2, 2, "VALID")
+        x = tf.reshape(x, [tf.shape(x)[0], -1])
+        return _cross_entropy(tf.matmul(x, params[-2]) + params[-1], y)
+
+    return Problem(name="mnist_cnn", params=tuple(params), loss=loss,
                    batch=_batch_sampler(images, labels, batch_size))
+
+
+def _conv_glorot_initializer(rng, shape):
+    receptive = shape[0] * shape[1]
+    limit = np.sqrt(6.0 / (receptive * (shape[2] + shape[3])))
+    return rng.uniform(shape, -limit, limit, dtype=tf.float32)
 
 
 def _batch_norm(x, axes):

@@ -176,3 +176,31 @@ def test_wide_preset_sees_the_sign_of_a_two_layer_mlps_first_layer_gradients(mni
     wide_sign = preprocess.LogAndSign(wide_k)(nonzero)[:, 1].numpy()
     assert np.abs(paper_sign).max() < 0.5
     assert np.mean(np.abs(wide_sign) == 1.0) > 0.95  # 0.985 with this seed
+
+
+def test_held_out_numbers_are_on_the_other_split_which_no_batch_comes_from(mnist_data_dir):
+    """The batches come from the train split only, and `heldout` is the model's loss and
+    accuracy on all of the test split: with the splits mixed up this fails."""
+    problem = problems.mnist(mode="train", heldout_split="test", initializer="glorot")
+    splits = {mode: problems.load_tfds("mnist", mode) for mode in ("train", "test")}
+    rows = {mode: {image.tobytes() for image in images.reshape(-1, 784)}
+            for mode, (images, _) in splits.items()}
+    generator = rng(0)
+    for _ in range(3):
+        images, _ = problem.sample_batch(generator)
+        for image in np.round(images.numpy() * 255).astype(np.uint8):
+            assert image.tobytes() in rows["train"] and image.tobytes() not in rows["test"]
+    params = [p.numpy() for p in problem.init_params(generator)]
+    loss, accuracy = problem.heldout([tf.constant(p) for p in params])
+    for mode, want in (("test", True), ("train", False)):  # the test split's, not the train's
+        images, labels = splits[mode]
+        hidden = 1 / (1 + np.exp(-(images.reshape(-1, 784) / 255.0 @ params[0] + params[1])))
+        logits = hidden @ params[2] + params[3]
+        logits -= logits.max(axis=1, keepdims=True)
+        log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        expected_loss = -log_softmax[np.arange(len(labels)), labels].mean()
+        expected_accuracy = (logits.argmax(axis=1) == labels).mean()
+        assert np.isclose(float(loss), expected_loss, rtol=1e-4) == want
+        assert np.isclose(float(accuracy), expected_accuracy, atol=1e-6) == want
+    with pytest.raises(ValueError, match="a held-out split must be the other one"):
+        problems.mnist(mode="test", heldout_split="test")
