@@ -1,23 +1,37 @@
-"""Shipped learned optimizers in plain `model.fit`, over several epochs of MNIST.
+"""The judge of real training: optimizers in plain `model.fit` on MNIST, scored on held-out data.
 
-    python experiments/keras_fit.py --output=experiments/results/keras_fit.md
+    python experiments/keras_fit.py --epochs=20 --report_epochs=5,20 \
+        --output=experiments/results/keras_fit.md
 
-The paper meta-trains and evaluates on 100-200 optimizee steps; a Keras user runs
-`model.fit` for epochs (469 steps each at batch 128). This measures what happens then, on the
-paper's MLP, the same MLP with ReLU, and a small CNN the optimizers never saw: test loss and
-accuracy after each epoch, mean over --seeds (each seed: the model's initialisation and the
-shuffling, the same for every optimizer).
+What a Keras user asks of an optimizer: after `model.fit` for some epochs, how good is the model
+on data it never trained on? Every model trains on the first 50,000 images of MNIST's train
+split; the last 10,000 are a validation split, used only to choose the best constant rate of
+Adam's grid (--adam_grid, the same budget for every model); the reported numbers are the loss
+and accuracy on the 10,000 images of the test split. Each seed fixes the model's initial
+weights, the shuffling and dropout, the same for every optimizer.
 
---optimizers lists `name@learning_rate`, optionally `:cosine` (cosine decay to 0 over the
-whole run, `keras.optimizers.schedules.CosineDecay`). `name` is `adam`, a shipped learned
-optimizer (`l2l_tf.presets.pretrained_names()`) or a directory of nets saved by train.py.
-Writes a Markdown table to --output and the per-epoch numbers next to it (.csv).
+Models (`MODELS`): today's three (the paper's MLP with sigmoid and with ReLU, a small CNN) and
+three that no optimizer of this package was meta-trained on: a deeper MLP with dropout, the
+TensorFlow quickstart MLP, and a CNN with batch normalisation.
+
+Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
+among them), and --optimizers, given as `name@learning_rate[:cosine]` (cosine: decay to 0 over
+the whole run): `name` is `adam`, `default` (`LearnedOptimizer()`), a shipped learned optimizer
+(`l2l_tf.presets.pretrained_names()`) or a directory of nets saved by train.py.
+
+Resumable: every finished run (model, optimizer, seed) is stored in `<output>_runs.json`, and a
+run found there is not run again, so the same command continues where it was stopped (losing
+at most the run in progress). Writes the tables to --output (.md), every epoch of every run to
+a .csv beside it, and the test loss per epoch as a plot (.png; needs matplotlib, in the
+`experiments` and `test` extras).
 """
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
 
 import csv
 import io
+import json
+import os
 import sys
 import time
 
@@ -27,39 +41,52 @@ from absl import flags
 
 from l2l_tf import LearnedOptimizer, cli, problems
 
-DEFAULT_OPTIMIZERS = [
-    "adam@0.001", "adam@0.03", "adam@0.03:cosine",
-    "mnist-wide@1", "mnist-wide@0.3", "mnist-wide@0.3:cosine", "mnist-family@0.5",
-]
-MODELS = ("mlp_sigmoid", "mlp_relu", "cnn")
+MODELS = ("mlp_sigmoid", "mlp_relu", "cnn", "mlp_dropout", "quickstart", "cnn_bn")
+DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
 
 flags.DEFINE_list("models", list(MODELS), f"Models to train, of {', '.join(MODELS)}.")
-flags.DEFINE_list("optimizers", DEFAULT_OPTIMIZERS,
-                  "Optimizers as name@learning_rate[:cosine] (see the module docstring).")
+flags.DEFINE_list("optimizers", ["default@1"],
+                  "Optimizers besides Adam's grid, as name@learning_rate[:cosine] (see the "
+                  "module docstring).")
+flags.DEFINE_list("adam_grid", ["0.0003", "0.001", "0.003", "0.01", "0.03"],
+                  "Constant learning rates of Adam; the best on the validation split is the "
+                  "'best constant Adam' (0.001, Keras's default, is always run).")
 flags.DEFINE_integer("epochs", 5, "Epochs of model.fit per run.", lower_bound=1)
+flags.DEFINE_list("report_epochs", [], "Epochs to make tables for (default: the last).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
-flags.DEFINE_list("seeds", ["0", "1"], "Seeds; every optimizer runs once per seed.")
-flags.DEFINE_integer("train_examples", 0, "Train on the first this many examples (0: all 60,000).",
-                     lower_bound=0)
-flags.DEFINE_boolean("jit_compile", True, "Compile the train step with XLA.")
-flags.DEFINE_string("output", None, "Markdown file for the table (a .csv goes next to it).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every optimizer runs once per seed.")
+flags.DEFINE_integer("validation_examples", 10000,
+                     "Examples held out of the end of the train split for choosing Adam's rate.",
+                     lower_bound=1)
+flags.DEFINE_integer("train_examples", 0, "Train on the first this many examples of the rest "
+                     "(0: all 50,000).", lower_bound=0)
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                  "model.compile's jit_compile; 'auto' is Keras's default (no XLA on CPU).")
+flags.DEFINE_string("output", None, "Markdown file for the tables (.md); the .csv, the run "
+                    "cache (_runs.json) and the plot (.png) go beside it.")
 FLAGS = flags.FLAGS
 
 
 def build_model(name):
-    """The model `name`, on flat 784-pixel inputs, returning logits."""
-    if name == "cnn":
-        layers = [
-            keras.layers.Reshape((28, 28, 1)),
-            keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(16, 3, activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-        ]
-    else:
-        layers = [keras.layers.Dense(20, activation=name.split("_")[1])]
-    return keras.Sequential([keras.Input((784,)), *layers, keras.layers.Dense(10)])
+    """The model `name`, on flat 784-pixel inputs in [0, 1], returning logits."""
+    dense = keras.layers.Dense
+    image = [keras.layers.Reshape((28, 28, 1))]
+    layers = {
+        "mlp_sigmoid": [dense(20, activation="sigmoid")],
+        "mlp_relu": [dense(20, activation="relu")],
+        "cnn": image + [keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+                        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+                        keras.layers.Flatten()],
+        "mlp_dropout": [dense(256, activation="relu"), keras.layers.Dropout(0.2),
+                        dense(128, activation="relu"), keras.layers.Dropout(0.2)],
+        "quickstart": [dense(128, activation="relu"), keras.layers.Dropout(0.2)],
+        "cnn_bn": image + [
+            keras.layers.Conv2D(16, 3, use_bias=False), keras.layers.BatchNormalization(),
+            keras.layers.ReLU(), keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(32, 3, use_bias=False), keras.layers.BatchNormalization(),
+            keras.layers.ReLU(), keras.layers.MaxPooling2D(2), keras.layers.Flatten()],
+    }[name]
+    return keras.Sequential([keras.Input((784,)), *layers, dense(10)])
 
 
 def parse_optimizer(spec):
@@ -72,8 +99,8 @@ def parse_optimizer(spec):
         rate = None
     if not sep or not name or rate is None or rate <= 0 or schedule not in ("", "cosine"):
         raise cli.UsageError(
-            f"--optimizers entry {spec!r} is not name@learning_rate[:cosine] with a positive "
-            "rate, e.g. adam@0.001 or mnist-wide@0.3:cosine."
+            f"optimizer {spec!r} is not name@learning_rate[:cosine] with a positive rate, "
+            "e.g. adam@0.001 or default@0.3:cosine."
         )
     return name, rate, schedule or "constant"
 
@@ -83,7 +110,14 @@ def build_optimizer(name, rate, schedule, total_steps):
         rate = keras.optimizers.schedules.CosineDecay(rate, total_steps)
     if name == "adam":
         return keras.optimizers.Adam(rate)
+    if name == "default":
+        return LearnedOptimizer(learning_rate=rate)
     return LearnedOptimizer.from_pretrained(name, learning_rate=rate)
+
+
+def label(optimizer):
+    name, rate, schedule = optimizer
+    return f"{name} {rate:g}" + (", cosine" if schedule == "cosine" else "")
 
 
 def check_flags():
@@ -94,108 +128,224 @@ def check_flags():
         raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
     try:
         seeds = [int(seed) for seed in FLAGS.seeds]
+        report_epochs = [int(epoch) for epoch in FLAGS.report_epochs] or [FLAGS.epochs]
     except ValueError:
-        raise cli.UsageError(f"--seeds={','.join(FLAGS.seeds)} must be integers.") from None
-    optimizers = [parse_optimizer(spec) for spec in FLAGS.optimizers]
+        raise cli.UsageError("--seeds and --report_epochs must be integers.") from None
+    if not all(1 <= epoch <= FLAGS.epochs for epoch in report_epochs):
+        raise cli.UsageError(f"--report_epochs={','.join(FLAGS.report_epochs)} must lie in "
+                             f"1..--epochs={FLAGS.epochs}.")
+    grid = sorted({parse_optimizer(f"adam@{rate}")[1] for rate in FLAGS.adam_grid}
+                  | {DEFAULT_ADAM_RATE})
+    optimizers = [("adam", rate, "constant") for rate in grid]
+    optimizers += [o for o in map(parse_optimizer, FLAGS.optimizers) if o not in optimizers]
     for name, rate, schedule in optimizers:  # a wrong name fails now, not after an hour
         if name != "adam":
             with cli.configuration_errors():
                 build_optimizer(name, rate, schedule, 1)
-    return optimizers, seeds
+    return optimizers, seeds, report_epochs
+
+
+def split_train_validation(images, labels, validation_examples, train_examples=0):
+    """`(train, validation)` from the train split: validation is its last examples, training
+    its first (at most `train_examples` of them); the two never share an example."""
+    if validation_examples >= len(labels):
+        raise cli.UsageError(f"--validation_examples={validation_examples} leaves nothing to "
+                             f"train on among the {len(labels)} examples.")
+    end = len(labels) - validation_examples
+    stop = min(train_examples, end) if train_examples else end
+    return (images[:stop], labels[:stop]), (images[end:], labels[end:])
+
+
+def load_data():
+    """`{"train", "validation", "test"}: (x [n, 784] float32 in [0, 1], y int32)`."""
+    arrays = {}
+    for mode in ("train", "test"):
+        images, labels = problems.load_tfds("mnist", mode)
+        arrays[mode] = (images.reshape(-1, 784).astype(np.float32) / 255.0, labels)
+    train, validation = split_train_validation(*arrays["train"], FLAGS.validation_examples,
+                                               FLAGS.train_examples)
+    return {"train": train, "validation": validation, "test": arrays["test"]}
+
+
+def run_key(model_name, optimizer, seed):
+    """What a cached run must match to be reused: everything its numbers depend on."""
+    return (f"{model_name}|{label(optimizer)}|seed {seed}|epochs {FLAGS.epochs}|batch "
+            f"{FLAGS.batch_size}|train {FLAGS.train_examples or 'all'}|validation "
+            f"{FLAGS.validation_examples}|jit {FLAGS.jit_compile}")
 
 
 def run(model_name, optimizer, seed, data):
-    """Test `(loss, accuracy)` after each epoch, `[epochs, 2]`."""
-    (x_train, y_train), (x_test, y_test) = data
+    """Per epoch: `{"seconds", "train_loss", "validation_loss", "validation_accuracy",
+    "test_loss", "test_accuracy"}`; seconds is the wall time of the epoch's fit alone."""
+    x, y = data["train"]
     keras.utils.set_random_seed(seed)
     model = build_model(model_name)
-    total_steps = FLAGS.epochs * -(-len(x_train) // FLAGS.batch_size)
+    total_steps = FLAGS.epochs * -(-len(x) // FLAGS.batch_size)
     model.compile(
         optimizer=build_optimizer(*optimizer, total_steps),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        jit_compile=FLAGS.jit_compile,
+        jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
     )
-    results = []
+    epochs = []
     for _ in range(FLAGS.epochs):
-        model.fit(x_train, y_train, batch_size=FLAGS.batch_size, epochs=1, verbose=0)
-        results.append(model.evaluate(x_test, y_test, batch_size=1000, verbose=0))
-    return np.array(results)
+        start = time.perf_counter()
+        history = model.fit(x, y, batch_size=FLAGS.batch_size, epochs=1, verbose=0)
+        record = {"seconds": time.perf_counter() - start,
+                  "train_loss": history.history["loss"][-1]}
+        for split in ("validation", "test"):
+            loss, accuracy = model.evaluate(*data[split], batch_size=1000, verbose=0)
+            record.update({f"{split}_loss": loss, f"{split}_accuracy": accuracy})
+        epochs.append({k: float(v) for k, v in record.items()})
+    return epochs
 
 
-def load_data():
-    data = []
-    for mode in ("train", "test"):
-        images, labels = problems.load_tfds("mnist", mode)
-        if mode == "train" and FLAGS.train_examples:
-            images, labels = images[: FLAGS.train_examples], labels[: FLAGS.train_examples]
-        data.append((images.reshape(-1, 784).astype(np.float32) / 255.0, labels))
-    return data
+def best_adam_rate(results, model_name, seeds, epoch):
+    """The rate of Adam's grid with the lowest mean validation loss at `epoch` (a diverged rate,
+    NaN, never wins). Chosen on the validation split only; the test split is not read."""
+    scores = {}
+    for (name, optimizer), runs in results.items():
+        if name == model_name and optimizer[0] == "adam" and optimizer[2] == "constant":
+            losses = [runs[seed][epoch - 1]["validation_loss"] for seed in seeds]
+            scores[optimizer[1]] = np.mean(losses) if np.all(np.isfinite(losses)) else np.inf
+    return min(scores, key=scores.get), scores
 
 
-def label(optimizer):
-    name, rate, schedule = optimizer
-    return f"{name} {rate:g}" + (", cosine" if schedule == "cosine" else "")
+def mean_and_error(values):
+    values = np.asarray(values, np.float64)
+    error = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan
+    return values.mean(), error
 
 
-def report(results, seeds):
-    """Markdown: one row per model and optimizer, test loss per epoch and final accuracy."""
-    epochs = range(1, FLAGS.epochs + 1)
+def report(results, optimizers, seeds, report_epochs):
+    """The Markdown tables: per reported epoch, test loss and accuracy of Adam(), the best
+    constant Adam and the other optimizers; test loss per epoch; wall time per epoch."""
+    models = list(dict.fromkeys(name for name, _ in results))
+    others = [o for o in optimizers if o[0] != "adam" or o[2] != "constant"]
     lines = [
-        (
-            f"Test loss after each epoch of `model.fit` (batch {FLAGS.batch_size}, "
-            f"jit_compile={FLAGS.jit_compile}), mean over seeds {', '.join(map(str, seeds))}; "
-            "accuracy after the last epoch, and the standard error of the last loss."
-        ),
         f"Command: `python experiments/keras_fit.py {' '.join(sys.argv[1:])}`",
         "",
-        "| model | optimizer | " + " | ".join(f"epoch {e}" for e in epochs)
-        + " | last ± s.e. | accuracy |",
-        "| --- | --- | " + " | ".join("---" for _ in epochs) + " | --- | --- |",
+        f"MNIST; trained on the first {FLAGS.train_examples or 60000 - FLAGS.validation_examples:,}"
+        f" images of the train split (batch "
+        f"{FLAGS.batch_size}, jit_compile={FLAGS.jit_compile}); Adam's rate chosen on the "
+        f"last {FLAGS.validation_examples:,} (validation); every number below is on the "
+        "10,000 images of the test split, which no run trained on or chose by. Mean ± "
+        f"standard error over seeds {', '.join(map(str, seeds))}.",
     ]
+    for epoch in report_epochs:
+        lines += ["", f"Test loss (accuracy) after epoch {epoch}:", "",
+                  "| model | Adam() (0.001) | best constant Adam (rate) | "
+                  + " | ".join(label(o) for o in others) + " |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in others) + " |"]
+        for model_name in models:
+            best, _ = best_adam_rate(results, model_name, seeds, epoch)
+            cells = []
+            for optimizer in [("adam", DEFAULT_ADAM_RATE, "constant"),
+                              ("adam", best, "constant"), *others]:
+                runs = [results[(model_name, optimizer)][seed][epoch - 1] for seed in seeds]
+                loss, error = mean_and_error([r["test_loss"] for r in runs])
+                accuracy = np.mean([r["test_accuracy"] for r in runs])
+                cells.append(f"{loss:.4f} ± {error:.4f} ({100 * accuracy:.2f}%)")
+            cells[1] += f" ({best:g})"
+            lines.append(f"| {model_name} | " + " | ".join(cells) + " |")
+    lines += ["", "Validation loss of Adam's grid (mean over seeds; the lowest is chosen):", ""]
+    for epoch in report_epochs:
+        for model_name in models:
+            _, scores = best_adam_rate(results, model_name, seeds, epoch)
+            lines.append(f"- epoch {epoch}, {model_name}: " + ", ".join(
+                f"{rate:g}: {score:.4f}" for rate, score in sorted(scores.items())))
+    epochs = range(1, FLAGS.epochs + 1)
+    lines += ["", "Test loss after each epoch (mean over seeds):", "",
+              "| model | optimizer | " + " | ".join(f"{e}" for e in epochs) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in epochs) + " |"]
     for (model_name, optimizer), runs in results.items():
-        runs = np.stack(runs)  # [seeds, epochs, (loss, accuracy)]
-        mean = runs.mean(axis=0)
-        error = runs[:, -1, 0].std(ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.nan
-        lines.append(
-            f"| {model_name} | {label(optimizer)} | "
-            + " | ".join(f"{loss:.3f}" for loss in mean[:, 0])
-            + f" | {mean[-1, 0]:.3f} ± {error:.3f} | {mean[-1, 1]:.3f} |"
-        )
+        means = [np.mean([runs[s][e - 1]["test_loss"] for s in seeds]) for e in epochs]
+        lines.append(f"| {model_name} | {label(optimizer)} | "
+                     + " | ".join(f"{m:.4f}" for m in means) + " |")
+    lines += ["", "Wall time of one epoch's `fit`, seconds (median over seeds and epochs; the "
+              "first epoch, which compiles, left out when there are more):", "",
+              "| model | " + " | ".join(label(o) for o in optimizers) + " |",
+              "| --- | " + " | ".join("---" for _ in optimizers) + " |"]
+    for model_name in models:
+        cells = []
+        for optimizer in optimizers:
+            runs = results[(model_name, optimizer)]
+            seconds = [r["seconds"] for s in seeds for r in runs[s][1 if FLAGS.epochs > 1 else 0:]]
+            cells.append(f"{np.median(seconds):.2f}")
+        lines.append(f"| {model_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def csv_text(results, seeds):
-    """Per-seed, per-epoch rows; quoted by `csv`, as labels such as "x 0.3, cosine" hold commas."""
+    """Every epoch of every run; quoted by `csv`, as labels such as "x 0.3, cosine" hold commas."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["model", "optimizer", "seed", "epoch", "test_loss", "test_accuracy"])
+    fields = ["seconds", "train_loss", "validation_loss", "validation_accuracy", "test_loss",
+              "test_accuracy"]
+    writer.writerow(["model", "optimizer", "seed", "epoch", *fields])
     for (model_name, optimizer), runs in results.items():
-        for seed, run_results in zip(seeds, runs):
-            for epoch, (loss, accuracy) in enumerate(run_results, 1):
-                writer.writerow([model_name, label(optimizer), seed, epoch, f"{loss:.6f}",
-                                 f"{accuracy:.6f}"])
+        for seed in seeds:
+            for epoch, record in enumerate(runs[seed], 1):
+                writer.writerow([model_name, label(optimizer), seed, epoch]
+                                + [f"{record[f]:.6g}" for f in fields])
     return text.getvalue()
 
 
+def plot(path, results, seeds):
+    """Test loss against epochs, one panel per model."""
+    import matplotlib  # checked for by main
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(name for name, _ in results))
+    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.5), squeeze=False)
+    for ax, model_name in zip(axes[0], models):
+        for (name, optimizer), runs in results.items():
+            if name == model_name:
+                curve = np.mean([[r["test_loss"] for r in runs[s]] for s in seeds], axis=0)
+                ax.plot(range(1, len(curve) + 1), curve, label=label(optimizer))
+        ax.set_yscale("log")
+        ax.set_title(model_name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test loss")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv):
-    optimizers, seeds = check_flags()
+    optimizers, seeds, report_epochs = check_flags()
+    if FLAGS.output:
+        cli.require("matplotlib", "experiments")  # for the plot, before hours of work
+    cache_path = FLAGS.output[: -len(".md")] + "_runs.json" if FLAGS.output else None
+    cache = {}
+    if cache_path and os.path.exists(cache_path):
+        with open(cache_path) as f:
+            cache = json.load(f)
     data = load_data()
     results = {}
     for model_name in FLAGS.models:
         for optimizer in optimizers:
-            start = time.time()
-            runs = results[(model_name, optimizer)] = [
-                run(model_name, optimizer, seed, data) for seed in seeds
-            ]
-            last = np.mean([r[-1] for r in runs], axis=0)
-            print(f"{model_name:12s} {label(optimizer):28s} test loss {last[0]:.3f}, "
-                  f"accuracy {last[1]:.3f} ({time.time() - start:.0f} s)", flush=True)
-    table = report(results, seeds)
+            runs = results[(model_name, optimizer)] = {}
+            for seed in seeds:
+                key = run_key(model_name, optimizer, seed)
+                if key not in cache:
+                    cache[key] = run(model_name, optimizer, seed, data)
+                    if cache_path:
+                        cli.write_text_atomically(cache_path, json.dumps(cache, indent=0))
+                    last = cache[key][-1]
+                    print(f"{model_name:12s} {label(optimizer):24s} seed {seed}: test loss "
+                          f"{last['test_loss']:.4f}, accuracy {last['test_accuracy']:.4f} "
+                          f"({sum(r['seconds'] for r in cache[key]):.0f} s)", flush=True)
+                runs[seed] = cache[key]
+    table = report(results, optimizers, seeds, report_epochs)
     print(table)
     if FLAGS.output:
         cli.write_text_atomically(FLAGS.output, table)
         cli.write_text_atomically(FLAGS.output[: -len(".md")] + ".csv", csv_text(results, seeds))
+        plot(FLAGS.output[: -len(".md")] + ".png", results, seeds)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
     python experiments/reproduce.py --problem=quadratic --path=runs/quadratic
 
 Stages, each resumable (results are cached under --output_dir and reused):
-1. train (only with --train_epochs > 0): meta-trains with train.py into --path (--resume
-   when a checkpoint is there).
+1. train (only with --train_epochs > 0): meta-trains with train.py into --path (with
+   --resume: from its checkpoint if there is one).
 2. tune: for every test configuration and baseline (SGD, RMSprop, Adam, NAG with momentum
    0.9), the learning rate from --grid with the lowest mean final loss over --tuning_runs
    runs (seed --seed + 1000, so the tuning problems are not the evaluation problems).
@@ -13,7 +13,11 @@ Stages, each resumable (results are cached under --output_dir and reused):
    `LearnedOptimizer(learning_rate=...)`) is tuned the same way and reported as an extra
    row next to the untuned one (factor 1, as trained).
 3. evaluate: --num_runs runs per optimizer and configuration (seed --seed), the same
-   initialisations and batches for every optimizer.
+   initialisations and batches for every optimizer. These are the paper's protocol: MNIST
+   runs train on batches of the test split, and the losses reported are those training
+   minibatch losses. With --heldout_steps=100,200, as many runs again train on the train
+   split and report, at those steps, the model's loss and accuracy on all of the test split
+   (held-out numbers, the same tuned rates).
 4. report: `<tag>_results.csv` and `.md` (loss at steps 100 and 200, sum of the first 100
    losses, mean and standard error; the grid and chosen rates), and `<tag>_<config>.png`
    (loss vs step, log scale, mean with the 25-75 percentile band). The tag defaults to the
@@ -21,8 +25,7 @@ Stages, each resumable (results are cached under --output_dir and reused):
    against the same tuned baselines, which are computed once per problem.
 
 MNIST configurations (the paper's fig. 4 and 5), all with the optimizer trained on the base
-one: base (784-20-10 sigmoid, 100 steps), steps200, units40, layers2, relu. MNIST runs use the
-test split.
+one: base (784-20-10 sigmoid, 100 steps), steps200, units40, layers2, relu.
 """
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
@@ -34,6 +37,7 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 from absl import flags
 
 from l2l_tf import cli, meta, networks, presets, problems
@@ -54,23 +58,35 @@ flags.DEFINE_list("learned_grid", [], "Learning rates (factors on the learned op
 flags.DEFINE_list("configs", None, "Subset of configurations to run (default: all).")
 flags.DEFINE_integer("seed", 0, "Evaluation seed; tuning uses seed + 1000.")
 flags.DEFINE_string("output_dir", "experiments/results", "Where tables, plots and caches go.")
+flags.DEFINE_list("heldout_steps", [], "Also report, at these steps, held-out loss and "
+                  "accuracy (all of the test split) of runs that train on the train split "
+                  "(--problem=mnist; multiples of 20).")
 flags.DEFINE_string("tag", None, "Name for this learned optimizer in tables and file names "
                     "(default: the problem's name); baselines and tuning are shared.")
 FLAGS = flags.FLAGS
 
 
 def configurations():
-    """name -> (problem factory, num_steps)."""
+    """name -> (problem factory, num_steps). The factory takes `heldout`: False gives the
+    paper's protocol (MNIST batches from the test split), True the held-out one (batches from
+    the train split, `Problem.heldout` on all of the test split)."""
     if FLAGS.problem == "quadratic":
         distribution = presets.PRESETS[FLAGS.preset]["quadratic_distribution"]
-        return {"base": (lambda: problems.quadratic(distribution=distribution), 100)}
-    mnist = problems.mnist
+        return {"base": (lambda heldout: problems.quadratic(distribution=distribution), 100)}
+
+    def mnist(**options):
+        def factory(heldout):
+            if heldout:
+                return problems.mnist(mode="train", heldout_split="test", **options)
+            return problems.mnist(mode="test", **options)
+        return factory
+
     return {
-        "base": (lambda: mnist(mode="test"), 100),
-        "steps200": (lambda: mnist(mode="test"), 200),
-        "units40": (lambda: mnist(layers=(40,), mode="test"), 100),
-        "layers2": (lambda: mnist(layers=(20, 20), mode="test"), 100),
-        "relu": (lambda: mnist(activation="relu", mode="test"), 100),
+        "base": (mnist(), 100),
+        "steps200": (mnist(), 200),
+        "units40": (mnist(layers=(40,)), 100),
+        "layers2": (mnist(layers=(20, 20)), 100),
+        "relu": (mnist(activation="relu"), 100),
     }
 
 
@@ -78,6 +94,23 @@ def evaluate(optimizer, problem, num_steps, runs, seed):
     """Losses [runs, num_steps + 1] of `optimizer` (a MetaOptimizer) on fresh problems."""
     run = optimizer.meta_loss(problem, 20, seed=seed)
     return np.stack([meta.run_epoch(run, num_steps // 20, train=False) for _ in range(runs)])
+
+
+def evaluate_heldout(optimizer, problem, steps, runs, seed):
+    """`[runs, len(steps), (loss, accuracy)]` on the held-out split after each of `steps`."""
+    run = optimizer.meta_loss(problem, 20, seed=seed)
+    metrics = tf.function(problem.heldout)
+    results = []
+    for _ in range(runs):
+        found = {}
+
+        def after_unroll(step):
+            if step in steps:
+                found[step] = [float(v) for v in metrics([x.read_value() for x in run.x])]
+
+        meta.run_epoch(run, max(steps) // 20, train=False, after_unroll=after_unroll)
+        results.append([found.get(step, [np.nan, np.nan]) for step in steps])
+    return np.array(results).reshape(runs, len(steps), 2)
 
 
 def baseline(name, learning_rate):
@@ -88,8 +121,7 @@ def learned(learning_rate=1.0):
     """The nets in --path, their update scaled by `learning_rate` (as LearnedOptimizer's)."""
     nets = networks.load_nets(FLAGS.path)
     if learning_rate != 1.0:
-        nets = {name: type(net)(**{**net.get_config(), "scale": net.scale * learning_rate},
-                                initializer=net.initializer) for name, net in nets.items()}
+        nets = {name: net.scaled(learning_rate) for name, net in nets.items()}
     return meta.MetaOptimizer(**nets)
 
 
@@ -105,9 +137,7 @@ def train():
                f"--problem={FLAGS.problem}", f"--save_path={FLAGS.path}",
                f"--num_epochs={FLAGS.train_epochs}", f"--preset={FLAGS.preset}",
                f"--learning_rate={FLAGS.meta_learning_rate}", f"--seed={FLAGS.seed}",
-               "--evaluation_period=250", "--checkpoint_period=50"]
-    if os.path.isdir(os.path.join(FLAGS.path, "checkpoint")):
-        command.append("--resume")
+               "--evaluation_period=250", "--checkpoint_period=50", "--resume"]
     print("Training:", " ".join(command), flush=True)
     subprocess.run(command, check=True)
 
@@ -139,7 +169,7 @@ def summary(losses):
 
 
 def plot(path, title, curves):
-    import matplotlib
+    import matplotlib  # checked for by main
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -161,6 +191,7 @@ def plot(path, title, curves):
 
 
 def main(argv):
+    cli.require("matplotlib", "experiments")  # for the plots, before hours of work
     if FLAGS.path is None:
         raise cli.UsageError("--path is required: the directory of the trained nets.")
     if FLAGS.train_epochs:
@@ -173,6 +204,15 @@ def main(argv):
         learned_grid = [float(rate) for rate in FLAGS.learned_grid]
     if min(grid + learned_grid) <= 0:
         raise cli.UsageError("--grid and --learned_grid learning rates must be positive.")
+    try:
+        heldout_steps = sorted({int(step) for step in FLAGS.heldout_steps})
+    except ValueError:
+        raise cli.UsageError("--heldout_steps must be integers.") from None
+    if heldout_steps and FLAGS.problem != "mnist":
+        raise cli.UsageError("--heldout_steps needs --problem=mnist: the quadratic has no "
+                             "held-out data.")
+    if any(step < 20 or step % 20 for step in heldout_steps):
+        raise cli.UsageError("--heldout_steps must be multiples of the unroll length, 20.")
     all_configs = configurations()
     names = FLAGS.configs or list(all_configs)
     unknown = set(names) - set(all_configs)
@@ -187,7 +227,7 @@ def main(argv):
     rows = []
     for name in names:
         factory, num_steps = all_configs[name]
-        problem = factory()
+        problem = factory(heldout=False)
         start = time.time()
         candidates = {b: (lambda rate, b=b: baseline(b, rate), FLAGS.grid)
                       for b in presets.BASELINES}
@@ -205,14 +245,28 @@ def main(argv):
         # A tuned factor of 1 is the learned optimizer as trained: its curves, not a rerun.
         as_trained = (f"{learned_label} (lr {best[learned_label]})"
                       if float(best.get(learned_label, 0)) == 1.0 else None)
+        steps = [step for step in heldout_steps if step <= num_steps]
+        heldout_path = f"{shared}_{name}_heldout.npz"
+        heldout = dict(np.load(heldout_path)) if steps and os.path.exists(heldout_path) else {}
+        heldout_problem = factory(heldout=True) if steps else None
         for label, build in runs:
             if label not in cached:
                 cached[label] = (cached[learned_label] if label == as_trained else
                                  evaluate(build(), problem, num_steps, FLAGS.num_runs, FLAGS.seed))
-                np.savez(cache_path + ".tmp.npz", **cached)
-                os.replace(cache_path + ".tmp.npz", cache_path)
+                save_npz(cache_path, cached)
             curves[label] = cached[label]
             stats = summary(curves[label])
+            key = f"{label} @ {','.join(map(str, steps))}"
+            if steps and key not in heldout:
+                heldout[key] = (heldout[f"{learned_label} @ {key.split(' @ ')[1]}"]
+                                if label == as_trained else evaluate_heldout(
+                                    build(), heldout_problem, steps, FLAGS.num_runs, FLAGS.seed))
+                save_npz(heldout_path, heldout)
+            for i, step in enumerate(steps):
+                for j, metric in enumerate(("loss", "accuracy")):
+                    values = heldout[key][:, i, j]
+                    stats[f"held-out {metric}@{step}"] = (
+                        float(np.mean(values)), float(np.std(values) / np.sqrt(len(values))))
             rows.append({"config": name, "optimizer": label, **{
                 k: f"{m:.4g} ± {e:.2g}" for k, (m, e) in stats.items()}})
             print(f"{name} {label}: " + ", ".join(f"{k} {m:.4g}" for k, (m, _) in stats.items()),
@@ -223,8 +277,15 @@ def main(argv):
     write_tables(prefix, rows, tuning, names, learned_label)
 
 
+def save_npz(path, arrays):
+    np.savez(path + ".tmp.npz", **arrays)
+    os.replace(path + ".tmp.npz", path)
+
+
 def write_tables(prefix, rows, tuning, names, learned_label):
     columns = ["config", "optimizer", "loss@100", "loss@200", "sum100"]
+    columns += sorted({c for r in rows for c in r if c.startswith("held-out")},
+                      key=lambda c: (int(c.split("@")[1]), "accuracy" in c))
     csv = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in rows]
     cli.write_text_atomically(f"{prefix}_results.csv", "\n".join(csv) + "\n")
     md = [f"Command: `python {' '.join(sys.argv)}`", "",
@@ -232,6 +293,15 @@ def write_tables(prefix, rows, tuning, names, learned_label):
           f"runs per rate (seed {FLAGS.seed + 1000}), grid {', '.join(FLAGS.grid)}"
           + (f" (learned: {', '.join(FLAGS.learned_grid)})" if FLAGS.learned_grid else "")
           + "; mean ± standard error.", "",
+          "Which loss: loss@100, loss@200 and sum100 (the sum of the losses at steps 0..99) "
+          "are training minibatch losses, as in the paper: "
+          + ("the optimizee trains on batches of the test split and each loss is that of the "
+             "step's batch, before the step." if FLAGS.problem == "mnist" else
+             "the quadratic's own loss.")
+          + (" The held-out columns come from separate runs (same seeds and rates) that train "
+             "on batches of the train split: the loss and accuracy of the model on all 10,000 "
+             "images of the test split, on which it never trained."
+             if any(c.startswith("held-out") for c in columns) else ""), "",
           "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     md += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
     md += ["", "Grid search (mean final loss per learning rate):", ""]

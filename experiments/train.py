@@ -7,7 +7,8 @@ one meta-step. Every log_period epochs it prints the original's "Log Mean Final 
 (log10 of the mean final loss) and the mean epoch time; every evaluation_period epochs it
 evaluates without meta-steps and writes the nets to save_path when they are the best so
 far. The checkpoint in save_path/checkpoint (nets, meta-Adam slots, epoch, RNG state) is
-written every checkpoint_period epochs; --resume continues from it.
+written every checkpoint_period epochs; --resume continues from it, or starts afresh when
+there is none yet, so a supervisor can repeat the same command after every preemption.
 """
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from l2l_tf import cli, meta, presets
+from l2l_tf import cli, meta, presets, problems
 
 flags.DEFINE_string("save_path", None, "Directory for the nets, checkpoint and summaries.")
 flags.DEFINE_integer("num_epochs", 10000, "Number of training epochs.", lower_bound=1)
@@ -36,7 +37,9 @@ flags.DEFINE_boolean("second_derivatives", False, "Backpropagate through optimiz
 flags.DEFINE_integer("seed", 0, "Seed of the nets' initial weights and the problems.")
 flags.DEFINE_enum("preset", "original", sorted(presets.PRESETS),
                   "Constants of the nets (k, scale; presets.PRESETS).")
-flags.DEFINE_boolean("resume", False, "Continue from the checkpoint in save_path.")
+flags.DEFINE_boolean("resume", False, "Continue from the checkpoint in save_path if there is "
+                     "one, else start there afresh: one command line for the first start and "
+                     "every restart. Without it, a save_path holding a run is refused.")
 flags.DEFINE_string("init_path", None, "Start from the nets saved in this directory (e.g. "
                     "l2l_tf/pretrained/mnist) instead of fresh ones: fine-tuning.")
 flags.DEFINE_integer("checkpoint_period", 100, "Checkpoint every this many epochs.", lower_bound=1)
@@ -53,6 +56,8 @@ flags.DEFINE_boolean("jit_compile", False, "Compile each unroll (each replica's,
                      "strategy) with XLA. Slower on CPU; see BUILD_NOTES.md.")
 flags.DEFINE_boolean("recompute", False,
                      "Recompute the nets' activations in the backward pass: bounds memory.")
+flags.DEFINE_boolean("log_loss", False, "Meta-loss: the sum of log losses instead of the sum "
+                     "of losses (for long horizons and problems of different loss scales).")
 flags.DEFINE_boolean("deterministic", False,
                      "Turn on TensorFlow's op determinism: the same seed gives the same bits.")
 FLAGS = flags.FLAGS
@@ -96,11 +101,8 @@ def check_flags(save_path):
     if os.path.exists(save_path) and not os.path.isdir(save_path):
         raise cli.UsageError(f"--save_path={save_path!r} is a file: give a directory.")
     has_checkpoint = tf.train.latest_checkpoint(os.path.join(save_path, CHECKPOINT_DIR))
-    if FLAGS.resume and not has_checkpoint:
-        raise cli.UsageError(
-            f"--resume: no checkpoint in {save_path!r}; start without --resume."
-        )
     # A run killed before its first checkpoint left only flags and summaries: nothing to lose.
+    # With --resume, one command line serves the first start and every restart.
     holds_run = has_checkpoint or any(f.endswith(".npz") for f in os.listdir(save_path)) \
         if os.path.isdir(save_path) else False
     if not FLAGS.resume and holds_run:
@@ -132,7 +134,7 @@ def make_strategy():
 def run_flags():
     """The flags that must match when a run is resumed."""
     names = ["problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
-             "seed", "preset", "samples", "strategy", "init_path"]
+             "seed", "preset", "samples", "strategy", "init_path", "log_loss"]
     return {name: FLAGS[name].value for name in names}
 
 
@@ -172,11 +174,17 @@ def main(argv):
             problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,
             net_assignments=net_assignments, second_derivatives=FLAGS.second_derivatives,
             seed=FLAGS.seed, jit_compile=FLAGS.jit_compile, recompute=FLAGS.recompute,
-            samples=FLAGS.samples, strategy=strategy,
+            samples=FLAGS.samples, strategy=strategy, log_loss=FLAGS.log_loss,
         )
         evaluation = optimizer.meta_loss(problem, FLAGS.unroll_length,
                                          net_assignments=net_assignments, seed=FLAGS.seed + 1,
                                          jit_compile=FLAGS.jit_compile)
+    members = len(problem.members) if isinstance(problem, problems.Family) else 1
+    if FLAGS.evaluation_epochs % members:
+        raise cli.UsageError(
+            f"--evaluation_epochs={FLAGS.evaluation_epochs} must be a multiple of the "
+            f"{members} members of --problem={FLAGS.problem}, so that each is evaluated "
+            "equally often.")
     num_unrolls = FLAGS.num_steps // FLAGS.unroll_length
 
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
@@ -184,20 +192,27 @@ def main(argv):
     manager = writer = None
     if save_path is not None:
         os.makedirs(save_path, exist_ok=True)
+        family = {"member": training.member} if members > 1 else {}
         checkpoint = tf.train.Checkpoint(
             weights=optimizer.weights, meta_optimizer=optimizer.meta_optimizer,
-            rngs=training.rngs, epoch=epoch, best_evaluation=best_evaluation,
-            skipped_steps=training.skipped_steps,
+            rngs=training.rngs, evaluation_rngs=evaluation.rngs, epoch=epoch,
+            best_evaluation=best_evaluation,
+            skipped_steps=training.skipped_steps, **family,
         )
         manager = tf.train.CheckpointManager(
             checkpoint, os.path.join(save_path, CHECKPOINT_DIR), max_to_keep=2
         )
-        if FLAGS.resume:
+        for name in os.listdir(save_path):  # left by a writer killed before its rename
+            if name.startswith(cli.TEMPORARY_PREFIX):
+                os.remove(os.path.join(save_path, name))
+        if FLAGS.resume and manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             print(f"Resumed from {manager.latest_checkpoint} at epoch {int(epoch.numpy())}.")
         else:
             cli.write_text_atomically(os.path.join(save_path, "flags.json"),
                                       json.dumps(run_flags(), indent=2))
+            if FLAGS.resume:
+                print(f"--resume: no checkpoint in {save_path} yet; starting from epoch 0.")
         writer = tf.summary.create_file_writer(os.path.join(save_path, "tensorboard"))
 
     progress = keras.utils.Progbar(FLAGS.num_epochs, verbose=1 if FLAGS.progress else 0,
@@ -229,9 +244,15 @@ def main(argv):
             final_losses, epoch_times = [], []
 
         if done % FLAGS.evaluation_period == 0:
-            finals = [meta.run_epoch(evaluation, num_unrolls, train=False)[-1]
+            # A family's long runs end in single minibatch losses too noisy to pick nets by:
+            # each run's final loss is the mean over its last unroll, and as the members have
+            # losses of different scales, the score is the geometric mean over members of
+            # each member's mean final loss (the members come in turn).
+            window = FLAGS.unroll_length + 1 if members > 1 else 1
+            finals = [np.mean(meta.run_epoch(evaluation, num_unrolls, train=False)[-window:])
                       for _ in range(FLAGS.evaluation_epochs)]
-            mean_final = float(np.mean(finals))
+            mean_final = float(np.exp(np.mean(np.log(
+                np.mean(np.reshape(finals, [-1, members]), axis=0)))))
             print(f"EVALUATION\nLog Mean Final Error: {np.log10(mean_final):.2f}", flush=True)
             if writer is not None:
                 with writer.as_default(step=done):

@@ -6,6 +6,7 @@ A user mistake (a bad flag, a missing file) must not end in a traceback: scripts
 written nothing.
 """
 
+import importlib
 import os
 import sys
 import tempfile
@@ -46,6 +47,17 @@ def run(main):
     app.run(guarded, flags_parser=_parse_flags)
 
 
+def require(module, extra):
+    """Imports an optional dependency, or fails with one line naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(
+            f"{module} is not installed, and this script needs it: pip install "
+            f"\".[{extra}]\" in the l2l_tf checkout (or pip install {module})."
+        ) from None
+
+
 class configuration_errors:
     """Context manager: a `ValueError` raised while building from flags is a `UsageError`."""
 
@@ -58,11 +70,18 @@ class configuration_errors:
         return False
 
 
+TEMPORARY_PREFIX = networks.TEMPORARY_PREFIX
+
+
 def write_text_atomically(path, text):
-    """Writes `text` to `path` through a temporary file and a rename: never a half file."""
+    """Writes `text` to `path` through a temporary file and a rename: never a half file.
+
+    A process killed before the rename leaves the temporary file (`TEMPORARY_PREFIX...`)
+    beside `path`, never a half-written `path`; train.py removes such files when it starts.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -20,9 +20,9 @@ QUICK = ["--problem=simple", "--num_steps=10", "--unroll_length=5", "--log_perio
          "--learning_rate=0.01", "--noprogress"]
 
 
-def script(name, *args, timeout=300):
+def script(name, *args, timeout=300, env=None):
     return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", name), *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_train_saves_logs_checkpoints_and_resumes(tmp_path):
@@ -50,9 +50,12 @@ def test_train_saves_logs_checkpoints_and_resumes(tmp_path):
     assert list(l2l_tf.LearnedOptimizer.from_pretrained(save_path).nets) == ["cw"]
 
 
-def test_sigkill_at_random_moments_loses_at_most_one_checkpoint_interval(tmp_path):
-    """Kill train.py at random moments, resume each time: no corrupt file, little lost, and
-    the end result is bit-for-bit the uninterrupted run's (op determinism on)."""
+def test_one_command_survives_sigkills_before_and_after_the_first_checkpoint(tmp_path):
+    """What a supervisor does with a preemptible job: run the same command line (with
+    --resume) again and again. Killed before its first checkpoint, the run starts afresh and
+    says so; killed later, it continues from its checkpoint, never more than one checkpoint
+    interval behind, with no corrupt file; the end result is bit-for-bit the uninterrupted
+    run's (op determinism on)."""
     args = QUICK + ["--problem=quadratic", "--num_steps=20", "--unroll_length=10",
                     "--num_epochs=30", "--log_period=1", "--evaluation_period=3",
                     "--checkpoint_period=2", "--deterministic"]
@@ -60,34 +63,46 @@ def test_sigkill_at_random_moments_loses_at_most_one_checkpoint_interval(tmp_pat
     assert straight.returncode == 0, straight.stderr
 
     path = tmp_path / "killed"
-    delays = np.random.default_rng(0).uniform(0.0, 1.5, size=3)
-    for attempt, delay in enumerate(delays):
-        index = path / "checkpoint" / "checkpoint"
-        command = [sys.executable, os.path.join(ROOT, "experiments", "train.py"), *args,
-                   f"--save_path={path}"] + (["--resume"] if index.exists() else [])
+    command = [sys.executable, os.path.join(ROOT, "experiments", "train.py"), *args,
+               f"--save_path={path}", "--resume"]
+    index = path / "checkpoint" / "checkpoint"
+    # The first kill comes as the run announces its fresh start, before the first epoch (the
+    # first checkpoint is after epoch 2); the others once training is under way, after a
+    # random delay.
+    delays = [None, *np.random.default_rng(0).uniform(0.0, 1.5, size=3)]
+    for delay in delays:
+        had_checkpoint = index.exists()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                    text=True)
-        last_epoch = 0
-        for line in process.stdout:  # wait for training to be under way, then a random delay
-            if line.startswith("Epoch "):
-                last_epoch = int(line.split()[1])
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Epoch ") or (delay is None and "no checkpoint in" in line):
                 break
-        time.sleep(delay)
+        if delay is not None:
+            time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         rest, _ = process.communicate()
-        epochs = [int(l.split()[1]) for l in rest.splitlines() if l.startswith("Epoch ")]
-        last_epoch = max([last_epoch] + epochs)
+        log = "".join(lines) + rest
+        if had_checkpoint:
+            assert "Resumed from" in log, log
+        else:
+            assert "no checkpoint in" in log and "starting from epoch 0" in log, log
+        if delay is None:
+            assert not index.exists(), "killed before the first checkpoint"
+        epochs = [int(l.split()[1]) for l in log.splitlines() if l.startswith("Epoch ")]
         checkpoint = 0
         if index.exists():
             checkpoint = int(index.read_text().splitlines()[0].split("ckpt-")[1].rstrip('"'))
-        assert checkpoint >= last_epoch - 2, (checkpoint, last_epoch)
+        assert checkpoint >= max(epochs, default=0) - 2, (checkpoint, epochs)
         if (path / "cw.npz").exists():  # the nets file is readable whenever it exists
             with np.load(path / "cw.npz") as saved:
                 assert saved["lstm_0/w_gates"].shape == (21, 80)
-        assert not [f for f in os.listdir(path) if f.startswith(".tmp")]
 
-    resumed = script("train.py", *args, f"--save_path={path}", "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    # A writer killed before its rename leaves a temporary file; a restart removes it.
+    assert not [f for f in os.listdir(path) if f.startswith(".tmp")]
     a, b = np.load(tmp_path / "straight" / "cw.npz"), np.load(path / "cw.npz")
     for key in a.files:
         if key != "__l2l_tf__":
@@ -124,7 +139,6 @@ BAD_TRAIN_FLAGS = [
     (["--num_steps=0"], "--num_steps=0"),
     (["--num_steps=1.5"], "--num_steps"),
     (["--preset=best"], "--preset=best"),
-    (["--resume"], "--resume: no checkpoint in"),
     (["positional"], "unexpected arguments"),
     (["--init_path=/nonexistent"], "--init_path='/nonexistent' is not a directory"),
 ]
@@ -152,6 +166,11 @@ def test_existing_save_path_without_resume_is_refused_and_untouched(tmp_path):
     (["--optimizer=L2L", "--problem=simple", "--path=/nonexistent"], "No net weights file"),
     (["--optimizer=Adagrad"], "--optimizer=Adagrad"),
     (["--optimizer=Adam", "--output=losses.txt"], "must end in .csv or .json"),
+    (["--optimizer=Adam", "--heldout_steps=100"], "needs --split=train"),
+    (["--optimizer=Adam", "--split=train", "--heldout_steps=50"],
+     "must be multiples of --unroll_length=20"),
+    (["--optimizer=Adam", "--split=train", "--heldout_steps=100", "--problem=quadratic"],
+     "Held-out evaluation is available for the mnist problem"),
 ])
 def test_bad_evaluate_flags_give_one_line_and_exit_2(flags, message):
     result = script("evaluate.py", *flags)
@@ -159,52 +178,142 @@ def test_bad_evaluate_flags_give_one_line_and_exit_2(flags, message):
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr
 
 
+def test_evaluate_reports_held_out_test_numbers_of_runs_on_the_train_split(tmp_path,
+                                                                           mnist_data_dir):
+    output = tmp_path / "adam.csv"
+    result = script("evaluate.py", "--problem=mnist", "--optimizer=Adam", "--learning_rate=0.03",
+                    "--split=train", "--num_steps=40", "--heldout_steps=20,40",
+                    "--num_epochs=2", f"--output={output}")
+    assert result.returncode == 0, result.stderr
+    assert "(training minibatch, train split)" in result.stdout
+    lines = [l for l in result.stdout.splitlines() if l.startswith("Held-out")]
+    assert [l.split(":")[0] for l in lines] == [
+        "Held-out (all of the test split) at step 20", "Held-out (all of the test split) at step 40"]
+    with open(output, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 41
+    heldout = {(r["epoch"], r["step"]): (float(r["heldout_loss"]), float(r["heldout_accuracy"]))
+               for r in rows if r["heldout_loss"]}
+    assert sorted(heldout) == [("0", "20"), ("0", "40"), ("1", "20"), ("1", "40")]
+    for epoch in ("0", "1"):  # Adam learns: the held-out loss falls, the accuracy rises
+        assert heldout[(epoch, "40")][0] < heldout[(epoch, "20")][0] < 2.3
+        assert 0.1 < heldout[(epoch, "20")][1] < heldout[(epoch, "40")][1] <= 1.0
+    printed = float(lines[1].split("loss ")[1].split(" ")[0])
+    assert abs(printed - np.mean([heldout[(e, "40")][0] for e in ("0", "1")])) < 1e-3
+
+
 def test_benchmark_prints_its_tables_and_refuses_unknown_sections():
     """Structure only: timings are the benchmark's output, never asserted."""
-    result = script("benchmark.py", "--sections=fit,lstm", "--repeats=1", "--fit_steps=2")
+    result = script("benchmark.py", "--sections=fit,lstm", "--repeats=1", "--fit_steps=2",
+                    "--fit_optimizers=default,mnist")
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert [row.split(" | ")[0] for row in rows] == [
-        "| XLA", "| ---", "| False", "| True",
-        "| part", "| ---", "| whole step", "| its two matmuls", "| one layer's elementwise part"]
-    ratios = [float(row.split(" | ")[3]) for row in rows[2:4]]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [row[:2] for row in rows[:6]] == [
+        ["| model", "jit_compile"], ["| ---", "---"], ["| mlp", "auto"], ["| mlp", "True"],
+        ["| quickstart", "auto"], ["| quickstart", "True"]]
+    assert rows[0][3:] == ["default", "ratio", "mnist", "ratio |"]
+    ratios = [float(row[i].rstrip(" |")) for row in rows[2:6] for i in (4, 6)]
     assert all(ratio > 0 for ratio in ratios)
+    assert [row[0] for row in rows[6:]] == [
+        "| part", "| ---", "| whole step", "| its two matmuls", "| one layer's elementwise part"]
     bad = script("benchmark.py", "--sections=fit,speed")
     assert bad.returncode == 2 and "unknown --sections ['speed']" in bad.stderr
+    bad = script("benchmark.py", "--sections=fit", "--fit_models=resnet")
+    assert bad.returncode == 2 and "unknown --fit_models ['resnet']" in bad.stderr
 
 
-def test_keras_fit_trains_every_model_with_every_optimizer_and_writes_its_tables(
+def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes(
         tmp_path, mnist_data_dir):
     output = tmp_path / "fit.md"
-    result = script("keras_fit.py", "--models=mlp_sigmoid,cnn", "--epochs=2", "--seeds=0,1",
-                    "--optimizers=adam@0.03,mnist-wide@0.3:cosine", "--train_examples=1280",
-                    f"--output={output}")
+    args = ["--models=mlp_sigmoid,cnn_bn", "--epochs=2", "--report_epochs=1,2", "--seeds=0,1",
+            "--adam_grid=0.001,0.03", "--optimizers=default@0.3:cosine",
+            "--train_examples=1280", "--validation_examples=2000", f"--output={output}"]
+    result = script("keras_fit.py", *args)
     assert result.returncode == 0, result.stderr
-    rows = [line.split(" | ") for line in output.read_text().splitlines()
-            if line.startswith(("| mlp", "| cnn"))]
-    assert [(r[0], r[1]) for r in rows] == [
-        ("| mlp_sigmoid", "adam 0.03"), ("| mlp_sigmoid", "mnist-wide 0.3, cosine"),
-        ("| cnn", "adam 0.03"), ("| cnn", "mnist-wide 0.3, cosine")]
-    for row in rows:  # 1280 examples are 10 steps an epoch: both learn, from ln 10 = 2.30
-        first, second = float(row[2]), float(row[3])
-        assert second < first < 2.3 and 0.3 < float(row[5].rstrip(" |")) <= 1
+    assert result.stdout.count("seed ") == 2 * 3 * 2  # models x optimizers x seeds, each run
+    text = output.read_text()
+    assert "every number below is on the 10,000 images of the test split" in text
     with open(tmp_path / "fit.csv", newline="") as f:
         header, *records = list(csv.reader(f))
-    assert header == ["model", "optimizer", "seed", "epoch", "test_loss", "test_accuracy"]
-    assert len(records) == 2 * 2 * 2 * 2  # models x optimizers x seeds x epochs
-    last = {(r[0], r[1]): [] for r in records}
-    for r in records:
-        if r[3] == "2":
-            last[(r[0], r[1])].append(float(r[4]))
-    for row in rows:  # the table's last-epoch loss is the mean over seeds of the csv's
-        want = np.mean(last[(row[0].lstrip("| "), row[1])])
-        assert abs(float(row[4].split(" ± ")[0]) - want) < 6e-4
+    assert header == ["model", "optimizer", "seed", "epoch", "seconds", "train_loss",
+                      "validation_loss", "validation_accuracy", "test_loss", "test_accuracy"]
+    assert len(records) == 2 * 3 * 2 * 2  # models x optimizers x seeds x epochs
+    column = {name: i for i, name in enumerate(header)}
+
+    def mean(model, optimizer, epoch, field):
+        return np.mean([float(r[column[field]]) for r in records if r[0] == model
+                        and r[1] == optimizer and r[3] == str(epoch)])
+
+    tables = text.split("Test loss (accuracy) after epoch ")[1:]
+    for epoch, section in zip((1, 2), tables):
+        table = section.split("\n\n")[1]
+        rows = [line.split(" | ") for line in table.splitlines()[2:]]
+        assert [r[0] for r in rows] == ["| mlp_sigmoid", "| cnn_bn"]
+        for row in rows:
+            model = row[0].lstrip("| ")
+            # The best constant Adam is the grid's rate with the lowest validation loss ...
+            validation = {rate: mean(model, f"adam {rate}", epoch, "validation_loss")
+                          for rate in ("0.001", "0.03")}
+            best = min(validation, key=validation.get)
+            assert row[2].endswith(f"({best})"), (row, validation)
+            # ... and every cell is the mean test loss over seeds of its csv rows.
+            for cell, optimizer in zip(row[1:], ["adam 0.001", f"adam {best}",
+                                                 "default 0.3, cosine"]):
+                want = mean(model, optimizer, epoch, "test_loss")
+                assert abs(float(cell.split(" ± ")[0]) - want) < 6e-5, (cell, want)
+    for r in records:  # 1280 examples are 10 steps an epoch: the MLP learns (ln 10 = 2.30);
+        # the batch-normalised CNN's moving statistics are not settled after 20 steps
+        assert np.isfinite(float(r[column["test_loss"]])) and float(r[column["seconds"]]) > 0
+        assert r[0] != "mlp_sigmoid" or float(r[column["test_loss"]]) < 2.3
+    assert (tmp_path / "fit.png").stat().st_size > 0
+
+    again = script("keras_fit.py", *args)  # every run is in the cache: none runs again
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("seed ") == 0 and output.read_text() == text
+
+
+def test_keras_fit_choice_of_adam_reads_the_validation_split_only():
+    """Where validation and test disagree, the validation split decides: with the choice
+    made on the test split this fails."""
+    keras_fit = load_experiment("keras_fit")
+    runs = {rate: {0: [{"validation_loss": validation, "test_loss": test}]}
+            for rate, validation, test in [(0.001, 0.30, 0.10), (0.01, 0.20, 0.40),
+                                           (0.03, np.nan, 0.05)]}
+    results = {("m", ("adam", rate, "constant")): per_seed for rate, per_seed in runs.items()}
+    results[("m", ("default", 1.0, "constant"))] = {0: [{"validation_loss": 0.0,
+                                                         "test_loss": 0.0}]}
+    best, scores = keras_fit.best_adam_rate(results, "m", [0], epoch=1)
+    assert best == 0.01 and scores[0.03] == np.inf  # diverged (NaN) never wins
+
+
+def test_keras_fit_validation_split_is_held_out_of_training():
+    keras_fit = load_experiment("keras_fit")
+    images, labels = np.arange(100), np.arange(100) % 10
+    (train_x, _), (validation_x, _) = keras_fit.split_train_validation(images, labels, 30)
+    assert len(validation_x) == 30 and len(train_x) == 70
+    assert not set(train_x) & set(validation_x)
+    (few_x, _), (validation_x2, _) = keras_fit.split_train_validation(images, labels, 30, 20)
+    assert list(few_x) == list(range(20)) and list(validation_x2) == list(validation_x)
+
+
+def load_experiment(name):
+    """An experiments/ script as a module (its flags are defined once per test process)."""
+    import importlib
+
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--models=resnet"], "unknown --models ['resnet']"),
     (["--optimizers=adam"], "is not name@learning_rate[:cosine]"),
     (["--optimizers=adam@0.1:linear"], "is not name@learning_rate[:cosine]"),
+    (["--adam_grid=0.1,fast"], "is not name@learning_rate[:cosine]"),
+    (["--epochs=3", "--report_epochs=5"], "must lie in 1..--epochs=3"),
+    (["--validation_examples=60000"], "leaves nothing to train on"),
     (["--optimizers=nope@1"], "No shipped optimizer named 'nope'"),
     (["--output=fit.txt"], "must end in .md"),
 ])
@@ -212,6 +321,23 @@ def test_bad_keras_fit_flags_give_one_line_and_exit_2(flags, message):
     result = script("keras_fit.py", *flags)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra(tmp_path):
+    """Without matplotlib (shadowed by a package that fails to import), the scripts that plot
+    stop at once with one line that says what to install, and write nothing."""
+    shadow = tmp_path / "shadow" / "matplotlib"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
+    for name, args in [("reproduce.py", [f"--path={tmp_path}", f"--output_dir={tmp_path}/r"]),
+                       ("keras_fit.py", [f"--output={tmp_path}/fit.md"])]:
+        result = script(name, *args, env=env)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+        assert 'matplotlib is not installed' in result.stderr
+        assert 'pip install ".[experiments]"' in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["shadow"]
 
 
 def test_same_seed_gives_bitwise_identical_nets_with_op_determinism(tmp_path):
