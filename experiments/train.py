@@ -58,6 +58,8 @@ flags.DEFINE_boolean("recompute", False,
                      "Recompute the nets' activations in the backward pass: bounds memory.")
 flags.DEFINE_boolean("log_loss", False, "Meta-loss: the sum of log losses instead of the sum "
                      "of losses (for long horizons and problems of different loss scales).")
+flags.DEFINE_boolean("graph_loop", False, "Run each unroll's steps in a tf.while_loop: traced "
+                     "once whatever --unroll_length, for unrolls of thousands of steps.")
 flags.DEFINE_boolean("deterministic", False,
                      "Turn on TensorFlow's op determinism: the same seed gives the same bits.")
 FLAGS = flags.FLAGS
@@ -175,10 +177,12 @@ def main(argv):
             net_assignments=net_assignments, second_derivatives=FLAGS.second_derivatives,
             seed=FLAGS.seed, jit_compile=FLAGS.jit_compile, recompute=FLAGS.recompute,
             samples=FLAGS.samples, strategy=strategy, log_loss=FLAGS.log_loss,
+            graph_loop=FLAGS.graph_loop,
         )
         evaluation = optimizer.meta_loss(problem, FLAGS.unroll_length,
                                          net_assignments=net_assignments, seed=FLAGS.seed + 1,
-                                         jit_compile=FLAGS.jit_compile)
+                                         jit_compile=FLAGS.jit_compile,
+                                         graph_loop=FLAGS.graph_loop)
     members = len(problem.members) if isinstance(problem, problems.Family) else 1
     if FLAGS.evaluation_epochs % members:
         raise cli.UsageError(
@@ -245,10 +249,10 @@ def main(argv):
 
         if done % FLAGS.evaluation_period == 0:
             # A family's long runs end in single minibatch losses too noisy to pick nets by:
-            # each run's final loss is the mean over its last unroll, and as the members have
+            # each run's final loss is the mean over its last tenth, and as the members have
             # losses of different scales, the score is the geometric mean over members of
             # each member's mean final loss (the members come in turn).
-            window = FLAGS.unroll_length + 1 if members > 1 else 1
+            window = max(1, FLAGS.num_steps // 10) if members > 1 else 1
             finals = [np.mean(meta.run_epoch(evaluation, num_unrolls, train=False)[-window:])
                       for _ in range(FLAGS.evaluation_epochs)]
             mean_final = float(np.exp(np.mean(np.log(

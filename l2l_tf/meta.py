@@ -46,7 +46,7 @@ class MetaOptimizer:
 
     def meta_loss(self, problem, unroll_length, net_assignments=None, second_derivatives=False,
                   loss_weights=None, seed=0, jit_compile=False, recompute=False, samples=1,
-                  log_loss=False):
+                  log_loss=False, graph_loop=False):
         """An evaluation run of `problem`: `reset()`, then `unroll()` repeatedly.
 
         `recompute=True` bounds meta-training memory: each step's net activations are
@@ -55,10 +55,13 @@ class MetaOptimizer:
         meta-batch): the meta-loss is their mean, and elementwise nets step all of them in
         one call. `log_loss=True` sums w_t log f(theta_t) instead of w_t f(theta_t), so that
         late steps (small losses) and problems of any loss scale weigh as much as early ones.
+        `graph_loop=True` runs the unroll's steps in a `tf.while_loop` instead of a Python
+        loop: traced once whatever its length, for unrolls of thousands of steps (slower per
+        step for short ones).
         A `problems.Family` gives a `FamilyMetaLoss`: one run per member, in turn.
         """
         args = (unroll_length, net_assignments, second_derivatives, loss_weights, seed,
-                jit_compile, recompute, samples, log_loss)
+                jit_compile, recompute, samples, log_loss, graph_loop)
         if isinstance(problem, problems.Family):
             return FamilyMetaLoss([
                 MetaLoss(self, member, *args[:4], seed + _MEMBER_SEED_STRIDE * i, *args[5:])
@@ -67,7 +70,8 @@ class MetaOptimizer:
 
     def meta_minimize(self, problem, unroll_length, learning_rate=0.01, net_assignments=None,
                       second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
-                      recompute=False, samples=1, strategy=None, log_loss=False):
+                      recompute=False, samples=1, strategy=None, log_loss=False,
+                      graph_loop=False):
         """A training run: like `meta_loss`, and `step()` also takes an Adam step on the nets.
 
         The meta-optimizer is a Keras Adam (epsilon 1e-8 as TF1's) shared by every run made
@@ -97,9 +101,10 @@ class MetaOptimizer:
                                  "strategy is not supported: train it on one device.")
             return ReplicatedMetaLoss(self, strategy, problem, unroll_length, net_assignments,
                                       second_derivatives, loss_weights, seed, jit_compile,
-                                      recompute, samples, log_loss)
+                                      recompute, samples, log_loss, graph_loop)
         return self.meta_loss(problem, unroll_length, net_assignments, second_derivatives,
-                              loss_weights, seed, jit_compile, recompute, samples, log_loss)
+                              loss_weights, seed, jit_compile, recompute, samples, log_loss,
+                              graph_loop)
 
     def save(self, path):
         """Writes one file per net, `<path>/<net_name>.npz`, loadable by `LearnedOptimizer`."""
@@ -135,7 +140,7 @@ class MetaLoss:
     """
 
     def __init__(self, meta, problem, unroll_length, net_assignments, second_derivatives,
-                 loss_weights, seed, jit_compile, recompute, samples, log_loss):
+                 loss_weights, seed, jit_compile, recompute, samples, log_loss, graph_loop):
         if int(unroll_length) != unroll_length or unroll_length < 1:
             raise ValueError(f"unroll_length must be a positive integer, got {unroll_length!r}.")
         self.meta = meta
@@ -143,6 +148,7 @@ class MetaLoss:
         self.unroll_length = int(unroll_length)
         self.second_derivatives = second_derivatives
         self.log_loss = bool(log_loss)
+        self.graph_loop = bool(graph_loop)
         weights = [1.0] * self.unroll_length if loss_weights is None else list(loss_weights)
         if len(weights) != self.unroll_length:
             raise ValueError(
@@ -275,8 +281,8 @@ class MetaLoss:
             batch = tf.nest.map_structure(lambda steps: steps[t], batches[s])
             return self.problem.loss(x_s, constants[s], batch)
 
-        losses = []  # [step][sample]
-        for t in range(self.unroll_length):
+        def step(t, x, states):
+            """Optimizee step t of every sample: `(losses [samples], x, states)`."""
             gradients, step_losses = [], []
             for s in range(self.samples):
                 x_s = self._sample(x, s)
@@ -287,12 +293,28 @@ class MetaLoss:
                 step_losses.append(step_loss)
             if not self.second_derivatives:
                 gradients = [tf.stop_gradient(g) for g in gradients]
-            losses.append(tf.stack(step_losses))
             updates, states = self._net_updates(weights, gradients, states)
-            x = [xi + ui for xi, ui in zip(x, updates)]
-        losses.append(tf.stack([loss(self._sample(x, s), s, self.unroll_length)
-                                for s in range(self.samples)]))
-        losses = tf.reduce_mean(tf.stack(losses), axis=1)  # mean over samples
+            return tf.stack(step_losses), [xi + ui for xi, ui in zip(x, updates)], states
+
+        if self.graph_loop:
+            def body(t, x, states, losses):
+                step_losses, x, states = step(t, x, states)
+                return t + 1, x, states, losses.write(t, step_losses)
+
+            losses = tf.TensorArray(tf.float32, size=self.unroll_length)
+            _, x, states, losses = tf.while_loop(
+                lambda t, *_: t < self.unroll_length, body, (tf.constant(0), x, states, losses),
+                maximum_iterations=self.unroll_length)
+            losses = losses.stack()  # [step, sample]
+        else:
+            losses = []
+            for t in range(self.unroll_length):
+                step_losses, x, states = step(t, x, states)
+                losses.append(step_losses)
+            losses = tf.stack(losses)
+        final = tf.stack([loss(self._sample(x, s), s, self.unroll_length)
+                          for s in range(self.samples)])
+        losses = tf.reduce_mean(tf.concat([losses, final[None]], 0), axis=1)  # mean over samples
         terms = tf.math.log(losses[1:]) if self.log_loss else losses[1:]
         meta_loss = tf.reduce_sum(self.loss_weights * terms)
         return meta_loss, losses, x, states
@@ -392,7 +414,7 @@ class ReplicatedMetaLoss:
 
     def __init__(self, meta, strategy, problem, unroll_length, net_assignments=None,
                  second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
-                 recompute=False, samples=1, log_loss=False):
+                 recompute=False, samples=1, log_loss=False, graph_loop=False):
         self.strategy = strategy
         devices = strategy.extended.worker_devices
         # Replica ids are global across workers; this worker's first one:
@@ -404,7 +426,8 @@ class ReplicatedMetaLoss:
                 self.runs.append(meta.meta_loss(
                     problem, unroll_length, net_assignments, second_derivatives, loss_weights,
                     seed=seed + _SAMPLE_SEED_STRIDE * samples * (self.first_replica + local),
-                    recompute=recompute, samples=samples, log_loss=log_loss))
+                    recompute=recompute, samples=samples, log_loss=log_loss,
+                    graph_loop=graph_loop))
         self.unroll_length = self.runs[0].unroll_length
         self.trained_weights = self.runs[0].trained_weights
         self.skipped_steps = self.runs[0].skipped_steps

@@ -258,3 +258,56 @@ def test_the_meta_step_compiles_with_xla_and_matches():
 
     for a, b in zip(weights_after(False), weights_after(True)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def tensorwise_net_with_outputs():
+    """A TensorwiseLSTM whose output layer is not zero (an untrained one is plain Adam)."""
+    net = networks.TensorwiseLSTM(layers=(4,))
+    weights = networks.weights_to_numpy(net.initial_weights(seed=0))
+    weights["linear"]["w"] = weights["linear"]["w"] + 0.5
+    return networks.TensorwiseLSTM(layers=(4,), initializer=weights)
+
+
+def test_a_graph_loop_unroll_gives_the_same_losses_and_meta_steps():
+    """The tf.while_loop unroll (for thousands of steps) is the Python-loop unroll."""
+    problem = problems.quadratic(batch_size=4, num_dims=3)
+
+    def run_twice(graph_loop):
+        optimizer = meta.MetaOptimizer(seed=0, tw=tensorwise_net_with_outputs())
+        run = optimizer.meta_minimize(problem, 6, learning_rate=0.01, log_loss=True, seed=2,
+                                      graph_loop=graph_loop)
+        losses = [run.step()[1].numpy() for _ in range(2)]
+        return losses, [w.numpy() for w in optimizer.trainable_weights()]
+
+    (python_losses, python_weights), (graph_losses, graph_weights) = run_twice(False), \
+        run_twice(True)
+    assert not np.allclose(python_losses[0], python_losses[1])
+    np.testing.assert_allclose(graph_losses, python_losses, rtol=1e-5)
+    for a, b in zip(graph_weights, python_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_log_loss_sums_the_logs_of_the_losses():
+    optimizer = meta.MetaOptimizer(seed=0, tw=tensorwise_net_with_outputs())
+    problem = problems.quadratic(batch_size=4, num_dims=3)
+    run = optimizer.meta_loss(problem, 5, log_loss=True, seed=1)
+    meta_loss, losses = run.unroll()
+    np.testing.assert_allclose(meta_loss.numpy(), np.log(losses.numpy()[1:]).sum(), rtol=1e-5)
+
+
+def test_a_family_trains_its_members_in_turn_with_one_meta_optimizer(mnist_data_dir):
+    family = problems.Family("two", (
+        problems.mnist(layers=(4,), batch_size=8, initializer="glorot"),
+        problems.mnist(layers=(3, 3), activation="relu", batch_size=16, initializer="glorot")))
+    optimizer = meta.MetaOptimizer(seed=0, tw=tensorwise_net_with_outputs())
+    run = optimizer.meta_minimize(family, 3, learning_rate=0.01, seed=5)
+    shapes = []
+    for _ in range(3):
+        meta.run_epoch(run, 2, train=True)
+        shapes.append([tuple(x.shape) for x in run.current.x])
+    assert shapes[0] == shapes[2] != shapes[1]  # member 0, member 1, member 0 again
+    assert int(run.member.numpy()) == 2
+    assert int(optimizer.meta_optimizer.iterations.numpy()) == 6  # one Adam for all members
+    # Each member has its own generator, seeded apart: their first batches differ.
+    assert len(run.rngs) == 2 and not np.array_equal(run.rngs[0].state.numpy(),
+                                                     run.rngs[1].state.numpy())
