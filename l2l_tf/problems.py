@@ -205,13 +205,22 @@ def _batch_indices(rng, batch_size, labels):
 
 
 def _batch_sampler(images, labels, batch_size):
-    """`rng -> (images, labels)`: a fresh minibatch drawn with replacement, as in the original."""
+    """`rng -> (images, labels)`: a fresh minibatch drawn with replacement, as in the original.
+
+    The images stay uint8 (the losses scale them to [0, 1] with `_pixels`): an unroll draws
+    all its batches up front, and 2000 steps of float32 batches would take 4x the memory.
+    """
 
     def sample_batch(rng):
         indices = _batch_indices(rng, batch_size, labels)
-        return tf.cast(tf.gather(images, indices), tf.float32) / 255.0, tf.gather(labels, indices)
+        return tf.gather(images, indices), tf.gather(labels, indices)
 
     return sample_batch
+
+
+def _pixels(images):
+    """uint8 images as float32 in [0, 1]."""
+    return tf.cast(images, tf.float32) / 255.0
 
 
 def _data_variables(images, labels):
@@ -316,7 +325,8 @@ def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data
 
     def loss(params, constants, batch):
         batch_images, batch_labels, *masks = batch
-        return _cross_entropy(_mlp_logits(params, batch_images, act, masks), batch_labels)
+        return _cross_entropy(_mlp_logits(params, _pixels(batch_images), act, masks),
+                              batch_labels)
 
     def logits(params, batch_images):
         return _mlp_logits(params, tf.reshape(batch_images, [-1, 784]), act)
@@ -342,6 +352,7 @@ def mnist_cnn(channels=(8, 16), batch_size=128, mode="train", data_dir=None):
 
     def loss(params, constants, batch):
         x, y = batch
+        x = _pixels(x)
         for i in range(len(channels)):
             x = tf.nn.relu(tf.nn.conv2d(x, params[2 * i], 1, "VALID") + params[2 * i + 1])
             x = tf.nn.max_pool2d(x, 2, 2, "VALID")
@@ -388,6 +399,7 @@ def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_norm=True, ba
 
     def loss(params, constants, batch):
         x, y = batch
+        x = _pixels(x)
         for i in range(num_conv):
             x = tf.nn.conv2d(x, params[2 * i], strides=1, padding="SAME")
             x = (_batch_norm(x, [0, 1, 2]) if batch_norm else x) + params[2 * i + 1]
