@@ -304,6 +304,7 @@ class TensorwiseLSTM(LSTMNet):
         "gradient power trend",  # log(mean g^2 / mean v), clipped to [-5, 5], / 5
         "training progress",  # log(1 + t) / 10
         "is a vector or scalar",  # 1 for biases and scales, -1 for kernels
+        "fan-in",  # log(inputs per output unit) / 5: all but the last axis of a kernel, else 1
     )
     OUTPUTS = ("log step-size factor", "gradient weight")
 
@@ -356,6 +357,7 @@ class TensorwiseLSTM(LSTMNet):
             tf.clip_by_value(trend, -5.0, 5.0) / 5.0,
             tf.math.log1p(t[0]) / 10.0,
             tf.constant(1.0 if gradient.shape.rank < 2 else -1.0),
+            tf.constant(math.log(_fan_in(gradient.shape)) / 5.0),
         ]
         return tf.reshape(tf.stack([tf.reshape(value, []) for value in values]), [1, -1]), \
             adam_step, normalised
@@ -382,6 +384,12 @@ class TensorwiseLSTM(LSTMNet):
             "epsilon": self.epsilon,
             "max_factor": self.max_factor,
         }
+
+
+def _fan_in(shape):
+    """Inputs per output unit of a kernel (all axes but the last: a conv kernel's receptive
+    field times its input channels); 1 for vectors and scalars. A static shape is needed."""
+    return num_elements(shape[:-1]) if len(shape) >= 2 else 1
 
 
 class Sgd(Net):

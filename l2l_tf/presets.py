@@ -119,6 +119,7 @@ MNIST_KERAS_MEMBERS = (
     ("mnist", {"layers": (48, 48), "activation": "tanh", "batch_size": 256}),
     ("mnist", {"layers": (100,), "activation": "relu", "batch_size": 32, "dropout": 0.3}),
     ("mnist", {"layers": (24, 24, 24), "activation": "relu"}),
+    ("mnist", {"layers": (200,), "activation": "tanh", "batch_size": 256}),
     ("mnist", {"layers": (20,), "activation": "sigmoid", "initializer": "normal"}),
     ("mnist", {"layers": (20,), "activation": "relu", "initializer": "normal"}),
 )

@@ -349,5 +349,12 @@ def test_tensorwise_lstm_features_are_tensor_statistics():
     np.testing.assert_allclose(features[0], 1.0, rtol=1e-3)  # |m_hat| / sqrt(v_hat) = 1
     np.testing.assert_allclose(features[4], np.log(2.0) / 10, rtol=1e-6)  # log(1 + t) / 10
     assert features[5] == -1.0  # a kernel; a vector would be +1
+    np.testing.assert_allclose(features[6], np.log(2) / 5, rtol=1e-6)  # 2 inputs per unit
+    conv = tf.ones([3, 3, 4, 8])
+    conv_features, _, _ = net.features(conv, conv, conv, tf.constant([1.0]))
+    np.testing.assert_allclose(conv_features.numpy()[0][6], np.log(3 * 3 * 4) / 5, rtol=1e-6)
+    bias = tf.ones([8])
+    bias_features, _, _ = net.features(bias, bias, bias, tf.constant([1.0]))
+    assert bias_features.numpy()[0][5] == 1.0 and bias_features.numpy()[0][6] == 0.0
     flipped, _, _ = net.features(g, -0.1 * g, 0.001 * tf.square(g), tf.constant([1.0]))
     np.testing.assert_allclose(flipped.numpy()[0][2], -1.0, rtol=1e-6)
