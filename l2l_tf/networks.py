@@ -292,6 +292,11 @@ class TensorwiseLSTM(LSTMNet):
     epsilon)`: a nominal hand-designed step with a bounded learned correction, which stays
     stable on models unlike the ones it was trained on (Harrison et al. 2022).
 
+    `decay_steps`, if set, makes the nominal step decay as `sqrt(decay_steps / t)` after
+    `decay_steps` steps, and caps the training-progress feature there: the LSTM is
+    meta-trained on runs of about that length, and what it learned stops changing with time
+    beyond them, where the hand-designed decay takes over (BUILD_NOTES.md).
+
     Not elementwise: a tensor's features are means over all its coordinates, so stepping a
     concatenation of tensors is not stepping each. State per tensor: `(m, v, t, h_0, c_0,
     ...)`, m and v of the tensor's shape, the step count t and the LSTM's h, c as `[1, n]`.
@@ -302,14 +307,14 @@ class TensorwiseLSTM(LSTMNet):
         "mean |normalised gradient|",  # mean |g| / (sqrt(v_hat) + eps)
         "cos(gradient, momentum)",  # < 0 when the step oscillates
         "gradient power trend",  # log(mean g^2 / mean v), clipped to [-5, 5], / 5
-        "training progress",  # log(1 + t) / 10
+        "training progress",  # log(1 + t) / 10, t capped at decay_steps
         "is a vector or scalar",  # 1 for biases and scales, -1 for kernels
         "fan-in",  # log(inputs per output unit) / 5: all but the last axis of a kernel, else 1
     )
     OUTPUTS = ("log step-size factor", "gradient weight")
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
-                 max_factor=30.0, initializer=None):
+                 max_factor=30.0, decay_steps=None, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -318,6 +323,9 @@ class TensorwiseLSTM(LSTMNet):
         self.max_factor = float(max_factor)
         if not self.max_factor >= 1.0:
             raise ValueError(f"max_factor must be at least 1, got {max_factor!r}.")
+        self.decay_steps = None if decay_steps is None else float(decay_steps)
+        if self.decay_steps is not None and not self.decay_steps >= 1:
+            raise ValueError(f"decay_steps must be at least 1 (or None), got {decay_steps!r}.")
         self._check_initializer()
 
     def weight_shapes(self):
@@ -355,7 +363,8 @@ class TensorwiseLSTM(LSTMNet):
             tf.reduce_mean(tf.abs(normalised)),
             cosine,
             tf.clip_by_value(trend, -5.0, 5.0) / 5.0,
-            tf.math.log1p(t[0]) / 10.0,
+            tf.math.log1p(t[0] if self.decay_steps is None
+                          else tf.minimum(t[0], self.decay_steps)) / 10.0,
             tf.constant(1.0 if gradient.shape.rank < 2 else -1.0),
             tf.constant(math.log(_fan_in(gradient.shape)) / 5.0),
         ]
@@ -372,6 +381,8 @@ class TensorwiseLSTM(LSTMNet):
         outputs = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
         log_factor, gradient_weight = tf.unstack(tf.tanh(outputs[0]))
         step_size = self.learning_rate * tf.exp(math.log(self.max_factor) * log_factor)
+        if self.decay_steps is not None:
+            step_size *= tf.sqrt(self.decay_steps / tf.maximum(t[0], self.decay_steps))
         update = -step_size * (adam_step + gradient_weight * normalised)
         return update, (m, v, t, *lstm_state)
 
@@ -383,6 +394,7 @@ class TensorwiseLSTM(LSTMNet):
             "beta2": self.beta2,
             "epsilon": self.epsilon,
             "max_factor": self.max_factor,
+            "decay_steps": self.decay_steps,
         }
 
 
@@ -563,6 +575,8 @@ def factory(net, net_options=None, net_path=None):
     saved = None
     if net_path is not None:
         saved_net, saved_options, net_options["initializer"] = load_weights(net_path)
+        if saved_net in NETS:  # options added since the file was written take their defaults
+            saved_options = NETS[saved_net](**saved_options).get_config()
         saved = (saved_net, json.loads(json.dumps(saved_options)))
     try:
         built = NETS[net](**net_options)

@@ -119,7 +119,7 @@ MNIST_KERAS_MEMBERS = (
     ("mnist", {"layers": (48, 48), "activation": "tanh", "batch_size": 256}),
     ("mnist", {"layers": (100,), "activation": "relu", "batch_size": 32, "dropout": 0.3}),
     ("mnist", {"layers": (24, 24, 24), "activation": "relu"}),
-    ("mnist", {"layers": (200,), "activation": "tanh", "batch_size": 256}),
+    ("mnist", {"layers": (200,), "activation": "tanh", "batch_size": 96}),
     ("mnist", {"layers": (20,), "activation": "sigmoid", "initializer": "normal"}),
     ("mnist", {"layers": (20,), "activation": "relu", "initializer": "normal"}),
 )
@@ -170,7 +170,8 @@ def get_config(problem_name, path=None, preset="original", mode=None, data_dir=N
                                      for member in _MNIST_ENSEMBLES[problem_name]])
         return problem, {"cw": _net_spec("cw", path, default)}, None
     if problem_name == "mnist-keras":
-        net = _net_spec(TENSORWISE_NET_NAME, path, {}, net="TensorwiseLSTM")
+        # The runs are 2000 steps long: beyond, the nominal step decays (TensorwiseLSTM).
+        net = _net_spec(TENSORWISE_NET_NAME, path, {"decay_steps": 2000}, net="TensorwiseLSTM")
         return mnist_keras_family(mode, data_dir), {TENSORWISE_NET_NAME: net}, None
     if problem_name == "cifar":
         problem = problems.cifar10(mode=mode, data_dir=data_dir)
