@@ -292,7 +292,7 @@ class TensorwiseLSTM(LSTMNet):
     epsilon)`: a nominal hand-designed step with a bounded learned correction, which stays
     stable on models unlike the ones it was trained on (Harrison et al. 2022).
 
-    `decay_steps`, if set, makes the nominal step decay as `sqrt(decay_steps / t)` after
+    `decay_steps`, if set, makes the nominal step decay as `decay_steps / t` after
     `decay_steps` steps, and caps the training-progress feature there: the LSTM is
     meta-trained on runs of about that length, and what it learned stops changing with time
     beyond them, where the hand-designed decay takes over (BUILD_NOTES.md).
@@ -382,7 +382,7 @@ class TensorwiseLSTM(LSTMNet):
         log_factor, gradient_weight = tf.unstack(tf.tanh(outputs[0]))
         step_size = self.learning_rate * tf.exp(math.log(self.max_factor) * log_factor)
         if self.decay_steps is not None:
-            step_size *= tf.sqrt(self.decay_steps / tf.maximum(t[0], self.decay_steps))
+            step_size *= self.decay_steps / tf.maximum(t[0], self.decay_steps)
         update = -step_size * (adam_step + gradient_weight * normalised)
         return update, (m, v, t, *lstm_state)
 
