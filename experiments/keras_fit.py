@@ -262,6 +262,20 @@ def report(results, optimizers, seeds, report_epochs):
         means = [np.mean([runs[s][e - 1]["test_loss"] for s in seeds]) for e in epochs]
         lines.append(f"| {model_name} | {label(optimizer)} | "
                      + " | ".join(f"{m:.4f}" for m in means) + " |")
+    lines += ["", "Stability: the last epoch's test loss over the run's best epoch's, minus 1 "
+              "(mean over seeds; worst seed), and runs with a non-finite loss:", "",
+              "| model | " + " | ".join(label(o) for o in optimizers) + " |",
+              "| --- | " + " | ".join("---" for _ in optimizers) + " |"]
+    for model_name in models:
+        cells = []
+        for optimizer in optimizers:
+            runs = results[(model_name, optimizer)]
+            losses = [np.array([r["test_loss"] for r in runs[s]]) for s in seeds]
+            rises = [curve[-1] / np.min(curve) - 1 for curve in losses]
+            failed = sum(not np.all(np.isfinite(curve)) for curve in losses)
+            cells.append(f"{100 * np.mean(rises):+.1f}% ({100 * np.max(rises):+.1f}%)"
+                         + (f", {failed} non-finite" if failed else ""))
+        lines.append(f"| {model_name} | " + " | ".join(cells) + " |")
     lines += ["", "Wall time of one epoch's `fit`, seconds (median over seeds and epochs; the "
               "first epoch, which compiles, left out when there are more):", "",
               "| model | " + " | ".join(label(o) for o in optimizers) + " |",

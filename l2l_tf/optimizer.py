@@ -24,10 +24,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     Args:
         nets: dict from net name to a `networks.Net` or to a spec
             `{"net": class name, "net_options": {...}, "net_path": file}` (the original's
-            `MetaOptimizer(**nets)` form). Defaults to the shipped "mnist-wide" optimizer (a
-            2 x 20 coordinatewise LSTM meta-trained on the MNIST MLP, with LogAndSign k = 20,
-            see `l2l_tf/pretrained/mnist-wide/PROVENANCE.md`). An untrained net is an
-            explicit choice: `nets=presets.default_nets()`.
+            `MetaOptimizer(**nets)` form). Defaults to the shipped "mnist-keras" optimizer
+            (a `TensorwiseLSTM`: Keras's Adam on every coordinate, with each tensor's step
+            size set by a 16-unit LSTM, meta-trained on 2000-step runs of nine MNIST MLPs as
+            Keras builds them; `l2l_tf/pretrained/mnist-keras/PROVENANCE.md`). The paper's
+            coordinatewise LSTM is `from_pretrained("mnist")` or `"mnist-wide"`. An untrained
+            net is an explicit choice: `nets=presets.default_nets()`.
         net_assignments: with several nets, a list of `(net_name, [regex, ...])`; a model
             variable goes to the first net with a pattern found (`re.search`) in its `path`.
             With one net it may be omitted: that net updates every variable.
@@ -90,8 +92,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         """Loads a shipped optimizer by name or saved nets by path.
 
         Shipped (`presets.pretrained_names()`, each with a PROVENANCE.md in
-        `l2l_tf/pretrained/`): "mnist-wide" (the default), "mnist" (the paper's constants),
-        "mnist-family" (for ReLU networks too) and "quadratic".
+        `l2l_tf/pretrained/`): "mnist-keras" (the default, for `model.fit` over epochs),
+        "mnist" (the paper's optimizer and constants), "mnist-wide" (the paper's, with a wider
+        gradient preprocessing), "mnist-family" (the paper's, for ReLU networks too) and
+        "quadratic".
 
         A path is one net file (the net is named after the file) or a directory of
         `<net_name>.npz` files, as `train.py` and `MetaOptimizer.save` write; several nets need

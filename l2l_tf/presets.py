@@ -25,7 +25,7 @@ DEFAULT_NET_NAME = "coordinatewise"
 # Meta-trained optimizers shipped with the package: one directory of nets per name, with a
 # PROVENANCE.md giving the command, seed and epochs that made it.
 PRETRAINED_DIR = os.path.join(os.path.dirname(__file__), "pretrained")
-DEFAULT_PRETRAINED = "mnist-wide"  # what LearnedOptimizer() uses
+DEFAULT_PRETRAINED = "mnist-keras"  # what LearnedOptimizer() uses
 
 
 def pretrained_names():
