@@ -262,32 +262,35 @@ def report(results, optimizers, seeds, report_epochs):
         means = [np.mean([runs[s][e - 1]["test_loss"] for s in seeds]) for e in epochs]
         lines.append(f"| {model_name} | {label(optimizer)} | "
                      + " | ".join(f"{m:.4f}" for m in means) + " |")
-    lines += ["", "Stability: the last epoch's test loss over the run's best epoch's, minus 1 "
-              "(mean over seeds; worst seed), and runs with a non-finite loss:", "",
-              "| model | " + " | ".join(label(o) for o in optimizers) + " |",
-              "| --- | " + " | ".join("---" for _ in optimizers) + " |"]
-    for model_name in models:
-        cells = []
-        for optimizer in optimizers:
-            runs = results[(model_name, optimizer)]
-            losses = [np.array([r["test_loss"] for r in runs[s]]) for s in seeds]
-            rises = [curve[-1] / np.min(curve) - 1 for curve in losses]
-            failed = sum(not np.all(np.isfinite(curve)) for curve in losses)
-            cells.append(f"{100 * np.mean(rises):+.1f}% ({100 * np.max(rises):+.1f}%)"
-                         + (f", {failed} non-finite" if failed else ""))
-        lines.append(f"| {model_name} | " + " | ".join(cells) + " |")
-    lines += ["", "Wall time of one epoch's `fit`, seconds (median over seeds and epochs; the "
-              "first epoch, which compiles, left out when there are more):", "",
-              "| model | " + " | ".join(label(o) for o in optimizers) + " |",
-              "| --- | " + " | ".join("---" for _ in optimizers) + " |"]
-    for model_name in models:
-        cells = []
-        for optimizer in optimizers:
-            runs = results[(model_name, optimizer)]
-            seconds = [r["seconds"] for s in seeds for r in runs[s][1 if FLAGS.epochs > 1 else 0:]]
-            cells.append(f"{np.median(seconds):.2f}")
-        lines.append(f"| {model_name} | " + " | ".join(cells) + " |")
+    lines += optimizer_table(
+        "Stability: the last epoch's test loss over the run's best epoch's, minus 1 (mean over "
+        "seeds; worst seed), and runs with a non-finite loss:", results, models, optimizers,
+        lambda runs: stability(runs, seeds))
+    first = 1 if FLAGS.epochs > 1 else 0
+    lines += optimizer_table(
+        "Wall time of one epoch's `fit`, seconds (median over seeds and epochs; the first "
+        "epoch, which compiles, left out when there are more):", results, models, optimizers,
+        lambda runs: f"{np.median([r['seconds'] for s in seeds for r in runs[s][first:]]):.2f}")
     return "\n".join(lines) + "\n"
+
+
+def optimizer_table(title, results, models, optimizers, cell):
+    """Markdown lines: a table of `cell(runs by seed)` per model (rows) and optimizer."""
+    lines = ["", title, "", "| model | " + " | ".join(label(o) for o in optimizers) + " |",
+             "| --- | " + " | ".join("---" for _ in optimizers) + " |"]
+    for model_name in models:
+        lines.append(f"| {model_name} | " + " | ".join(
+            cell(results[(model_name, optimizer)]) for optimizer in optimizers) + " |")
+    return lines
+
+
+def stability(runs, seeds):
+    """How far each run's last test loss ends above its best epoch's: mean (worst seed)."""
+    curves = [np.array([r["test_loss"] for r in runs[s]]) for s in seeds]
+    rises = [curve[-1] / np.min(curve) - 1 for curve in curves]
+    failed = sum(not np.all(np.isfinite(curve)) for curve in curves)
+    return (f"{100 * np.mean(rises):+.1f}% ({100 * np.max(rises):+.1f}%)"
+            + (f", {failed} non-finite" if failed else ""))
 
 
 def csv_text(results, seeds):

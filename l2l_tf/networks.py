@@ -348,7 +348,8 @@ class TensorwiseLSTM(LSTMNet):
         return (tuple(param_shape), tuple(param_shape), (1,)) + lstm
 
     def features(self, gradient, m, v, t):
-        """`[1, len(FEATURES)]` for one tensor; `t` is the step count, 1 at the first step."""
+        """`[1, len(FEATURES)]` for one tensor; `t` is the step count (a scalar, so that a
+        scalar variable's step stays a scalar), 1 at the first step."""
         bias_correction = tf.sqrt(1.0 - tf.pow(self.beta2, t)) / (1.0 - tf.pow(self.beta1, t))
         denominator = tf.sqrt(v) + self.epsilon
         adam_step = bias_correction * m / denominator
@@ -363,8 +364,8 @@ class TensorwiseLSTM(LSTMNet):
             tf.reduce_mean(tf.abs(normalised)),
             cosine,
             tf.clip_by_value(trend, -5.0, 5.0) / 5.0,
-            tf.math.log1p(t[0] if self.decay_steps is None
-                          else tf.minimum(t[0], self.decay_steps)) / 10.0,
+            tf.math.log1p(t if self.decay_steps is None
+                          else tf.minimum(t, self.decay_steps)) / 10.0,
             tf.constant(1.0 if gradient.shape.rank < 2 else -1.0),
             tf.constant(math.log(_fan_in(gradient.shape)) / 5.0),
         ]
@@ -376,7 +377,7 @@ class TensorwiseLSTM(LSTMNet):
         t = t + 1.0
         m = self.beta1 * m + (1.0 - self.beta1) * gradient
         v = self.beta2 * v + (1.0 - self.beta2) * tf.square(gradient)
-        features, adam_step, normalised = self.features(gradient, m, v, t)
+        features, adam_step, normalised = self.features(gradient, m, v, t[0])
         hidden, lstm_state = deep_lstm(weights, features, lstm_state, self.layers)
         outputs = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
         log_factor, gradient_weight = tf.unstack(tf.tanh(outputs[0]))

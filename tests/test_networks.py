@@ -342,7 +342,7 @@ def test_tensorwise_lstm_ignores_the_scale_of_the_loss_and_bounds_its_step():
 def test_tensorwise_lstm_features_are_tensor_statistics():
     net = networks.TensorwiseLSTM()
     g = tf.constant([[1.0, -2.0], [3.0, 0.5]])
-    features, _, _ = net.features(g, 0.1 * g, 0.001 * tf.square(g), tf.constant([1.0]))
+    features, _, _ = net.features(g, 0.1 * g, 0.001 * tf.square(g), tf.constant(1.0))
     features = features.numpy()[0]
     assert features.shape == (len(net.FEATURES),)
     np.testing.assert_allclose(features[2], 1.0, rtol=1e-6)  # momentum along the gradient
@@ -351,10 +351,10 @@ def test_tensorwise_lstm_features_are_tensor_statistics():
     assert features[5] == -1.0  # a kernel; a vector would be +1
     np.testing.assert_allclose(features[6], np.log(2) / 5, rtol=1e-6)  # 2 inputs per unit
     conv = tf.ones([3, 3, 4, 8])
-    conv_features, _, _ = net.features(conv, conv, conv, tf.constant([1.0]))
+    conv_features, _, _ = net.features(conv, conv, conv, tf.constant(1.0))
     np.testing.assert_allclose(conv_features.numpy()[0][6], np.log(3 * 3 * 4) / 5, rtol=1e-6)
     bias = tf.ones([8])
-    bias_features, _, _ = net.features(bias, bias, bias, tf.constant([1.0]))
+    bias_features, _, _ = net.features(bias, bias, bias, tf.constant(1.0))
     assert bias_features.numpy()[0][5] == 1.0 and bias_features.numpy()[0][6] == 0.0
-    flipped, _, _ = net.features(g, -0.1 * g, 0.001 * tf.square(g), tf.constant([1.0]))
+    flipped, _, _ = net.features(g, -0.1 * g, 0.001 * tf.square(g), tf.constant(1.0))
     np.testing.assert_allclose(flipped.numpy()[0][2], -1.0, rtol=1e-6)

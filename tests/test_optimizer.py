@@ -304,7 +304,8 @@ def test_low_precision_variables_and_policies(policy):
     assert all(np.all(np.isfinite(v.numpy().astype(np.float32))) for v in model.trainable_variables)
 
 
-def test_scalar_variable_embedding_sparse_gradients_and_variables_without_gradient():
+@pytest.mark.parametrize("name", ["mnist-wide", "mnist-keras"])
+def test_scalar_variable_embedding_sparse_gradients_and_variables_without_gradient(name):
     keras.utils.set_random_seed(0)
     tokens = keras.Input((3,), dtype="int32")
     embedded = keras.layers.Embedding(10, 4)(tokens)
@@ -314,7 +315,7 @@ def test_scalar_variable_embedding_sparse_gradients_and_variables_without_gradie
     unused.build((None, 2))
     scalar = keras.Variable(1.5, name="scalar")
     variables = model.trainable_variables + unused.trainable_variables + [scalar]
-    opt = l2l_tf.LearnedOptimizer(seed=0)
+    opt = l2l_tf.LearnedOptimizer.from_pretrained(name)
     x = np.array([[1, 2, 2], [3, 1, 1]], np.int32)
     with tf.GradientTape() as tape:
         loss = LOSS(np.array([0, 1]), model(x)) + tf.square(scalar.value)
@@ -330,8 +331,12 @@ def test_scalar_variable_embedding_sparse_gradients_and_variables_without_gradie
     assert not np.array_equal(before[-1], variables[-1].numpy())
     np.testing.assert_array_equal(before[3], variables[3].numpy())
     assert np.all(opt.states[3][0].numpy() == 0) and np.any(opt.states[0][0].numpy() != 0)
-    assert opt.states[0][0].shape == (40, 20)
-    assert opt.states[-1][0].shape == (1, 20)
+    if name == "mnist-wide":  # coordinatewise: (h, c) per layer, a row per coordinate
+        assert opt.states[0][0].shape == (40, 20)
+        assert opt.states[-1][0].shape == (1, 20)
+    else:  # tensorwise: Adam's m and v of the variable's shape first
+        assert opt.states[0][0].shape == (10, 4)
+        assert opt.states[-1][0].shape == ()
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -376,7 +381,17 @@ def test_huge_gradients_and_overflowing_updates_are_finite_or_skipped():
     opt.apply_gradients([(tf.constant([-1e4, 1.0, 2.0], tf.float16), variable)])
     # 60000 + 1e4 overflows float16: the step is skipped rather than writing Inf.
     np.testing.assert_array_equal(variable.numpy(), [60000.0] * 3)
-    lstm = l2l_tf.LearnedOptimizer(seed=0)
+    huge = tf.constant([1e30, -1e30, 3e38, 1e-30])
+    # The paper's LSTM sees log|g| (LogAndSign), so it still moves.
+    lstm = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
     v32 = keras.Variable(np.zeros(4, np.float32))
-    lstm.apply_gradients([(tf.constant([1e30, -1e30, 3e38, 1e-30]), v32)])
+    lstm.apply_gradients([(huge, v32)])
     assert np.all(np.isfinite(v32.numpy())) and np.any(v32.numpy() != 0)
+    # The default keeps Adam's second moment, g^2 = Inf here: its step is skipped, state and all.
+    default = l2l_tf.LearnedOptimizer()
+    v32 = keras.Variable(np.ones(4, np.float32))
+    default.apply_gradients([(huge, v32)])
+    np.testing.assert_array_equal(v32.numpy(), np.ones(4))
+    assert all(np.all(s.numpy() == 0) for s in default.states[0])
+    default.apply_gradients([(tf.constant([1.0, -1.0, 2.0, 0.5]), v32)])
+    assert np.all(np.isfinite(v32.numpy())) and np.all(v32.numpy() != 1.0)
