@@ -350,15 +350,15 @@ class TensorwiseLSTM(LSTMNet):
     def features(self, gradient, m, v, t):
         """`[1, len(FEATURES)]` for one tensor; `t` is the step count (a scalar, so that a
         scalar variable's step stays a scalar), 1 at the first step."""
-        bias_correction = tf.sqrt(1.0 - tf.pow(self.beta2, t)) / (1.0 - tf.pow(self.beta1, t))
+        v_correction = 1.0 - tf.pow(self.beta2, t)  # v_hat = v / v_correction
         denominator = tf.sqrt(v) + self.epsilon
-        adam_step = bias_correction * m / denominator
-        normalised = tf.sqrt(1.0 - tf.pow(self.beta2, t)) * gradient / denominator
+        adam_step = tf.sqrt(v_correction) / (1.0 - tf.pow(self.beta1, t)) * m / denominator
+        normalised = tf.sqrt(v_correction) * gradient / denominator
         tiny = 1e-30
         cosine = tf.reduce_sum(gradient * m) / tf.sqrt(
             tf.reduce_sum(tf.square(gradient)) * tf.reduce_sum(tf.square(m)) + tiny)
         trend = tf.math.log((tf.reduce_mean(tf.square(gradient)) + tiny)
-                            * (1.0 - tf.pow(self.beta2, t)) / (tf.reduce_mean(v) + tiny))
+                            * v_correction / (tf.reduce_mean(v) + tiny))
         values = [
             tf.reduce_mean(tf.abs(adam_step)),
             tf.reduce_mean(tf.abs(normalised)),

@@ -79,14 +79,17 @@ def mnist_arrays(split, count):
     return images.reshape(count, 784).astype("float32") / 255.0, labels
 
 
-def fit_losses(optimizer, seed, x, y, x_test, y_test, activation="sigmoid", hidden=(20,)):
+def fit_losses(optimizer, seed, x, y, x_test, y_test, activation="sigmoid", hidden=(20,),
+               paper_init=True):
+    """Test loss after one epoch of `model.fit` of an MLP, from the paper's N(0, 0.01^2)
+    initialisation or (`paper_init=False`) from Keras's defaults."""
     keras.utils.set_random_seed(seed)
     small = keras.initializers.RandomNormal(stddev=0.01, seed=seed)
+    init = ({"kernel_initializer": small, "bias_initializer": small} if paper_init else {})
     model = keras.Sequential([
         keras.Input((784,)),
-        *[keras.layers.Dense(units, activation=activation, kernel_initializer=small,
-                             bias_initializer=small) for units in hidden],
-        keras.layers.Dense(10, kernel_initializer=small, bias_initializer=small),
+        *[keras.layers.Dense(units, activation=activation, **init) for units in hidden],
+        keras.layers.Dense(10, **init),
     ])
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -162,17 +165,11 @@ def test_default_optimizer_beats_adam_through_model_fit_from_keras_initialisatio
     """The headline use: `LearnedOptimizer()` as is, a ReLU MLP as Keras builds it."""
     x, y = mnist_arrays("train", 128 * 300)  # 300 steps of batch 128
     x_test, y_test = mnist_arrays("test", 2000)
-
-    def test_loss(optimizer, seed):
-        keras.utils.set_random_seed(seed)
-        model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(64, activation="relu"),
-                                  keras.layers.Dense(10)])
-        model.compile(optimizer=optimizer,
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(x, y, batch_size=128, epochs=1, shuffle=False, verbose=0)
-        return model.evaluate(x_test, y_test, verbose=0)
-
-    learned = [test_loss(l2l_tf.LearnedOptimizer(), seed) for seed in (0, 1, 2)]
-    adam = [test_loss(keras.optimizers.Adam(), seed) for seed in (0, 1, 2)]
+    learned, adam = [], []
+    for seed in (0, 1, 2):
+        for losses, optimizer in ((learned, l2l_tf.LearnedOptimizer()),
+                                  (adam, keras.optimizers.Adam())):
+            losses.append(fit_losses(optimizer, seed, x, y, x_test, y_test, activation="relu",
+                                     hidden=(64,), paper_init=False))
     # Measured (seeds 0-2): default 0.170, 0.166, 0.174; Adam() 0.275, 0.260, 0.266.
     assert np.mean(learned) < np.mean(adam), (learned, adam)
