@@ -60,6 +60,11 @@ flags.DEFINE_boolean("log_loss", False, "Meta-loss: the sum of log losses instea
                      "of losses (for long horizons and problems of different loss scales).")
 flags.DEFINE_boolean("graph_loop", False, "Run each unroll's steps in a tf.while_loop: traced "
                      "once whatever --unroll_length, for unrolls of thousands of steps.")
+flags.DEFINE_enum("meta_objective", "train", ["train", "validation"],
+                  "What the meta-loss sums: the optimizee's training minibatch losses (the "
+                  "paper's) or its losses on minibatches of held-out examples, the train "
+                  "split's last 10,000 images, which it then does not train on (mnist, "
+                  "mnist-keras, mnist-keras-overfit).")
 flags.DEFINE_boolean("deterministic", False,
                      "Turn on TensorFlow's op determinism: the same seed gives the same bits.")
 FLAGS = flags.FLAGS
@@ -136,7 +141,7 @@ def make_strategy():
 def run_flags():
     """The flags that must match when a run is resumed."""
     names = ["problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
-             "seed", "preset", "samples", "strategy", "init_path", "log_loss"]
+             "seed", "preset", "samples", "strategy", "init_path", "log_loss", "meta_objective"]
     return {name: FLAGS[name].value for name in names}
 
 
@@ -168,8 +173,10 @@ def main(argv):
         check_resumed_flags(save_path)
     strategy = make_strategy()
     with cli.configuration_errors():
+        validation_size = presets.VALIDATION_SIZE if FLAGS.meta_objective == "validation" else 0
         problem, net_config, net_assignments = presets.get_config(
-            FLAGS.problem, path=FLAGS.init_path, preset=FLAGS.preset, mode="train")
+            FLAGS.problem, path=FLAGS.init_path, preset=FLAGS.preset, mode="train",
+            validation_size=validation_size)
         with (strategy or tf.distribute.get_strategy()).scope():  # mirrored nets
             optimizer = meta.MetaOptimizer(seed=FLAGS.seed, **net_config)
         training = optimizer.meta_minimize(
@@ -177,12 +184,13 @@ def main(argv):
             net_assignments=net_assignments, second_derivatives=FLAGS.second_derivatives,
             seed=FLAGS.seed, jit_compile=FLAGS.jit_compile, recompute=FLAGS.recompute,
             samples=FLAGS.samples, strategy=strategy, log_loss=FLAGS.log_loss,
-            graph_loop=FLAGS.graph_loop,
+            graph_loop=FLAGS.graph_loop, meta_objective=FLAGS.meta_objective,
         )
         evaluation = optimizer.meta_loss(problem, FLAGS.unroll_length,
                                          net_assignments=net_assignments, seed=FLAGS.seed + 1,
                                          jit_compile=FLAGS.jit_compile,
-                                         graph_loop=FLAGS.graph_loop)
+                                         graph_loop=FLAGS.graph_loop,
+                                         meta_objective=FLAGS.meta_objective)
     members = len(problem.members) if isinstance(problem, problems.Family) else 1
     if FLAGS.evaluation_epochs % members:
         raise cli.UsageError(

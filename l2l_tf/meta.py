@@ -9,7 +9,10 @@ net states carry over with the gradient cut (truncated backpropagation through t
 
 Meta-loss (eq. 3): L(phi) = sum_{t=1..T} w_t f(theta_t), with w_t = 1 by default. The original
 also summed the t = 0 term f(theta_0), which has no gradient; it is left out here, so the
-meta-gradient is the same and the reported meta-loss is the paper's.
+meta-gradient is the same and the reported meta-loss is the paper's. Beyond the paper,
+`meta_objective="validation"` puts in place of f(theta_t) the loss of theta_t on a minibatch
+of held-out examples (Metz et al. 2019): an optimizer that trains fast but overfits scores
+worse.
 """
 
 import os
@@ -46,7 +49,7 @@ class MetaOptimizer:
 
     def meta_loss(self, problem, unroll_length, net_assignments=None, second_derivatives=False,
                   loss_weights=None, seed=0, jit_compile=False, recompute=False, samples=1,
-                  log_loss=False, graph_loop=False):
+                  log_loss=False, graph_loop=False, meta_objective="train"):
         """An evaluation run of `problem`: `reset()`, then `unroll()` repeatedly.
 
         `recompute=True` bounds meta-training memory: each step's net activations are
@@ -57,11 +60,14 @@ class MetaOptimizer:
         late steps (small losses) and problems of any loss scale weigh as much as early ones.
         `graph_loop=True` runs the unroll's steps in a `tf.while_loop` instead of a Python
         loop: traced once whatever its length, for unrolls of thousands of steps (slower per
-        step for short ones).
+        step for short ones). `meta_objective="validation"` makes f(theta_t) in the meta-loss
+        (and in the returned losses) the loss on the step's minibatch of the problem's
+        `validation_batch`, examples the optimizee does not train on, instead of the loss
+        on its training minibatch ("train", the paper's).
         A `problems.Family` gives a `FamilyMetaLoss`: one run per member, in turn.
         """
         args = (unroll_length, net_assignments, second_derivatives, loss_weights, seed,
-                jit_compile, recompute, samples, log_loss, graph_loop)
+                jit_compile, recompute, samples, log_loss, graph_loop, meta_objective)
         if isinstance(problem, problems.Family):
             return FamilyMetaLoss([
                 MetaLoss(self, member, *args[:4], seed + _MEMBER_SEED_STRIDE * i, *args[5:])
@@ -71,7 +77,7 @@ class MetaOptimizer:
     def meta_minimize(self, problem, unroll_length, learning_rate=0.01, net_assignments=None,
                       second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
                       recompute=False, samples=1, strategy=None, log_loss=False,
-                      graph_loop=False):
+                      graph_loop=False, meta_objective="train"):
         """A training run: like `meta_loss`, and `step()` also takes an Adam step on the nets.
 
         The meta-optimizer is a Keras Adam (epsilon 1e-8 as TF1's) shared by every run made
@@ -101,10 +107,10 @@ class MetaOptimizer:
                                  "strategy is not supported: train it on one device.")
             return ReplicatedMetaLoss(self, strategy, problem, unroll_length, net_assignments,
                                       second_derivatives, loss_weights, seed, jit_compile,
-                                      recompute, samples, log_loss, graph_loop)
+                                      recompute, samples, log_loss, graph_loop, meta_objective)
         return self.meta_loss(problem, unroll_length, net_assignments, second_derivatives,
                               loss_weights, seed, jit_compile, recompute, samples, log_loss,
-                              graph_loop)
+                              graph_loop, meta_objective)
 
     def save(self, path):
         """Writes one file per net, `<path>/<net_name>.npz`, loadable by `LearnedOptimizer`."""
@@ -140,7 +146,8 @@ class MetaLoss:
     """
 
     def __init__(self, meta, problem, unroll_length, net_assignments, second_derivatives,
-                 loss_weights, seed, jit_compile, recompute, samples, log_loss, graph_loop):
+                 loss_weights, seed, jit_compile, recompute, samples, log_loss, graph_loop,
+                 meta_objective):
         if int(unroll_length) != unroll_length or unroll_length < 1:
             raise ValueError(f"unroll_length must be a positive integer, got {unroll_length!r}.")
         self.meta = meta
@@ -149,6 +156,14 @@ class MetaLoss:
         self.second_derivatives = second_derivatives
         self.log_loss = bool(log_loss)
         self.graph_loop = bool(graph_loop)
+        if meta_objective not in ("train", "validation"):
+            raise ValueError(f"meta_objective must be 'train' or 'validation', got "
+                             f"{meta_objective!r}.")
+        if meta_objective == "validation" and problem.validation_batch is None:
+            raise ValueError(f"meta_objective='validation' needs held-out examples, and problem "
+                             f"{problem.name!r} has no validation_batch: build it with a "
+                             "validation split (e.g. problems.mnist(validation_size=10000)).")
+        self.validation = meta_objective == "validation"
         weights = [1.0] * self.unroll_length if loss_weights is None else list(loss_weights)
         if len(weights) != self.unroll_length:
             raise ValueError(
@@ -254,13 +269,19 @@ class MetaLoss:
 
     def read_inputs(self):
         """What the next unroll starts from, as tensors: `(parameters, constants, net states,
-        batches)`. The unroll's minibatches (steps 0..unroll_length of every sample, stacked)
-        are drawn here, so that `forward` reads no data variables and no generators."""
+        batches)`. The unroll's minibatches (steps 0..unroll_length of every sample, stacked;
+        with the validation objective, each step's `(training, validation)` pair) are drawn
+        here, so that `forward` reads no data variables and no generators."""
         x, constants, states = tf.nest.map_structure(
             lambda v: v.read_value(), (self.x, self.constants, self.states))
+
+        def step_batch(rng):
+            batch = self.problem.sample_batch(rng)
+            return (batch, self.problem.validation_batch(rng)) if self.validation else batch
+
         batches = [
             tf.nest.map_structure(lambda *steps: tf.stack(steps), *[
-                self.problem.sample_batch(rng) for _ in range(self.unroll_length + 1)])
+                step_batch(rng) for _ in range(self.unroll_length + 1)])
             for rng in self.rngs
         ]
         return x, constants, states, batches
@@ -276,21 +297,26 @@ class MetaLoss:
         states)`. A pure function of its arguments, differentiable with respect to `weights`;
         the caller holds the tape.
         """
-        def loss(x_s, s, t):
-            """Sample s's loss at step t, on its batch of that step."""
+        def loss(x_s, s, t, part=None):
+            """Sample s's loss at step t, on its batch of that step (`part` 0 or 1 of a
+            `(training, validation)` pair)."""
             batch = tf.nest.map_structure(lambda steps: steps[t], batches[s])
-            return self.problem.loss(x_s, constants[s], batch)
+            return self.problem.loss(x_s, constants[s], batch if part is None else batch[part])
+
+        def objective(x_s, s, t):
+            """The meta-objective's f(theta_t): the training or the validation loss."""
+            return loss(x_s, s, t, part=1 if self.validation else None)
 
         def step(t, x, states):
-            """Optimizee step t of every sample: `(losses [samples], x, states)`."""
+            """Optimizee step t of every sample: `(objectives [samples], x, states)`."""
             gradients, step_losses = [], []
             for s in range(self.samples):
                 x_s = self._sample(x, s)
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x_s)
-                    step_loss = loss(x_s, s, t)
+                    step_loss = loss(x_s, s, t, part=0 if self.validation else None)
                 gradients += tape.gradient(step_loss, x_s)
-                step_losses.append(step_loss)
+                step_losses.append(objective(x_s, s, t) if self.validation else step_loss)
             if not self.second_derivatives:
                 gradients = [tf.stop_gradient(g) for g in gradients]
             updates, states = self._net_updates(weights, gradients, states)
@@ -312,7 +338,7 @@ class MetaLoss:
                 step_losses, x, states = step(t, x, states)
                 losses.append(step_losses)
             losses = tf.stack(losses)
-        final = tf.stack([loss(self._sample(x, s), s, self.unroll_length)
+        final = tf.stack([objective(self._sample(x, s), s, self.unroll_length)
                           for s in range(self.samples)])
         losses = tf.reduce_mean(tf.concat([losses, final[None]], 0), axis=1)  # mean over samples
         terms = tf.math.log(losses[1:]) if self.log_loss else losses[1:]
@@ -414,7 +440,8 @@ class ReplicatedMetaLoss:
 
     def __init__(self, meta, strategy, problem, unroll_length, net_assignments=None,
                  second_derivatives=False, loss_weights=None, seed=0, jit_compile=False,
-                 recompute=False, samples=1, log_loss=False, graph_loop=False):
+                 recompute=False, samples=1, log_loss=False, graph_loop=False,
+                 meta_objective="train"):
         self.strategy = strategy
         devices = strategy.extended.worker_devices
         # Replica ids are global across workers; this worker's first one:
@@ -427,7 +454,7 @@ class ReplicatedMetaLoss:
                     problem, unroll_length, net_assignments, second_derivatives, loss_weights,
                     seed=seed + _SAMPLE_SEED_STRIDE * samples * (self.first_replica + local),
                     recompute=recompute, samples=samples, log_loss=log_loss,
-                    graph_loop=graph_loop))
+                    graph_loop=graph_loop, meta_objective=meta_objective))
         self.unroll_length = self.runs[0].unroll_length
         self.trained_weights = self.runs[0].trained_weights
         self.skipped_steps = self.runs[0].skipped_steps

@@ -57,7 +57,7 @@ def baseline_nets(name, learning_rate):
 
 
 PROBLEMS = ("simple", "simple-multi", "quadratic", "mnist", "mnist-mix", "mnist-family",
-            "mnist-inits", "mnist-keras", "cifar", "cifar-multi")
+            "mnist-inits", "mnist-keras", "mnist-keras-overfit", "cifar", "cifar-multi")
 
 
 def _check_preset(preset):
@@ -123,31 +123,50 @@ MNIST_KERAS_MEMBERS = (
     ("mnist", {"layers": (20,), "activation": "sigmoid", "initializer": "normal"}),
     ("mnist", {"layers": (20,), "activation": "relu", "initializer": "normal"}),
 )
+# "mnist-keras-overfit": the same, plus MLPs trained on a few thousand images, which a
+# 2000-step run overfits: with `meta_objective="validation"` an optimizer that trains them fast
+# but generalises worse scores worse (BUILD_NOTES.md, session 7).
+MNIST_KERAS_OVERFIT_MEMBERS = MNIST_KERAS_MEMBERS + (
+    ("mnist", {"layers": (128, 64), "activation": "relu", "dropout": 0.2, "train_size": 8000}),
+    ("mnist", {"layers": (128,), "activation": "relu", "batch_size": 64, "train_size": 4000}),
+)
 TENSORWISE_NET_NAME = "tensorwise"
+# Held-out examples of a validation meta-objective: the train split's last 10,000 images
+# (the validation split of `experiments/keras_fit.py` too; the test split stays unseen).
+VALIDATION_SIZE = 10000
 
 
-def mnist_keras_family(mode="train", data_dir=None):
-    """The `mnist-keras` family: `MNIST_KERAS_MEMBERS`, by default Keras's initialisation."""
+def mnist_keras_family(mode="train", data_dir=None, validation_size=0, name="mnist-keras"):
+    """The `mnist-keras` family (`MNIST_KERAS_MEMBERS`) or `"mnist-keras-overfit"`, by default
+    with Keras's initialisation; `validation_size` as in `problems.mnist`."""
+    member_list = MNIST_KERAS_OVERFIT_MEMBERS if name == "mnist-keras-overfit" \
+        else MNIST_KERAS_MEMBERS
     members = [getattr(problems, factory)(mode=mode, data_dir=data_dir,
+                                          validation_size=validation_size,
                                           **{"initializer": "glorot", **options})
-               for factory, options in MNIST_KERAS_MEMBERS]
-    return problems.Family("mnist-keras", tuple(members))
+               for factory, options in member_list]
+    return problems.Family(name, tuple(members))
 
 
 def get_config(problem_name, path=None, preset="original", mode=None, data_dir=None,
-               heldout_split=None):
+               heldout_split=None, validation_size=0):
     """`(problem, net_config, net_assignments)` for a named problem, as the original's util.
 
     With `path` (a directory of saved nets) the nets' weights are loaded from it. MNIST and
     CIFAR use `mode`'s split; by default "test" with a `path` (evaluating a saved optimizer,
     as the original did) and "train" without. `heldout_split` gives the "mnist" problem its
-    held-out evaluation on all of that split (`problems.Problem.heldout`).
+    held-out evaluation on all of that split (`problems.Problem.heldout`); `validation_size`
+    gives the MNIST MLPs a validation split (`problems.mnist`), as a validation
+    meta-objective needs.
     """
     constants = _check_preset(preset)
     mode = mode or ("train" if path is None else "test")
     if heldout_split is not None and problem_name != "mnist":
         raise ValueError(f"Held-out evaluation is available for the mnist problem, not "
                          f"{problem_name!r}.")
+    if validation_size and problem_name not in ("mnist", "mnist-keras", "mnist-keras-overfit"):
+        raise ValueError(f"A validation split is available for the mnist, mnist-keras and "
+                         f"mnist-keras-overfit problems, not {problem_name!r}.")
     linear_zero = {"layers": (), "initializer": "zeros"}
     default = coordinatewise_net_options(preset)
     if problem_name == "simple":
@@ -163,16 +182,17 @@ def get_config(problem_name, path=None, preset="original", mode=None, data_dir=N
         return problem, {"cw": _net_spec("cw", path, {"layers": (20, 20)})}, None
     if problem_name == "mnist":
         problem = problems.mnist(layers=(20,), mode=mode, data_dir=data_dir,
-                                 heldout_split=heldout_split)
+                                 heldout_split=heldout_split, validation_size=validation_size)
         return problem, {"cw": _net_spec("cw", path, default)}, None
     if problem_name in _MNIST_ENSEMBLES:
         problem = problems.ensemble([problems.mnist(mode=mode, data_dir=data_dir, **member)
                                      for member in _MNIST_ENSEMBLES[problem_name]])
         return problem, {"cw": _net_spec("cw", path, default)}, None
-    if problem_name == "mnist-keras":
+    if problem_name in ("mnist-keras", "mnist-keras-overfit"):
         # The runs are 2000 steps long: beyond, the nominal step decays (TensorwiseLSTM).
         net = _net_spec(TENSORWISE_NET_NAME, path, {"decay_steps": 2000}, net="TensorwiseLSTM")
-        return mnist_keras_family(mode, data_dir), {TENSORWISE_NET_NAME: net}, None
+        family = mnist_keras_family(mode, data_dir, validation_size, problem_name)
+        return family, {TENSORWISE_NET_NAME: net}, None
     if problem_name == "cifar":
         problem = problems.cifar10(mode=mode, data_dir=data_dir)
         return problem, {"cw": _net_spec("cw", path, default)}, None

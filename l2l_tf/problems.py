@@ -33,6 +33,9 @@ class Problem:
     `loss(params, constants, batch)` returns a scalar, a pure function of tensors; `batch`
     is `()` for problems without data. `heldout(params)`, if any, returns `(loss,
     accuracy)` on the whole of a split the problem never draws its batches from.
+    `validation_batch` (if any) draws a minibatch `rng -> nested tensors` of examples the
+    training batches never contain, for `loss` in inference mode (no dropout): what a
+    held-out meta-objective (`MetaOptimizer.meta_loss(meta_objective="validation")`) reads.
     """
 
     name: str
@@ -41,6 +44,7 @@ class Problem:
     constants: dict = dataclasses.field(default_factory=dict)
     batch: Callable | None = None
     heldout: Callable | None = None
+    validation_batch: Callable | None = None
 
     @property
     def param_names(self):
@@ -302,7 +306,8 @@ def _heldout_metrics(name, split, mode, data_dir, logits):
 
 
 def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data_dir=None,
-          initializer="normal", dropout=0.0, heldout_split=None):
+          initializer="normal", dropout=0.0, heldout_split=None, validation_size=0,
+          train_size=None):
     """An MLP 784 -> layers -> 10 on MNIST, mean softmax cross-entropy, fresh batch per step.
 
     Weights and biases start from N(0, 0.01^2) as in the original (`initializer="normal"`),
@@ -310,14 +315,30 @@ def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data
     `mode="train"` samples the train split (meta-training), `"test"` the test split.
     `dropout` > 0 drops hidden units at that rate, with fresh masks drawn with each batch.
     `heldout_split` (the other split) gives the problem a `heldout` evaluation on all of it.
+    `validation_size` > 0 keeps the split's last that many images out of the training
+    batches and gives the problem a `validation_batch` sampler over them; `train_size`, if
+    given, trains on only the split's first that many images (a small data set, which a
+    2000-step run overfits).
     """
     _check_mode(mode)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
     act = _activation(activation)
     images, labels = load_tfds("mnist", mode, data_dir)
-    images, labels = _data_variables(images.reshape(len(images), -1), labels)
-    sample_images = _batch_sampler(images, labels, batch_size)
+    images = images.reshape(len(images), -1)
+    end = len(labels) - validation_size
+    train_end = end if train_size is None else train_size
+    if not (0 <= validation_size < len(labels) and 0 < train_end <= end):
+        raise ValueError(
+            f"validation_size={validation_size!r} and train_size={train_size!r} do not fit "
+            f"the {len(labels)} images of the {mode} split: both must be positive (validation "
+            "may be 0) and train_size + validation_size at most the split's size.")
+    sample_images = _batch_sampler(*_data_variables(images[:train_end], labels[:train_end]),
+                                   batch_size)
+    validation_batch = None
+    if validation_size:
+        validation_batch = _batch_sampler(*_data_variables(images[end:], labels[end:]),
+                                          batch_size)
 
     def sample_batch(rng):
         batch = sample_images(rng)
@@ -333,7 +354,8 @@ def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data
 
     return Problem(name="mnist", params=_mlp_params(784, layers, 10, initializer), loss=loss,
                    batch=sample_batch,
-                   heldout=_heldout_metrics("mnist", heldout_split, mode, data_dir, logits))
+                   heldout=_heldout_metrics("mnist", heldout_split, mode, data_dir, logits),
+                   validation_batch=validation_batch)
 
 
 def mnist_cnn(channels=(8, 16), batch_size=128, mode="train", data_dir=None):

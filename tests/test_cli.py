@@ -141,6 +141,7 @@ BAD_TRAIN_FLAGS = [
     (["--preset=best"], "--preset=best"),
     (["positional"], "unexpected arguments"),
     (["--init_path=/nonexistent"], "--init_path='/nonexistent' is not a directory"),
+    (["--meta_objective=validation"], "A validation split is available for the mnist"),
 ]
 
 

@@ -295,6 +295,34 @@ def test_log_loss_sums_the_logs_of_the_losses():
     np.testing.assert_allclose(meta_loss.numpy(), np.log(losses.numpy()[1:]).sum(), rtol=1e-5)
 
 
+def test_a_validation_meta_objective_scores_held_out_batches_on_the_same_trajectory(
+        mnist_data_dir):
+    """The optimizee trains on its training batches either way; the validation objective's
+    losses, and its meta-loss, are those of the same parameters on the validation batches."""
+    problem = problems.mnist(layers=(4,), batch_size=8, dropout=0.25, validation_size=1000,
+                             initializer="glorot")
+    optimizer = meta.MetaOptimizer(seed=0, tw=tensorwise_net_with_outputs())
+    held_out = optimizer.meta_loss(problem, 3, meta_objective="validation", seed=1)
+    on_training = optimizer.meta_loss(problem, 3, seed=1)
+    weights = held_out.read_weights()
+    x, constants, states, batches = held_out.read_inputs()
+    meta_loss, losses, x_end, _ = held_out.forward(weights, x, constants, states, batches)
+    training_batches = [pair[0] for pair in batches]
+    _, training_losses, x_trained, _ = on_training.forward(weights, x, constants, states,
+                                                           training_batches)
+    for a, b in zip(x_end, x_trained):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    validation = batches[0][1]
+
+    def validation_loss(params, t):
+        return float(problem.loss(params, constants[0], [part[t] for part in validation]))
+
+    np.testing.assert_allclose(losses.numpy()[[0, 3]],
+                               [validation_loss(x, 0), validation_loss(x_end, 3)], rtol=1e-5)
+    np.testing.assert_allclose(meta_loss.numpy(), losses.numpy()[1:].sum(), rtol=1e-5)
+    assert not np.allclose(losses.numpy(), training_losses.numpy(), rtol=1e-3)
+
+
 def test_a_family_trains_its_members_in_turn_with_one_meta_optimizer(mnist_data_dir):
     family = problems.Family("two", (
         problems.mnist(layers=(4,), batch_size=8, initializer="glorot"),

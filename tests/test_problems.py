@@ -204,3 +204,24 @@ def test_held_out_numbers_are_on_the_other_split_which_no_batch_comes_from(mnist
         assert np.isclose(float(accuracy), expected_accuracy, atol=1e-6) == want
     with pytest.raises(ValueError, match="a held-out split must be the other one"):
         problems.mnist(mode="test", heldout_split="test")
+
+
+def test_a_validation_split_holds_out_the_split_s_last_images_without_dropout(mnist_data_dir):
+    """Training batches come from the first `train_size` images only, validation batches
+    from the last `validation_size`, and carry no dropout masks (inference mode)."""
+    problem = problems.mnist(layers=(4,), dropout=0.5, validation_size=10000, train_size=3000,
+                             initializer="glorot")
+    images, _ = problems.load_tfds("mnist", "train")
+    images = images.reshape(-1, 784)
+    rows = {"train": {row.tobytes() for row in images[:3000]},
+            "validation": {row.tobytes() for row in images[-10000:]}}
+    generator = rng(0)
+    for _ in range(3):
+        train_batch = problem.sample_batch(generator)
+        validation_batch = problem.validation_batch(generator)
+        assert len(train_batch) == 3 and len(validation_batch) == 2  # masks only for training
+        for part, batch in (("train", train_batch), ("validation", validation_batch)):
+            other = "validation" if part == "train" else "train"
+            for row in batch[0].numpy():
+                assert row.tobytes() in rows[part] and row.tobytes() not in rows[other]
+    assert problems.mnist(layers=(4,)).validation_batch is None
