@@ -127,10 +127,13 @@ MNIST_KERAS_MEMBERS = (
 # second batch stream), plus MLPs trained on a few thousand images, which a 2000-step run
 # overfits: with `meta_objective="validation"` an optimizer that trains them fast but
 # generalises worse scores worse (BUILD_NOTES.md, session 7).
-MNIST_KERAS_OVERFIT_MEMBERS = tuple(m for m in MNIST_KERAS_MEMBERS if m[1]["layers"] != (200,)) + (
+MNIST_KERAS_OVERFIT_MEMBERS = tuple(
+    member for member in MNIST_KERAS_MEMBERS if member[1]["layers"] != (200,)) + (
     ("mnist", {"layers": (64, 32), "activation": "relu", "dropout": 0.2, "train_size": 4000}),
     ("mnist", {"layers": (64,), "activation": "relu", "batch_size": 64, "train_size": 2000}),
 )
+MNIST_KERAS_FAMILIES = {"mnist-keras": MNIST_KERAS_MEMBERS,
+                        "mnist-keras-overfit": MNIST_KERAS_OVERFIT_MEMBERS}
 TENSORWISE_NET_NAME = "tensorwise"
 # Held-out examples of a validation meta-objective: the train split's last 10,000 images
 # (the validation split of `experiments/keras_fit.py` too; the test split stays unseen).
@@ -138,14 +141,12 @@ VALIDATION_SIZE = 10000
 
 
 def mnist_keras_family(mode="train", data_dir=None, validation_size=0, name="mnist-keras"):
-    """The `mnist-keras` family (`MNIST_KERAS_MEMBERS`) or `"mnist-keras-overfit"`, by default
-    with Keras's initialisation; `validation_size` as in `problems.mnist`."""
-    member_list = MNIST_KERAS_OVERFIT_MEMBERS if name == "mnist-keras-overfit" \
-        else MNIST_KERAS_MEMBERS
+    """A family of `MNIST_KERAS_FAMILIES`, by default with Keras's initialisation;
+    `validation_size` as in `problems.mnist`."""
     members = [getattr(problems, factory)(mode=mode, data_dir=data_dir,
                                           validation_size=validation_size,
                                           **{"initializer": "glorot", **options})
-               for factory, options in member_list]
+               for factory, options in MNIST_KERAS_FAMILIES[name]]
     return problems.Family(name, tuple(members))
 
 
@@ -165,7 +166,7 @@ def get_config(problem_name, path=None, preset="original", mode=None, data_dir=N
     if heldout_split is not None and problem_name != "mnist":
         raise ValueError(f"Held-out evaluation is available for the mnist problem, not "
                          f"{problem_name!r}.")
-    if validation_size and problem_name not in ("mnist", "mnist-keras", "mnist-keras-overfit"):
+    if validation_size and problem_name != "mnist" and problem_name not in MNIST_KERAS_FAMILIES:
         raise ValueError(f"A validation split is available for the mnist, mnist-keras and "
                          f"mnist-keras-overfit problems, not {problem_name!r}.")
     linear_zero = {"layers": (), "initializer": "zeros"}
@@ -189,7 +190,7 @@ def get_config(problem_name, path=None, preset="original", mode=None, data_dir=N
         problem = problems.ensemble([problems.mnist(mode=mode, data_dir=data_dir, **member)
                                      for member in _MNIST_ENSEMBLES[problem_name]])
         return problem, {"cw": _net_spec("cw", path, default)}, None
-    if problem_name in ("mnist-keras", "mnist-keras-overfit"):
+    if problem_name in MNIST_KERAS_FAMILIES:
         # The runs are 2000 steps long: beyond, the nominal step decays (TensorwiseLSTM).
         net = _net_spec(TENSORWISE_NET_NAME, path, {"decay_steps": 2000}, net="TensorwiseLSTM")
         family = mnist_keras_family(mode, data_dir, validation_size, problem_name)
