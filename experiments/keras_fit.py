@@ -146,14 +146,14 @@ def check_flags():
 
 
 def split_train_validation(images, labels, validation_examples, train_examples=0):
-    """`(train, validation)` from the train split: validation is its last examples, training
-    its first (at most `train_examples` of them); the two never share an example."""
+    """`problems.split_train_validation` of the train split for the flags: validation is its
+    last examples, training its first (at most `train_examples` of them, 0: all)."""
     if validation_examples >= len(labels):
         raise cli.UsageError(f"--validation_examples={validation_examples} leaves nothing to "
                              f"train on among the {len(labels)} examples.")
     end = len(labels) - validation_examples
-    stop = min(train_examples, end) if train_examples else end
-    return (images[:stop], labels[:stop]), (images[end:], labels[end:])
+    return problems.split_train_validation(images, labels, validation_examples,
+                                           min(train_examples, end) if train_examples else None)
 
 
 def load_data():

@@ -297,15 +297,12 @@ class MetaLoss:
         states)`. A pure function of its arguments, differentiable with respect to `weights`;
         the caller holds the tape.
         """
-        def loss(x_s, s, t, part=None):
-            """Sample s's loss at step t, on its batch of that step (`part` 0 or 1 of a
-            `(training, validation)` pair)."""
+        def loss(x_s, s, t, validation=False):
+            """Sample s's loss at step t, on its training or validation batch of that step."""
             batch = tf.nest.map_structure(lambda steps: steps[t], batches[s])
-            return self.problem.loss(x_s, constants[s], batch if part is None else batch[part])
-
-        def objective(x_s, s, t):
-            """The meta-objective's f(theta_t): the training or the validation loss."""
-            return loss(x_s, s, t, part=1 if self.validation else None)
+            if self.validation:
+                batch = batch[1] if validation else batch[0]
+            return self.problem.loss(x_s, constants[s], batch)
 
         def step(t, x, states):
             """Optimizee step t of every sample: `(objectives [samples], x, states)`."""
@@ -314,9 +311,10 @@ class MetaLoss:
                 x_s = self._sample(x, s)
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x_s)
-                    step_loss = loss(x_s, s, t, part=0 if self.validation else None)
+                    step_loss = loss(x_s, s, t)
                 gradients += tape.gradient(step_loss, x_s)
-                step_losses.append(objective(x_s, s, t) if self.validation else step_loss)
+                step_losses.append(loss(x_s, s, t, validation=True) if self.validation
+                                   else step_loss)
             if not self.second_derivatives:
                 gradients = [tf.stop_gradient(g) for g in gradients]
             updates, states = self._net_updates(weights, gradients, states)
@@ -338,7 +336,7 @@ class MetaLoss:
                 step_losses, x, states = step(t, x, states)
                 losses.append(step_losses)
             losses = tf.stack(losses)
-        final = tf.stack([objective(self._sample(x, s), s, self.unroll_length)
+        final = tf.stack([loss(self._sample(x, s), s, self.unroll_length, self.validation)
                           for s in range(self.samples)])
         losses = tf.reduce_mean(tf.concat([losses, final[None]], 0), axis=1)  # mean over samples
         terms = tf.math.log(losses[1:]) if self.log_loss else losses[1:]

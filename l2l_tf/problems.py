@@ -233,6 +233,20 @@ def _data_variables(images, labels):
             tf.Variable(labels, trainable=False, name="labels"))
 
 
+def split_train_validation(images, labels, validation_size, train_size=None):
+    """`((images, labels), (images, labels))` for training and validation from one split:
+    validation is its last `validation_size` examples, training its first `train_size`
+    (default all the others); the two never share an example."""
+    end = len(labels) - validation_size
+    train_end = end if train_size is None else train_size
+    if not (0 <= validation_size < len(labels) and 0 < train_end <= end):
+        raise ValueError(
+            f"validation_size={validation_size!r} and train_size={train_size!r} do not fit "
+            f"the {len(labels)} examples of the split: both must be positive (validation "
+            "may be 0) and train_size + validation_size at most the split's size.")
+    return (images[:train_end], labels[:train_end]), (images[end:], labels[end:])
+
+
 MLP_INITIALIZERS = {
     # The original's: weights and biases N(0, 0.01^2).
     "normal": (normal_initializer(0.01), normal_initializer(0.01)),
@@ -325,20 +339,12 @@ def mnist(layers=(20,), activation="sigmoid", batch_size=128, mode="train", data
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
     act = _activation(activation)
     images, labels = load_tfds("mnist", mode, data_dir)
-    images = images.reshape(len(images), -1)
-    end = len(labels) - validation_size
-    train_end = end if train_size is None else train_size
-    if not (0 <= validation_size < len(labels) and 0 < train_end <= end):
-        raise ValueError(
-            f"validation_size={validation_size!r} and train_size={train_size!r} do not fit "
-            f"the {len(labels)} images of the {mode} split: both must be positive (validation "
-            "may be 0) and train_size + validation_size at most the split's size.")
-    sample_images = _batch_sampler(*_data_variables(images[:train_end], labels[:train_end]),
-                                   batch_size)
+    train, validation = split_train_validation(images.reshape(len(images), -1), labels,
+                                               validation_size, train_size)
+    sample_images = _batch_sampler(*_data_variables(*train), batch_size)
     validation_batch = None
     if validation_size:
-        validation_batch = _batch_sampler(*_data_variables(images[end:], labels[end:]),
-                                          batch_size)
+        validation_batch = _batch_sampler(*_data_variables(*validation), batch_size)
 
     def sample_batch(rng):
         batch = sample_images(rng)
