@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -285,6 +286,20 @@ def test_keras_fit_choice_of_adam_reads_the_validation_split_only():
                                                          "test_loss": 0.0}]}
     best, scores = keras_fit.best_adam_rate(results, "m", [0], epoch=1)
     assert best == 0.01 and scores[0.03] == np.inf  # diverged (NaN) never wins
+
+
+def test_keras_fit_reuses_a_cached_learned_run_only_with_the_same_nets(tmp_path):
+    """A cached run of `default` or of a path must not outlive a change of its nets' files."""
+    keras_fit = load_experiment("keras_fit")
+    shipped = l2l_tf.presets.pretrained_path(l2l_tf.presets.DEFAULT_PRETRAINED)
+    copy = tmp_path / "copy"
+    shutil.copytree(shipped, copy)
+    assert keras_fit.nets_fingerprint("default") == keras_fit.nets_fingerprint(str(copy))
+    net_file = next(copy.glob("*.npz"))
+    net_name, options, weights = l2l_tf.networks.load_weights(str(net_file))
+    changed = l2l_tf.networks.factory(net_name, {**options, "max_factor": 10.0})
+    l2l_tf.networks.save_weights(str(net_file), changed, weights)
+    assert keras_fit.nets_fingerprint("default") != keras_fit.nets_fingerprint(str(copy))
 
 
 def test_keras_fit_validation_split_is_held_out_of_training():
