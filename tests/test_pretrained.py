@@ -1,8 +1,11 @@
 """The shipped optimizers: loading by name, and the MNIST one beating tuned Adam."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import l2l_tf
@@ -23,7 +26,7 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
     np.testing.assert_array_equal(*(np.concatenate([w.ravel() for w in _flat(o)])
                                     for o in (keras_net, default)))
     assert type(default.nets["tensorwise"]).__name__ == "TensorwiseLSTM"
-    assert default.nets["tensorwise"].get_config()["decay_steps"] == 2000
+    assert default.nets["tensorwise"].get_config()["decay_steps"] == 700
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
     assert wide.nets["cw"].get_config()["preprocess_options"] == {"k": 20}
     mnist = l2l_tf.LearnedOptimizer.from_pretrained("mnist")
@@ -33,6 +36,31 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
     assert mnist.nets["cw"].get_config()["preprocess_name"] == "LogAndSign"
     with pytest.raises(FileNotFoundError, match="No shipped optimizer named 'cifar'"):
         l2l_tf.LearnedOptimizer.from_pretrained("cifar")
+
+
+def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
+    """The README's recipe for long runs: the shipped weights with the decay they were
+    meta-trained with (2000 steps) step exactly as the default up to step 700, the default's
+    `decay_steps`, and take larger steps after it."""
+    path = os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz")
+    _, options, weights = networks.load_weights(path)
+    longer = networks.TensorwiseLSTM(**{**options, "decay_steps": 2000}, initializer=weights)
+    default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
+    rng = np.random.default_rng(0)
+    states = {}
+    for net in (default, longer):
+        m, v, t, *lstm = net.initial_state((5, 3))
+        states[net] = (m, v, t + 650.0, *lstm)  # as if 650 steps had been taken
+    for step in range(651, 761):
+        gradient = tf.constant(rng.normal(size=(5, 3)), tf.float32)
+        updates = {}
+        for net in (default, longer):
+            updates[net], states[net] = net.step(net.initial_weights(), gradient, states[net])
+        ratio = np.abs(updates[default]).sum() / np.abs(updates[longer]).sum()
+        if step <= 700:
+            assert ratio == pytest.approx(1.0, abs=1e-6), step
+        else:
+            assert ratio < 1.0, step
 
 
 def _flat(optimizer):
