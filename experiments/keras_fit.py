@@ -228,9 +228,11 @@ def best_adam_rate(results, model_name, seeds, epoch):
 
 
 def mean_and_error(values):
+    """`"mean ± standard error"`, or the value alone for one seed (no error to state)."""
     values = np.asarray(values, np.float64)
-    error = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan
-    return values.mean(), error
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{values.mean():.4f} ± {values.std(ddof=1) / np.sqrt(len(values)):.4f}"
 
 
 def report(results, optimizers, seeds, report_epochs):
@@ -245,8 +247,9 @@ def report(results, optimizers, seeds, report_epochs):
         f" images of the train split (batch "
         f"{FLAGS.batch_size}, jit_compile={FLAGS.jit_compile}); Adam's rate chosen on the "
         f"last {FLAGS.validation_examples:,} (validation); every number below is on the "
-        "10,000 images of the test split, which no run trained on or chose by. Mean ± "
-        f"standard error over seeds {', '.join(map(str, seeds))}.",
+        "10,000 images of the test split, which no run trained on or chose by. "
+        + (f"Mean ± standard error over seeds {', '.join(map(str, seeds))}." if len(seeds) > 1
+           else f"Seed {seeds[0]} only: no standard error."),
     ]
     for epoch in report_epochs:
         lines += ["", f"Test loss (accuracy) after epoch {epoch}:", "",
@@ -259,9 +262,9 @@ def report(results, optimizers, seeds, report_epochs):
             for optimizer in [("adam", DEFAULT_ADAM_RATE, "constant"),
                               ("adam", best, "constant"), *others]:
                 runs = [results[(model_name, optimizer)][seed][epoch - 1] for seed in seeds]
-                loss, error = mean_and_error([r["test_loss"] for r in runs])
+                loss = mean_and_error([r["test_loss"] for r in runs])
                 accuracy = np.mean([r["test_accuracy"] for r in runs])
-                cells.append(f"{loss:.4f} ± {error:.4f} ({100 * accuracy:.2f}%)")
+                cells.append(f"{loss} ({100 * accuracy:.2f}%)")
             cells[1] += f" ({best:g})"
             lines.append(f"| {model_name} | " + " | ".join(cells) + " |")
     lines += ["", "Validation loss of Adam's grid (mean over seeds; the lowest is chosen):", ""]

@@ -302,6 +302,12 @@ def test_keras_fit_reuses_a_cached_learned_run_only_with_the_same_nets(tmp_path)
     assert keras_fit.nets_fingerprint("default") != keras_fit.nets_fingerprint(str(copy))
 
 
+def test_keras_fit_states_a_standard_error_only_over_several_seeds():
+    keras_fit = load_experiment("keras_fit")
+    assert keras_fit.mean_and_error([0.25]) == "0.2500"  # one seed: no "± nan"
+    assert keras_fit.mean_and_error([0.2, 0.4]) == "0.3000 ± 0.1000"
+
+
 def test_keras_fit_validation_split_is_held_out_of_training():
     keras_fit = load_experiment("keras_fit")
     images, labels = np.arange(100), np.arange(100) % 10
