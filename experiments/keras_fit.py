@@ -40,7 +40,7 @@ import keras
 import numpy as np
 from absl import flags
 
-from l2l_tf import LearnedOptimizer, cli, presets, problems
+from l2l_tf import LearnedOptimizer, cli, networks, presets, problems
 
 MODELS = ("mlp_sigmoid", "mlp_relu", "cnn", "mlp_dropout", "quickstart", "cnn_bn")
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
@@ -172,10 +172,8 @@ def nets_fingerprint(name):
     """A short hash of a learned optimizer's saved nets (`default`, a shipped name or a path),
     so that a cached run is not reused once the files it ran with have changed."""
     path = presets.pretrained_path(presets.DEFAULT_PRETRAINED if name == "default" else name)
-    files = (sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".npz"))
-             if os.path.isdir(path) else [path])
     digest = hashlib.sha256()
-    for file in files:
+    for file in networks.net_files(path):
         digest.update(os.path.basename(file).encode())
         with open(file, "rb") as f:
             digest.update(f.read())

@@ -663,19 +663,22 @@ def load_net(path):
     return factory(net_name, net_options, net_path=path)
 
 
+def net_files(path):
+    """The net files `load_nets(path)` reads: `path` itself, or a directory's `*.npz`, sorted."""
+    if not os.path.isdir(path):
+        return [path]
+    files = sorted(f for f in os.listdir(path) if f.endswith(".npz"))
+    if not files:
+        raise FileNotFoundError(
+            f"No net files (*.npz) in directory {path!r}: pass a directory written by "
+            "train.py or MetaOptimizer.save, or a single net file."
+        )
+    return [os.path.join(path, f) for f in files]
+
+
 def load_nets(path):
     """`{net_name: Net}` from one net file (named after it) or a directory of `*.npz` nets."""
-    if os.path.isdir(path):
-        files = sorted(f for f in os.listdir(path) if f.endswith(".npz"))
-        if not files:
-            raise FileNotFoundError(
-                f"No net files (*.npz) in directory {path!r}: pass a directory written by "
-                "train.py or MetaOptimizer.save, or a single net file."
-            )
-        paths = [os.path.join(path, f) for f in files]
-    else:
-        paths = [path]
-    return {os.path.basename(p).removesuffix(".npz"): load_net(p) for p in paths}
+    return {os.path.basename(p).removesuffix(".npz"): load_net(p) for p in net_files(path)}
 
 
 def build_nets(nets):

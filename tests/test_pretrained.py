@@ -47,6 +47,7 @@ def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
     longer = networks.TensorwiseLSTM(**{**options, "decay_steps": 2000}, initializer=weights)
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
     rng = np.random.default_rng(0)
+    net_weights = {net: net.initial_weights() for net in (default, longer)}
     states = {}
     for net in (default, longer):
         m, v, t, *lstm = net.initial_state((5, 3))
@@ -55,7 +56,7 @@ def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
         gradient = tf.constant(rng.normal(size=(5, 3)), tf.float32)
         updates = {}
         for net in (default, longer):
-            updates[net], states[net] = net.step(net.initial_weights(), gradient, states[net])
+            updates[net], states[net] = net.step(net_weights[net], gradient, states[net])
         ratio = np.abs(updates[default]).sum() / np.abs(updates[longer]).sum()
         if step <= 700:
             assert ratio == pytest.approx(1.0, abs=1e-6), step
