@@ -73,6 +73,22 @@ def test_fit_runs_and_changes_every_variable(make_model, jit_compile):
     assert len(opt.states) == len(model.trainable_variables)
 
 
+def test_a_dense_layer_on_sequences_trains_through_a_partial_last_batch():
+    """A Dense kernel applied to [batch, time, features] (every transformer block) gets a
+    gradient of static shape [None, units] in the train step Keras traces for a partial last
+    batch; the default net reads the kernel's fan-in from its shape and must still step it."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 3)), keras.layers.Dense(5),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)])
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    x = np.random.default_rng(0).normal(size=(10, 4, 3)).astype(np.float32)
+    model.compile(optimizer=l2l_tf.LearnedOptimizer(), loss=LOSS)
+    history = model.fit(x, (x[:, 0, 0] > 0).astype(np.int32), batch_size=4, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    for b, v in zip(before, model.trainable_variables):
+        assert not np.array_equal(b, v.numpy()), v.path
+
+
 def conv_model(seed=0):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([
