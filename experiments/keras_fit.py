@@ -11,8 +11,14 @@ and accuracy on the 10,000 images of the test split. Each seed fixes the model's
 weights, the shuffling and dropout, the same for every optimizer.
 
 Models (`MODELS`): today's three (the paper's MLP with sigmoid and with ReLU, a small CNN) and
-three that no optimizer of this package was meta-trained on: a deeper MLP with dropout, the
-TensorFlow quickstart MLP, and a CNN with batch normalisation.
+five that no optimizer of this package was meta-trained on: a deeper MLP with dropout, the
+TensorFlow quickstart MLP, a CNN with batch normalisation, and two unlike anything in
+meta-training: an LSTM classifier reading the image's 28 rows, and an autoencoder
+(784-128-32-128-784, sigmoid output) whose loss is the mean squared error of its
+reconstruction (no accuracy) and which still underfits after 20 epochs.
+`EXTRA_MODELS`, run only when named in --models (some are slow on a CPU): keras.io's "simple
+MNIST convnet", a 6 x 256 ReLU MLP, a one-block transformer over the image's rows, and a
+regression of the digit's value (a number, mean squared error; no accuracy).
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine]` (cosine: decay to 0 over
@@ -42,10 +48,14 @@ from absl import flags
 
 from l2l_tf import LearnedOptimizer, cli, networks, presets, problems
 
-MODELS = ("mlp_sigmoid", "mlp_relu", "cnn", "mlp_dropout", "quickstart", "cnn_bn")
+MODELS = ("mlp_sigmoid", "mlp_relu", "cnn", "mlp_dropout", "quickstart", "cnn_bn", "lstm_rows",
+          "autoencoder")
+EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression")
+TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
 
-flags.DEFINE_list("models", list(MODELS), f"Models to train, of {', '.join(MODELS)}.")
+flags.DEFINE_list("models", list(MODELS), "Models to train, of "
+                  f"{', '.join(MODELS + EXTRA_MODELS)}.")
 flags.DEFINE_list("optimizers", ["default@1"],
                   "Optimizers besides Adam's grid, as name@learning_rate[:cosine] (see the "
                   "module docstring).")
@@ -69,9 +79,12 @@ FLAGS = flags.FLAGS
 
 
 def build_model(name):
-    """The model `name`, on flat 784-pixel inputs in [0, 1], returning logits."""
+    """The model `name`, on flat 784-pixel inputs in [0, 1]: logits of the 10 classes, or the
+    784 pixels ("reconstruct") or one number ("regress") for `TASKS`."""
     dense = keras.layers.Dense
     image = [keras.layers.Reshape((28, 28, 1))]
+    if name == "transformer":
+        return transformer()
     layers = {
         "mlp_sigmoid": [dense(20, activation="sigmoid")],
         "mlp_relu": [dense(20, activation="relu")],
@@ -86,8 +99,44 @@ def build_model(name):
             keras.layers.ReLU(), keras.layers.MaxPooling2D(2),
             keras.layers.Conv2D(32, 3, use_bias=False), keras.layers.BatchNormalization(),
             keras.layers.ReLU(), keras.layers.MaxPooling2D(2), keras.layers.Flatten()],
+        "lstm_rows": [keras.layers.Reshape((28, 28)), keras.layers.LSTM(64)],
+        "autoencoder": [dense(128, activation="relu"), dense(32, activation="relu"),
+                        dense(128, activation="relu")],
+        "keras_cnn": image + [
+            keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(), keras.layers.Dropout(0.5)],
+        "deep_mlp": [dense(256, activation="relu") for _ in range(6)],
+        "regression": [dense(128, activation="relu")],
     }[name]
-    return keras.Sequential([keras.Input((784,)), *layers, dense(10)])
+    head = {"reconstruct": dense(784, activation="sigmoid"), "regress": dense(1)}.get(
+        TASKS.get(name), dense(10))
+    return keras.Sequential([keras.Input((784,)), *layers, head])
+
+
+def transformer():
+    """One post-norm transformer block over the image's 28 rows (28 tokens of 28 pixels, a
+    learned position embedding, 4 heads of 16), mean-pooled into 10 logits."""
+    layers = keras.layers
+    inputs = keras.Input((784,))
+    tokens = layers.Dense(64)(layers.Reshape((28, 28))(inputs))
+    tokens = layers.Add()([tokens, PositionEmbedding()(tokens)])
+    attended = layers.MultiHeadAttention(4, 16)(tokens, tokens)
+    tokens = layers.LayerNormalization()(layers.Add()([tokens, attended]))
+    mixed = layers.Dense(64)(layers.Dense(128, activation="gelu")(tokens))
+    tokens = layers.LayerNormalization()(layers.Add()([tokens, mixed]))
+    return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling1D()(tokens)))
+
+
+class PositionEmbedding(keras.layers.Layer):
+    """A learned vector per position, the shape of its [batch, positions, width] input."""
+
+    def build(self, input_shape):
+        self.embedding = self.add_weight(shape=tuple(input_shape[1:]), initializer="zeros",
+                                         name="embedding")
+
+    def call(self, inputs):
+        return keras.ops.broadcast_to(self.embedding, keras.ops.shape(inputs))
 
 
 def parse_optimizer(spec):
@@ -122,9 +171,10 @@ def label(optimizer):
 
 
 def check_flags():
-    unknown = sorted(set(FLAGS.models) - set(MODELS))
+    unknown = sorted(set(FLAGS.models) - set(MODELS + EXTRA_MODELS))
     if unknown:
-        raise cli.UsageError(f"unknown --models {unknown}: use some of {', '.join(MODELS)}.")
+        raise cli.UsageError(f"unknown --models {unknown}: use some of "
+                             f"{', '.join(MODELS + EXTRA_MODELS)}.")
     if FLAGS.output is not None and not FLAGS.output.endswith(".md"):
         raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
     try:
@@ -195,21 +245,30 @@ def run(model_name, optimizer, seed, data):
     keras.utils.set_random_seed(seed)
     model = build_model(model_name)
     total_steps = FLAGS.epochs * -(-len(x) // FLAGS.batch_size)
+    task = TASKS.get(model_name, "classify")
     model.compile(
         optimizer=build_optimizer(*optimizer, total_steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=True) if task == "classify"
+              else keras.losses.MeanSquaredError()),
+        metrics=["accuracy"] if task == "classify" else [],
         jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
     )
+
+    def target(x, y):
+        return {"classify": y, "reconstruct": x, "regress": y.astype(np.float32)}[task]
+
     epochs = []
     for _ in range(FLAGS.epochs):
         start = time.perf_counter()
-        history = model.fit(x, y, batch_size=FLAGS.batch_size, epochs=1, verbose=0)
+        history = model.fit(x, target(x, y), batch_size=FLAGS.batch_size, epochs=1, verbose=0)
         record = {"seconds": time.perf_counter() - start,
                   "train_loss": history.history["loss"][-1]}
         for split in ("validation", "test"):
-            loss, accuracy = model.evaluate(*data[split], batch_size=1000, verbose=0)
-            record.update({f"{split}_loss": loss, f"{split}_accuracy": accuracy})
+            split_x, split_y = data[split]
+            scores = model.evaluate(split_x, target(split_x, split_y), batch_size=1000,
+                                    verbose=0, return_dict=True)
+            record.update({f"{split}_loss": scores["loss"],
+                           f"{split}_accuracy": scores.get("accuracy", np.nan)})
         epochs.append({k: float(v) for k, v in record.items()})
     return epochs
 
@@ -247,7 +306,12 @@ def report(results, optimizers, seeds, report_epochs):
         f"last {FLAGS.validation_examples:,} (validation); every number below is on the "
         "10,000 images of the test split, which no run trained on or chose by. "
         + (f"Mean ± standard error over seeds {', '.join(map(str, seeds))}." if len(seeds) > 1
-           else f"Seed {seeds[0]} only: no standard error."),
+           else f"Seed {seeds[0]} only: no standard error.")
+        + " Loss: the classifiers' cross-entropy"
+        + ("; the autoencoder's mean squared error of its reconstruction (no accuracy)"
+           if "autoencoder" in models else "")
+        + ("; the regression's squared error of the digit's value (no accuracy)"
+           if "regression" in models else "") + ".",
     ]
     for epoch in report_epochs:
         lines += ["", f"Test loss (accuracy) after epoch {epoch}:", "",
@@ -262,7 +326,7 @@ def report(results, optimizers, seeds, report_epochs):
                 runs = [results[(model_name, optimizer)][seed][epoch - 1] for seed in seeds]
                 loss = mean_and_error([r["test_loss"] for r in runs])
                 accuracy = np.mean([r["test_accuracy"] for r in runs])
-                cells.append(f"{loss} ({100 * accuracy:.2f}%)")
+                cells.append(loss if np.isnan(accuracy) else f"{loss} ({100 * accuracy:.2f}%)")
             cells[1] += f" ({best:g})"
             lines.append(f"| {model_name} | " + " | ".join(cells) + " |")
     lines += ["", "Validation loss of Adam's grid (mean over seeds; the lowest is chosen):", ""]
@@ -370,8 +434,10 @@ def main(argv):
                     if cache_path:
                         cli.write_text_atomically(cache_path, json.dumps(cache, indent=0))
                     last = cache[key][-1]
+                    accuracy = ("" if np.isnan(last["test_accuracy"])
+                                else f", accuracy {last['test_accuracy']:.4f}")
                     print(f"{model_name:12s} {label(optimizer):24s} seed {seed}: test loss "
-                          f"{last['test_loss']:.4f}, accuracy {last['test_accuracy']:.4f} "
+                          f"{last['test_loss']:.4f}{accuracy} "
                           f"({sum(r['seconds'] for r in cache[key]):.0f} s)", flush=True)
                 runs[seed] = cache[key]
     table = report(results, optimizers, seeds, report_epochs)

@@ -274,6 +274,30 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
     assert again.stdout.count("seed ") == 0 and output.read_text() == text
 
 
+def test_keras_fit_scores_models_without_accuracy_and_the_extra_models(tmp_path, mnist_data_dir):
+    """The autoencoder and the regression have a mean squared error and no accuracy; the
+    transformer's Dense kernels on [batch, tokens, width] inputs get shape-less gradients in
+    the partial last batch (1,000 examples at batch 128), which the default must still step."""
+    output = tmp_path / "fit.md"
+    result = script("keras_fit.py", "--models=autoencoder,regression,transformer", "--epochs=1",
+                    "--seeds=0", "--adam_grid=0.001", "--optimizers=default@1",
+                    "--train_examples=1000", "--validation_examples=2000", f"--output={output}")
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert ("Loss: the classifiers' cross-entropy; the autoencoder's mean squared error of its "
+            "reconstruction (no accuracy); the regression's squared error") in text
+    table = text.split("Test loss (accuracy) after epoch 1:")[1].split("\n\n")[1]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
+    assert "%" not in rows["autoencoder"] and "%" not in rows["regression"]
+    assert rows["transformer"].count("%") == 3  # Adam(), best constant Adam, default
+    with open(tmp_path / "fit.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert len(records) == 3 * 2
+    for r in records:
+        assert np.isfinite(float(r["test_loss"])), r
+        assert (r["test_accuracy"] == "nan") == (r["model"] != "transformer"), r
+
+
 def test_keras_fit_choice_of_adam_reads_the_validation_split_only():
     """Where validation and test disagree, the validation split decides: with the choice
     made on the test split this fails."""
