@@ -8,7 +8,8 @@ on data it never trained on? Every model trains on the first 50,000 images of MN
 split; the last 10,000 are a validation split, used only to choose the best constant rate of
 Adam's grid (--adam_grid, the same budget for every model); the reported numbers are the loss
 and accuracy on the 10,000 images of the test split. Each seed fixes the model's initial
-weights, the shuffling and dropout, the same for every optimizer.
+weights, the shuffling and dropout, the same for every optimizer (the float arithmetic is not
+always bit-identical between processes: BUILD_NOTES.md, "Session 9").
 
 Models (`MODELS`): today's three (the paper's MLP with sigmoid and with ReLU, a small CNN) and
 five that no optimizer of this package was meta-trained on: a deeper MLP with dropout, the
