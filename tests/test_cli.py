@@ -298,6 +298,14 @@ def test_keras_fit_scores_models_without_accuracy_and_the_extra_models(tmp_path,
         assert (r["test_accuracy"] == "nan") == (r["model"] != "transformer"), r
 
 
+def test_keras_fit_builds_every_model_with_the_output_its_task_needs():
+    keras_fit = load_experiment("keras_fit")
+    width = {"reconstruct": 784, "regress": 1}
+    for name in keras_fit.MODELS + keras_fit.EXTRA_MODELS:
+        outputs = keras_fit.build_model(name)(np.zeros((3, 784), np.float32))
+        assert tuple(outputs.shape) == (3, width.get(keras_fit.TASKS.get(name), 10)), name
+
+
 def test_keras_fit_choice_of_adam_reads_the_validation_split_only():
     """Where validation and test disagree, the validation split decides: with the choice
     made on the test split this fails."""
