@@ -52,11 +52,12 @@ from l2l_tf import LearnedOptimizer, cli, networks, presets, problems
 MODELS = ("mlp_sigmoid", "mlp_relu", "cnn", "mlp_dropout", "quickstart", "cnn_bn", "lstm_rows",
           "autoencoder")
 EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression")
+ALL_MODELS = MODELS + EXTRA_MODELS
 TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
 
 flags.DEFINE_list("models", list(MODELS), "Models to train, of "
-                  f"{', '.join(MODELS + EXTRA_MODELS)}.")
+                  f"{', '.join(ALL_MODELS)}.")
 flags.DEFINE_list("optimizers", ["default@1"],
                   "Optimizers besides Adam's grid, as name@learning_rate[:cosine] (see the "
                   "module docstring).")
@@ -172,10 +173,10 @@ def label(optimizer):
 
 
 def check_flags():
-    unknown = sorted(set(FLAGS.models) - set(MODELS + EXTRA_MODELS))
+    unknown = sorted(set(FLAGS.models) - set(ALL_MODELS))
     if unknown:
         raise cli.UsageError(f"unknown --models {unknown}: use some of "
-                             f"{', '.join(MODELS + EXTRA_MODELS)}.")
+                             f"{', '.join(ALL_MODELS)}.")
     if FLAGS.output is not None and not FLAGS.output.endswith(".md"):
         raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
     try:

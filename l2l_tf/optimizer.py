@@ -133,10 +133,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         state_variables = self.states[index]
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)
-        # The nets read static shapes (a kernel's fan-in), and a gradient may have lost them:
-        # a Dense kernel applied to [batch, time, features] inputs gets a [None, units]
-        # gradient in a train step traced for a partial last batch.
-        gradient = tf.ensure_shape(gradient, variable.shape)
+        if not gradient.shape.is_fully_defined():
+            # The nets read static shapes (a kernel's fan-in): a Dense kernel applied to
+            # [batch, time, features] inputs gets a [None, units] gradient in a train step
+            # traced for a partial last batch. Checked while tracing, so other steps pay nothing.
+            gradient = tf.ensure_shape(gradient, variable.shape)
         new_value, new_state, finite = self._learned_updates[net_name](
             tf.nest.map_structure(tf.convert_to_tensor, self.net_weights[net_name]),
             gradient,
