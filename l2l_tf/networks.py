@@ -297,6 +297,14 @@ class TensorwiseLSTM(LSTMNet):
     meta-trained on runs of about that length, and what it learned stops changing with time
     beyond them, where the hand-designed decay takes over (BUILD_NOTES.md).
 
+    `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
+    gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
+    that the step starts at Adam's and reaches the learned one at step `warmup_steps`. Steps several times
+    Adam's in the first hundred steps, where every gradient of a fresh model points the same
+    way, push most ReLU units of deep MLPs and regression heads dead for good; gradient
+    meta-training cannot see that cost, since a dead unit has no gradient (BUILD_NOTES.md,
+    "Session 10").
+
     Not elementwise: a tensor's features are means over all its coordinates, so stepping a
     concatenation of tensors is not stepping each. State per tensor: `(m, v, t, h_0, c_0,
     ...)`, m and v of the tensor's shape, the step count t and the LSTM's h, c as `[1, n]`.
@@ -314,7 +322,7 @@ class TensorwiseLSTM(LSTMNet):
     OUTPUTS = ("log step-size factor", "gradient weight")
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
-                 max_factor=30.0, decay_steps=None, initializer=None):
+                 max_factor=30.0, decay_steps=None, warmup_steps=None, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -326,6 +334,9 @@ class TensorwiseLSTM(LSTMNet):
         self.decay_steps = None if decay_steps is None else float(decay_steps)
         if self.decay_steps is not None and not self.decay_steps >= 1:
             raise ValueError(f"decay_steps must be at least 1 (or None), got {decay_steps!r}.")
+        self.warmup_steps = None if warmup_steps is None else float(warmup_steps)
+        if self.warmup_steps is not None and not self.warmup_steps >= 1:
+            raise ValueError(f"warmup_steps must be at least 1 (or None), got {warmup_steps!r}.")
         self._check_initializer()
 
     def weight_shapes(self):
@@ -381,6 +392,10 @@ class TensorwiseLSTM(LSTMNet):
         hidden, lstm_state = deep_lstm(weights, features, lstm_state, self.layers)
         outputs = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
         log_factor, gradient_weight = tf.unstack(tf.tanh(outputs[0]))
+        if self.warmup_steps is not None:
+            phase_in = tf.minimum(1.0, t[0] / self.warmup_steps)
+            log_factor *= phase_in
+            gradient_weight *= phase_in
         step_size = self.learning_rate * tf.exp(math.log(self.max_factor) * log_factor)
         if self.decay_steps is not None:
             step_size *= self.decay_steps / tf.maximum(t[0], self.decay_steps)
@@ -396,6 +411,7 @@ class TensorwiseLSTM(LSTMNet):
             "epsilon": self.epsilon,
             "max_factor": self.max_factor,
             "decay_steps": self.decay_steps,
+            "warmup_steps": self.warmup_steps,
         }
 
 

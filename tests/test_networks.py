@@ -358,3 +358,33 @@ def test_tensorwise_lstm_features_are_tensor_statistics():
     assert bias_features.numpy()[0][5] == 1.0 and bias_features.numpy()[0][6] == 0.0
     flipped, _, _ = net.features(g, -0.1 * g, 0.001 * tf.square(g), tf.constant(1.0))
     np.testing.assert_allclose(flipped.numpy()[0][2], -1.0, rtol=1e-6)
+
+
+def test_the_warm_up_phases_the_learned_correction_in_from_adam_s_step():
+    """With `warmup_steps=4` the learned log step-size factor is scaled by t / 4: on the same
+    gradients, the ratio of the step to Adam's is the unwarmed net's ratio to the power
+    t / 4, and from step 4 on the steps are the unwarmed net's (the LSTM's state does not
+    depend on the warm-up)."""
+    _, weights = tensorwise_with_random_outputs()
+    weights["linear"] = {field: value.copy() for field, value in weights["linear"].items()}
+    weights["linear"]["w"][:, 1] = 0.0  # no gradient term: the step is factor x Adam's
+    weights["linear"]["b"][1] = 0.0
+    warm = networks.TensorwiseLSTM(layers=(6,), warmup_steps=4)
+    assert warm.get_config()["warmup_steps"] == 4.0
+    adam = networks.TensorwiseLSTM(layers=(6,))  # an untrained net is Adam
+    rng = np.random.default_rng(0)
+    full = networks.TensorwiseLSTM(layers=(6,))
+    nets = {"full": (full, weights), "warm": (warm, weights), "adam": (adam, adam.initial_weights())}
+    states = {name: n.initial_state((5, 4)) for name, (n, _) in nets.items()}
+    for t in range(1, 7):
+        gradient = tf.constant(rng.normal(size=(5, 4)).astype(np.float32))
+        updates = {}
+        for name, (n, w) in nets.items():
+            updates[name], states[name] = n.step(w, gradient, states[name])
+            updates[name] = updates[name].numpy()
+        factor = updates["full"] / updates["adam"]
+        assert np.all(np.abs(np.log(factor)) > 0.05)  # the learned factor is not 1
+        np.testing.assert_allclose(updates["warm"] / updates["adam"],
+                                   factor ** min(1.0, t / 4), rtol=1e-4)
+    with pytest.raises(ValueError, match="warmup_steps must be at least 1"):
+        networks.TensorwiseLSTM(warmup_steps=0.5)
