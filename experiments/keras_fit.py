@@ -36,7 +36,6 @@ a .csv beside it, and the test loss per epoch as a plot (.png; needs matplotlib,
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -220,21 +219,11 @@ def load_data():
     return {"train": train, "validation": validation, "test": arrays["test"]}
 
 
-def nets_fingerprint(name):
-    """A short hash of a learned optimizer's saved nets (`default`, a shipped name or a path),
-    so that a cached run is not reused once the files it ran with have changed."""
-    path = presets.pretrained_path(presets.DEFAULT_PRETRAINED if name == "default" else name)
-    digest = hashlib.sha256()
-    for file in networks.net_files(path):
-        digest.update(os.path.basename(file).encode())
-        with open(file, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()[:12]
-
-
 def run_key(model_name, optimizer, seed):
     """What a cached run must match to be reused: everything its numbers depend on."""
-    nets = "" if optimizer[0] == "adam" else f"|nets {nets_fingerprint(optimizer[0])}"
+    name = optimizer[0]
+    nets = "" if name == "adam" else "|nets " + networks.nets_fingerprint(
+        presets.pretrained_path(presets.DEFAULT_PRETRAINED if name == "default" else name))
     return (f"{model_name}|{label(optimizer)}|seed {seed}|epochs {FLAGS.epochs}|batch "
             f"{FLAGS.batch_size}|train {FLAGS.train_examples or 'all'}|validation "
             f"{FLAGS.validation_examples}|jit {FLAGS.jit_compile}{nets}")

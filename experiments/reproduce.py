@@ -3,7 +3,8 @@
     python experiments/reproduce.py --problem=mnist --path=runs/mnist_paper --preset=paper
     python experiments/reproduce.py --problem=quadratic --path=runs/quadratic
 
-Stages, each resumable (results are cached under --output_dir and reused):
+Stages, each resumable (results are cached under --output_dir and reused; the learned
+optimizer's only while its nets' files at --path are unchanged):
 1. train (only with --train_epochs > 0): meta-trains with train.py into --path (with
    --resume: from its checkpoint if there is one).
 2. tune: for every test configuration and baseline (SGD, RMSprop, Adam, NAG with momentum
@@ -142,12 +143,12 @@ def train():
     subprocess.run(command, check=True)
 
 
-def tune(name, problem, num_steps, cache, candidates):
-    """Fills cache[name][label][rate] = mean final loss for `candidates` (label -> (build(rate),
-    grid)); returns the best rate per label."""
+def tune(name, problem, num_steps, cache, candidates, cache_key):
+    """Fills cache[name][cache_key(label)][rate] = mean final loss for `candidates` (label ->
+    (build(rate), grid)); returns the best rate per label."""
     best = {}
     for label, (build, grid) in candidates.items():
-        scores = cache.setdefault(name, {}).setdefault(label, {})
+        scores = cache.setdefault(name, {}).setdefault(cache_key(label), {})
         for rate in grid:
             if rate not in scores:
                 finals = evaluate(build(float(rate)), problem, num_steps, FLAGS.tuning_runs,
@@ -222,6 +223,13 @@ def main(argv):
     shared = os.path.join(FLAGS.output_dir, FLAGS.problem)
     prefix = os.path.join(FLAGS.output_dir, FLAGS.tag or FLAGS.problem)
     learned_label = "L2L" if FLAGS.tag is None else f"L2L {FLAGS.tag}"
+    nets = networks.nets_fingerprint(FLAGS.path)
+
+    def cache_key(label):
+        """Cached results are found by label, the learned optimizer's also by its nets'
+        files, so that they are not reused once the files at --path change."""
+        return f"{label} | nets {nets}" if label.startswith(learned_label) else label
+
     tuning_path = f"{shared}_tuning.json"
     tuning = load_json(tuning_path, {})
     rows = []
@@ -233,7 +241,7 @@ def main(argv):
                       for b in presets.BASELINES}
         if FLAGS.learned_grid:
             candidates[learned_label] = (learned, FLAGS.learned_grid)
-        best = tune(name, problem, num_steps, tuning, candidates)
+        best = tune(name, problem, num_steps, tuning, candidates, cache_key)
         cli.write_text_atomically(tuning_path, json.dumps(tuning, indent=1))
         curves = {}
         cache_path = f"{shared}_{name}_curves.npz"
@@ -250,15 +258,17 @@ def main(argv):
         heldout = dict(np.load(heldout_path)) if steps and os.path.exists(heldout_path) else {}
         heldout_problem = factory(heldout=True) if steps else None
         for label, build in runs:
-            if label not in cached:
-                cached[label] = (cached[learned_label] if label == as_trained else
-                                 evaluate(build(), problem, num_steps, FLAGS.num_runs, FLAGS.seed))
+            if cache_key(label) not in cached:
+                cached[cache_key(label)] = (
+                    cached[cache_key(learned_label)] if label == as_trained else
+                    evaluate(build(), problem, num_steps, FLAGS.num_runs, FLAGS.seed))
                 save_npz(cache_path, cached)
-            curves[label] = cached[label]
+            curves[label] = cached[cache_key(label)]
             stats = summary(curves[label])
-            key = f"{label} @ {','.join(map(str, steps))}"
+            at_steps = f" @ {','.join(map(str, steps))}"
+            key = cache_key(label) + at_steps
             if steps and key not in heldout:
-                heldout[key] = (heldout[f"{learned_label} @ {key.split(' @ ')[1]}"]
+                heldout[key] = (heldout[cache_key(learned_label) + at_steps]
                                 if label == as_trained else evaluate_heldout(
                                     build(), heldout_problem, steps, FLAGS.num_runs, FLAGS.seed))
                 save_npz(heldout_path, heldout)
@@ -274,7 +284,7 @@ def main(argv):
         plot(f"{prefix}_{name}.png", f"{FLAGS.tag or FLAGS.problem} {name}: "
              f"{FLAGS.num_runs} runs", curves)
         print(f"{name}: {time.time() - start:.0f} s", flush=True)
-    write_tables(prefix, rows, tuning, names, learned_label)
+    write_tables(prefix, rows, tuning, names, learned_label, cache_key(learned_label))
 
 
 def save_npz(path, arrays):
@@ -282,7 +292,7 @@ def save_npz(path, arrays):
     os.replace(path + ".tmp.npz", path)
 
 
-def write_tables(prefix, rows, tuning, names, learned_label):
+def write_tables(prefix, rows, tuning, names, learned_label, learned_key):
     columns = ["config", "optimizer", "loss@100", "loss@200", "sum100"]
     columns += sorted({c for r in rows for c in r if c.startswith("held-out")},
                       key=lambda c: (int(c.split("@")[1]), "accuracy" in c))
@@ -307,9 +317,10 @@ def write_tables(prefix, rows, tuning, names, learned_label):
     md += ["", "Grid search (mean final loss per learning rate):", ""]
     for name in names:
         for optimizer_name, scores in tuning.get(name, {}).items():
-            if optimizer_name not in (*presets.BASELINES, learned_label):
-                continue  # another learned optimizer's tuning, sharing the cache
-            md.append(f"- {name} {optimizer_name}: " + ", ".join(
+            if optimizer_name not in (*presets.BASELINES, learned_key):
+                continue  # another learned optimizer's (or nets') tuning, sharing the cache
+            shown = learned_label if optimizer_name == learned_key else optimizer_name
+            md.append(f"- {name} {shown}: " + ", ".join(
                 f"{rate}: {'diverged' if s is None else f'{s:.4g}'}" for rate, s in scores.items()))
     cli.write_text_atomically(f"{prefix}_results.md", "\n".join(md) + "\n")
 

@@ -19,6 +19,7 @@ coordinates, or its filters for `KernelDeepLSTM`). Nets whose rows are single co
 concatenated with others into one flat vector, which the meta-trainer uses for speed.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -690,6 +691,18 @@ def net_files(path):
             "train.py or MetaOptimizer.save, or a single net file."
         )
     return [os.path.join(path, f) for f in files]
+
+
+def nets_fingerprint(path):
+    """A short hash of the net files at `path` (names and contents): the experiment scripts
+    key cached runs of a learned optimizer by it, so that a run is not reused once the files
+    it ran with have changed."""
+    digest = hashlib.sha256()
+    for file in net_files(path):
+        digest.update(os.path.basename(file).encode())
+        with open(file, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:12]
 
 
 def load_nets(path):

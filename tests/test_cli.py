@@ -228,7 +228,7 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
         tmp_path, mnist_data_dir):
     output = tmp_path / "fit.md"
     args = ["--models=mlp_sigmoid,cnn_bn", "--epochs=2", "--report_epochs=1,2", "--seeds=0,1",
-            "--adam_grid=0.001,0.03", "--optimizers=default@0.3:cosine",
+            "--adam_grid=0.001,0.03", "--optimizers=default@2:cosine",
             "--train_examples=1280", "--validation_examples=2000", f"--output={output}"]
     result = script("keras_fit.py", *args)
     assert result.returncode == 0, result.stderr
@@ -260,7 +260,7 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
             assert row[2].endswith(f"({best})"), (row, validation)
             # ... and every cell is the mean test loss over seeds of its csv rows.
             for cell, optimizer in zip(row[1:], ["adam 0.001", f"adam {best}",
-                                                 "default 0.3, cosine"]):
+                                                 "default 2, cosine"]):
                 want = mean(model, optimizer, epoch, "test_loss")
                 assert abs(float(cell.split(" ± ")[0]) - want) < 6e-5, (cell, want)
     for r in records:  # 1280 examples are 10 steps an epoch: the MLP learns (ln 10 = 2.30);
@@ -320,18 +320,19 @@ def test_keras_fit_choice_of_adam_reads_the_validation_split_only():
     assert best == 0.01 and scores[0.03] == np.inf  # diverged (NaN) never wins
 
 
-def test_keras_fit_reuses_a_cached_learned_run_only_with_the_same_nets(tmp_path):
-    """A cached run of `default` or of a path must not outlive a change of its nets' files."""
-    keras_fit = load_experiment("keras_fit")
+def test_cached_learned_runs_are_keyed_by_the_contents_of_their_nets_files(tmp_path):
+    """keras_fit.py and reproduce.py key a learned optimizer's cached runs by this: a copy
+    of the files has the same key, a change of their contents another."""
     shipped = l2l_tf.presets.pretrained_path(l2l_tf.presets.DEFAULT_PRETRAINED)
     copy = tmp_path / "copy"
     shutil.copytree(shipped, copy)
-    assert keras_fit.nets_fingerprint("default") == keras_fit.nets_fingerprint(str(copy))
+    fingerprint = l2l_tf.networks.nets_fingerprint
+    assert fingerprint(shipped) == fingerprint(str(copy))
     net_file = next(copy.glob("*.npz"))
     net_name, options, weights = l2l_tf.networks.load_weights(str(net_file))
     changed = l2l_tf.networks.factory(net_name, {**options, "max_factor": 10.0})
     l2l_tf.networks.save_weights(str(net_file), changed, weights)
-    assert keras_fit.nets_fingerprint("default") != keras_fit.nets_fingerprint(str(copy))
+    assert fingerprint(shipped) != fingerprint(str(copy))
 
 
 def test_keras_fit_states_a_standard_error_only_over_several_seeds():
@@ -456,7 +457,9 @@ def test_multi_worker_meta_training_with_two_processes_keeps_the_nets_identical(
 
 
 def test_reproduce_tunes_baselines_and_the_learned_rate_then_reuses_its_caches(tmp_path):
-    shipped = os.path.join(ROOT, "l2l_tf", "pretrained", "quadratic")
+    shipped = tmp_path / "nets"
+    shutil.copytree(os.path.join(ROOT, "l2l_tf", "pretrained", "quadratic"), shipped)
+    learned_key = f"L2L | nets {l2l_tf.networks.nets_fingerprint(str(shipped))}"
     args = ["--problem=quadratic", f"--path={shipped}",
             "--num_runs=3", "--tuning_runs=2", "--grid=0.01,0.1", "--learned_grid=0.3,1",
             f"--output_dir={tmp_path}"]
@@ -464,7 +467,7 @@ def test_reproduce_tunes_baselines_and_the_learned_rate_then_reuses_its_caches(t
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("  tune base ") == 4 * 2 + 2
     with open(tmp_path / "quadratic_tuning.json") as f:
-        learned_scores = json.load(f)["base"]["L2L"]
+        learned_scores = json.load(f)["base"][learned_key]
     assert sorted(learned_scores) == ["0.3", "1"] and len(set(learned_scores.values())) == 2
     chosen = min(learned_scores, key=learned_scores.get)
     with open(tmp_path / "quadratic_results.md") as f:
@@ -474,10 +477,23 @@ def test_reproduce_tunes_baselines_and_the_learned_rate_then_reuses_its_caches(t
         assert f"| base | {name} (lr " in table and f"- base {name}: 0.01: " in table
     assert "- base L2L: 0.3: " in table and os.path.exists(tmp_path / "quadratic_base.png")
     curves = np.load(tmp_path / "quadratic_base_curves.npz")
-    assert curves["L2L"].shape == (3, 101)
+    assert curves[learned_key].shape == (3, 101)
     # The factor 1 is the untuned optimizer itself; 0.3 scales every update.
-    assert np.array_equal(curves["L2L"], curves[f"L2L (lr {chosen})"]) == (chosen == "1")
+    tuned_key = f"L2L (lr {chosen}) | nets {learned_key[-12:]}"
+    assert np.array_equal(curves[learned_key], curves[tuned_key]) == (chosen == "1")
     # A second run reuses the tuning and the curves.
     second = script("reproduce.py", *args)
     assert second.returncode == 0, second.stderr
     assert "tune" not in second.stdout
+    # Changed nets at the same path: their tuning and curves are new, the baselines' reused.
+    net_file = next(shipped.glob("*.npz"))
+    net_name, options, weights = l2l_tf.networks.load_weights(str(net_file))
+    weights["linear"]["b"] = weights["linear"]["b"] + 0.5
+    l2l_tf.networks.save_weights(str(net_file), l2l_tf.networks.factory(net_name, options),
+                                 weights)
+    third = script("reproduce.py", *args)
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.count("  tune base ") == 2 and "  tune base L2L " in third.stdout
+    curves = np.load(tmp_path / "quadratic_base_curves.npz")
+    new_key = f"L2L | nets {l2l_tf.networks.nets_fingerprint(str(shipped))}"
+    assert new_key != learned_key and not np.array_equal(curves[new_key], curves[learned_key])
