@@ -300,11 +300,11 @@ class TensorwiseLSTM(LSTMNet):
 
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
-    that the step starts at Adam's and reaches the learned one at step `warmup_steps`. Steps several times
-    Adam's in the first hundred steps, where every gradient of a fresh model points the same
-    way, push most ReLU units of deep MLPs and regression heads dead for good; gradient
-    meta-training cannot see that cost, since a dead unit has no gradient (BUILD_NOTES.md,
-    "Session 10").
+    that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
+    Steps several times Adam's in the first hundred steps, where every gradient of a fresh
+    model points the same way, push most ReLU units of deep MLPs and regression heads dead
+    for good; gradient meta-training cannot see that cost, since a dead unit has no gradient
+    (BUILD_NOTES.md, "Session 10").
 
     Not elementwise: a tensor's features are means over all its coordinates, so stepping a
     concatenation of tensors is not stepping each. State per tensor: `(m, v, t, h_0, c_0,

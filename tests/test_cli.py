@@ -301,7 +301,7 @@ def test_keras_fit_scores_models_without_accuracy_and_the_extra_models(tmp_path,
 def test_keras_fit_builds_every_model_with_the_output_its_task_needs():
     keras_fit = load_experiment("keras_fit")
     width = {"reconstruct": 784, "regress": 1}
-    for name in keras_fit.MODELS + keras_fit.EXTRA_MODELS:
+    for name in keras_fit.ALL_MODELS:
         outputs = keras_fit.build_model(name)(np.zeros((3, 784), np.float32))
         assert tuple(outputs.shape) == (3, width.get(keras_fit.TASKS.get(name), 10)), name
 
