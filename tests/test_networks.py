@@ -339,6 +339,46 @@ def test_tensorwise_lstm_ignores_the_scale_of_the_loss_and_bounds_its_step():
     assert 0 < largest <= 2 * 30.0 * 1e-3 * 1.01
 
 
+def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_decay_steps():
+    """With `gradient_decay=q` the step after `decay_steps` is the same net's without it times
+    min(1, rms / rms at decay_steps) ** q, both RMS over ~100 steps (an average with weight
+    0.99, debiased); before, and while the gradients stay as large, the steps are the same."""
+    _, weights = tensorwise_with_random_outputs()
+    plain = networks.TensorwiseLSTM(layers=(6,), decay_steps=5)
+    slowed = networks.TensorwiseLSTM(layers=(6,), decay_steps=5, gradient_decay=1.5)
+    assert slowed.get_config()["gradient_decay"] == 1.5
+    rng = np.random.default_rng(0)
+    scales = [1.0] * 5 + [0.5, 0.1, 0.1, 2.0, 2.0]
+    states = {net: net.initial_state((5, 4)) for net in (plain, slowed)}
+    power, factors = 0.0, []
+    for t, scale in enumerate(scales, start=1):
+        gradient = (scale * rng.normal(size=(5, 4))).astype(np.float32)
+        power = 0.99 * power + 0.01 * np.mean(np.square(gradient.astype(np.float64)))
+        rms = np.sqrt(power / (1 - 0.99 ** t))
+        if t == 5:
+            reference = rms
+        updates = {}
+        for net in (plain, slowed):
+            updates[net], states[net] = net.step(weights, tf.constant(gradient), states[net])
+        expected = 1.0 if t <= 5 else min(1.0, rms / reference) ** 1.5
+        np.testing.assert_allclose(updates[slowed].numpy() / updates[plain].numpy(), expected,
+                                   rtol=1e-4)
+        factors.append(expected)
+    assert factors[7] < 0.75 and factors[9] == 1.0  # gradients shrunk; grown back: full step
+    # A state saved before the gradient decay existed has no reference (0): the step is as
+    # before, it does not stop.
+    *rest, power_state, _ = states[slowed]
+    unreferenced = (*rest, power_state, tf.zeros([1]))
+    gradient = tf.constant(0.01 * rng.normal(size=(5, 4)).astype(np.float32))
+    np.testing.assert_allclose(slowed.step(weights, gradient, unreferenced)[0].numpy(),
+                               plain.step(weights, gradient, states[plain])[0].numpy(),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="gradient_decay must be at least 0"):
+        networks.TensorwiseLSTM(decay_steps=5, gradient_decay=-1)
+    with pytest.raises(ValueError, match="set decay_steps too"):
+        networks.TensorwiseLSTM(gradient_decay=1)
+
+
 def test_tensorwise_lstm_features_are_tensor_statistics():
     net = networks.TensorwiseLSTM()
     g = tf.constant([[1.0, -2.0], [3.0, 0.5]])

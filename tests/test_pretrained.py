@@ -28,6 +28,7 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
     assert type(default.nets["tensorwise"]).__name__ == "TensorwiseLSTM"
     assert default.nets["tensorwise"].get_config()["decay_steps"] == 700
     assert default.nets["tensorwise"].get_config()["warmup_steps"] == 100
+    assert default.nets["tensorwise"].get_config()["gradient_decay"] == 1.0
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
     assert wide.nets["cw"].get_config()["preprocess_options"] == {"k": 20}
     mnist = l2l_tf.LearnedOptimizer.from_pretrained("mnist")
@@ -63,6 +64,34 @@ def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
             assert ratio == pytest.approx(1.0, abs=1e-6), step
         else:
             assert ratio < 1.0, step
+
+
+def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
+    """After its `decay_steps` (700) the default's step also scales with the gradient's RMS
+    relative to step 700's: on gradients that keep their size it is the step of the same
+    weights without that (`gradient_decay=0`); 200 steps after they shrink 100-fold, as a
+    model's do when it has fit its training set, it is a fraction of it."""
+    default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
+    options = {**default.get_config(), "gradient_decay": 0.0}
+    plain = networks.TensorwiseLSTM(**options, initializer=default.initializer)
+    steps = {net: tf.function(net.step) for net in (default, plain)}
+    rng = np.random.default_rng(0)
+    net_weights = {net: net.initial_weights() for net in (default, plain)}
+    states = {}
+    for net in (default, plain):
+        m, v, t, *rest = net.initial_state((50, 20))
+        states[net] = (m, v, t + 300.0, *rest)  # as if 300 steps had been taken
+    ratios = {}
+    for step in range(301, 1001):
+        scale = 1.0 if step <= 800 else 0.01
+        gradient = tf.constant(scale * rng.normal(size=(50, 20)), tf.float32)
+        updates = {}
+        for net in (default, plain):
+            updates[net], states[net] = steps[net](net_weights[net], gradient, states[net])
+        ratios[step] = np.abs(updates[default]).sum() / np.abs(updates[plain]).sum()
+    assert all(ratios[step] == pytest.approx(1.0, abs=1e-5) for step in range(301, 701))
+    assert all(0.9 < ratios[step] <= 1.0 + 1e-5 for step in range(701, 801)), ratios
+    assert ratios[1000] < 0.5, ratios[1000]
 
 
 def _flat(optimizer):
