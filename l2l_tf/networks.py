@@ -322,6 +322,8 @@ class TensorwiseLSTM(LSTMNet):
     which leaves the step as it was).
     """
 
+    elementwise = False  # its features are per-tensor means (see above)
+
     FEATURES = (
         "mean |Adam step|",  # mean |m_hat| / (sqrt(v_hat) + eps): ~1 when gradients agree
         "mean |normalised gradient|",  # mean |g| / (sqrt(v_hat) + eps)

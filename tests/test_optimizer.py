@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import l2l_tf
-from l2l_tf import networks, presets
+from l2l_tf import meta, networks, presets, problems
 
 
 def make_data(n=64, features=6, seed=0):
@@ -163,6 +163,35 @@ def test_keras_path_equals_pure_step_over_several_steps(net_name, jit_compile):
         for want, got in zip(states, opt.states):
             for s, slot in zip(want, got):
                 np.testing.assert_allclose(slot.numpy(), s.numpy(), **tolerance)
+
+
+@pytest.mark.parametrize("net_name", sorted(EVERY_NET))
+def test_the_meta_trainer_steps_a_model_as_keras_does(net_name):
+    """Same net weights, same gradients, a model of several variables: the meta-trainer's
+    updates (`MetaLoss.updates`, which steps an elementwise net's parameters as one flat
+    vector and every other net's one by one) are `LearnedOptimizer`'s, for every net. A net
+    whose step is not elementwise but is flattened would see other statistics here than in
+    Keras (session 11: `TensorwiseLSTM` was, until then)."""
+    make_model, make_nets = EVERY_NET[net_name]
+    x, y = make_data()
+    model = make_model()
+    nets, assignments = make_nets()
+    opt = l2l_tf.LearnedOptimizer(nets=nets, net_assignments=assignments, seed=5)
+    weights = tf.nest.map_structure(tf.constant, opt.net_weight_values())
+    problem = problems.keras_model(model, x, y, LOSS)
+    run = meta.MetaOptimizer(**nets).meta_loss(problem, 4, net_assignments=assignments)
+    states = tf.nest.map_structure(tf.convert_to_tensor, run.states)
+    params = [tf.constant(v.numpy()) for v in model.trainable_variables]
+    for step in range(4):
+        batch = slice(16 * step, 16 * (step + 1))
+        with tf.GradientTape() as tape:
+            loss = LOSS(y[batch], model(x[batch]))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        updates, states = run.updates(weights, grads, states)
+        params = [p + u for p, u in zip(params, updates)]
+        for p, v in zip(params, model.trainable_variables):
+            np.testing.assert_allclose(v.numpy(), p.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_a_learning_rate_schedule_scales_each_step_and_survives_saving(tmp_path):
