@@ -128,6 +128,16 @@ EVERY_NET = {
 }
 
 
+def keras_step(opt, model, x, y, step):
+    """`opt` steps `model` on the step-th batch of 16; returns the gradients it was given."""
+    batch = slice(16 * step, 16 * (step + 1))
+    with tf.GradientTape() as tape:
+        loss = LOSS(y[batch], model(x[batch]))
+    grads = tape.gradient(loss, model.trainable_variables)
+    opt.apply_gradients(zip(grads, model.trainable_variables))
+    return grads
+
+
 @pytest.mark.parametrize("net_name", list(EVERY_NET))
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_keras_path_equals_pure_step_over_several_steps(net_name, jit_compile):
@@ -150,11 +160,7 @@ def test_keras_path_equals_pure_step_over_several_steps(net_name, jit_compile):
     states = [nets[n].initial_state(v.shape)
               for n, v in zip(variable_nets, model.trainable_variables)]
     for step in range(4):
-        batch = slice(16 * step, 16 * (step + 1))
-        with tf.GradientTape() as tape:
-            loss = LOSS(y[batch], model(x[batch]))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
+        grads = keras_step(opt, model, x, y, step)
         for i, (g, n) in enumerate(zip(grads, variable_nets)):
             update, states[i] = nets[n].step(weights[n], g, states[i])
             params[i] = params[i] + 0.7 * update
@@ -165,7 +171,7 @@ def test_keras_path_equals_pure_step_over_several_steps(net_name, jit_compile):
                 np.testing.assert_allclose(slot.numpy(), s.numpy(), **tolerance)
 
 
-@pytest.mark.parametrize("net_name", sorted(EVERY_NET))
+@pytest.mark.parametrize("net_name", list(EVERY_NET))
 def test_the_meta_trainer_steps_a_model_as_keras_does(net_name):
     """Same net weights, same gradients, a model of several variables: the meta-trainer's
     updates (`MetaLoss.updates`, which steps an elementwise net's parameters as one flat
@@ -183,11 +189,7 @@ def test_the_meta_trainer_steps_a_model_as_keras_does(net_name):
     states = tf.nest.map_structure(tf.convert_to_tensor, run.states)
     params = [tf.constant(v.numpy()) for v in model.trainable_variables]
     for step in range(4):
-        batch = slice(16 * step, 16 * (step + 1))
-        with tf.GradientTape() as tape:
-            loss = LOSS(y[batch], model(x[batch]))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
+        grads = keras_step(opt, model, x, y, step)
         updates, states = run.updates(weights, grads, states)
         params = [p + u for p, u in zip(params, updates)]
         for p, v in zip(params, model.trainable_variables):

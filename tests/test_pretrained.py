@@ -40,6 +40,13 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
         l2l_tf.LearnedOptimizer.from_pretrained("cifar")
 
 
+def state_after(net, steps, shape):
+    """A `TensorwiseLSTM`'s initial state with its step count set as if `steps` steps had
+    been taken (the rest zero), to reach its `decay_steps` in a test's few hundred steps."""
+    m, v, t, *rest = net.initial_state(shape)
+    return (m, v, t + float(steps), *rest)
+
+
 def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
     """The README's recipe for long runs: the shipped weights with the decay they were
     meta-trained with (2000 steps) step exactly as the default up to step 700, the default's
@@ -50,10 +57,7 @@ def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
     rng = np.random.default_rng(0)
     net_weights = {net: net.initial_weights() for net in (default, longer)}
-    states = {}
-    for net in (default, longer):
-        m, v, t, *lstm = net.initial_state((5, 3))
-        states[net] = (m, v, t + 650.0, *lstm)  # as if 650 steps had been taken
+    states = {net: state_after(net, 650, (5, 3)) for net in (default, longer)}
     for step in range(651, 761):
         gradient = tf.constant(rng.normal(size=(5, 3)), tf.float32)
         updates = {}
@@ -77,10 +81,7 @@ def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
     steps = {net: tf.function(net.step) for net in (default, plain)}
     rng = np.random.default_rng(0)
     net_weights = {net: net.initial_weights() for net in (default, plain)}
-    states = {}
-    for net in (default, plain):
-        m, v, t, *rest = net.initial_state((50, 20))
-        states[net] = (m, v, t + 300.0, *rest)  # as if 300 steps had been taken
+    states = {net: state_after(net, 300, (50, 20)) for net in (default, plain)}
     ratios = {}
     for step in range(301, 1001):
         scale = 1.0 if step <= 800 else 0.01
