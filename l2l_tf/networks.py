@@ -15,8 +15,9 @@ original's `initializer` option and saved files use.
 
 Every state is a tuple of float32 tensors whose first axis is the parameter's "rows" (its
 coordinates, or its filters for `KernelDeepLSTM`). Nets whose rows are single coordinates
-(`elementwise = True`) give the same result whether a parameter is stepped alone or
-concatenated with others into one flat vector, which the meta-trainer uses for speed.
+declare `elementwise = True`: they give the same result whether a parameter is stepped alone
+or concatenated with others into one flat vector, which the meta-trainer uses for speed.
+Others (the default) are stepped one parameter at a time.
 """
 
 import hashlib
@@ -41,7 +42,7 @@ _METADATA_KEY = "__l2l_tf__"
 class Net:
     """Base class: a stateful update rule with (possibly no) learnable weights."""
 
-    elementwise = True
+    elementwise = False  # True only where flat and per-parameter steps agree (module doc)
 
     def weight_shapes(self):
         """`{module: {field: shape}}` of the learnable weights (empty for fixed rules)."""
@@ -144,8 +145,6 @@ class StandardDeepLSTM(LSTMNet):
     ordered (input, cell, forget, output) as in Sonnet, with forget-gate bias +1 added in the
     computation; gate weights are one matrix over the concatenated [input, hidden].
     """
-
-    elementwise = False
 
     def __init__(
         self,
@@ -318,11 +317,9 @@ class TensorwiseLSTM(LSTMNet):
     concatenation of tensors is not stepping each. State per tensor: `(m, v, t, h_0, c_0,
     ..., p, p_ref)`, m and v of the tensor's shape, the step count t and the LSTM's h, c as
     `[1, n]`, p the mean squared gradient averaged over about 100 steps and p_ref its value at
-    step `decay_steps` (last, so that a state saved before they existed loads as p_ref = 0,
-    which leaves the step as it was).
+    step `decay_steps`, both kept only with `gradient_decay` (last, so that a state saved
+    before they existed loads as p_ref = 0, which leaves the step as it was).
     """
-
-    elementwise = False  # its features are per-tensor means (see above)
 
     FEATURES = (
         "mean |Adam step|",  # mean |m_hat| / (sqrt(v_hat) + eps): ~1 when gradients agree
@@ -410,8 +407,6 @@ class TensorwiseLSTM(LSTMNet):
         t = t + 1.0
         m = self.beta1 * m + (1.0 - self.beta1) * gradient
         v = self.beta2 * v + (1.0 - self.beta2) * tf.square(gradient)
-        power = (self.POWER_DECAY * power
-                 + (1.0 - self.POWER_DECAY) * tf.reduce_mean(tf.square(gradient)))
         features, adam_step, normalised = self.features(gradient, m, v, t[0])
         hidden, lstm_state = deep_lstm(weights, features, lstm_state, self.layers)
         outputs = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
@@ -423,8 +418,10 @@ class TensorwiseLSTM(LSTMNet):
         step_size = self.learning_rate * tf.exp(math.log(self.max_factor) * log_factor)
         if self.decay_steps is not None:
             step_size *= self.decay_steps / tf.maximum(t[0], self.decay_steps)
-            if self.gradient_decay:
-                step_size *= self._gradient_decay_factor(t, power, power_reference)
+        if self.gradient_decay:  # (it needs decay_steps)
+            power = (self.POWER_DECAY * power
+                     + (1.0 - self.POWER_DECAY) * tf.reduce_mean(tf.square(gradient)))
+            step_size *= self._gradient_decay_factor(t, power, power_reference)
             power_reference = tf.where(t <= self.decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
         return update, (m, v, t, *lstm_state, power, power_reference)
@@ -461,6 +458,8 @@ def _fan_in(shape):
 class Sgd(Net):
     """Plain gradient descent written as a net, to give a variable group a fixed rule."""
 
+    elementwise = True
+
     def __init__(self, learning_rate=0.001):
         self.learning_rate = float(learning_rate)
 
@@ -473,6 +472,8 @@ class Sgd(Net):
 
 class Adam(Net):
     """Adam written as a net, state (t, m, v) per coordinate as in the original."""
+
+    elementwise = True
 
     def __init__(self, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8):
         self.learning_rate = float(learning_rate)
@@ -506,6 +507,8 @@ class Adam(Net):
 class RMSprop(Net):
     """RMSprop (Tieleman and Hinton) as a net: a baseline of the paper, not in the original."""
 
+    elementwise = True
+
     def __init__(self, learning_rate=1e-3, decay=0.9, epsilon=1e-8):
         self.learning_rate = float(learning_rate)
         self.decay = float(decay)
@@ -531,6 +534,8 @@ class Nag(Net):
     In the look-ahead-free form Keras's SGD(nesterov=True) uses: m = mu m - lr g, and the
     update is mu m - lr g.
     """
+
+    elementwise = True
 
     def __init__(self, learning_rate=1e-3, momentum=0.9):
         self.learning_rate = float(learning_rate)
