@@ -57,7 +57,8 @@ def baseline_nets(name, learning_rate):
 
 
 PROBLEMS = ("simple", "simple-multi", "quadratic", "mnist", "mnist-mix", "mnist-family",
-            "mnist-inits", "mnist-keras", "mnist-keras-overfit", "cifar", "cifar-multi")
+            "mnist-inits", "mnist-keras", "mnist-keras-overfit", "mnist-keras-deep", "cifar",
+            "cifar-multi")
 
 
 def _check_preset(preset):
@@ -132,8 +133,16 @@ MNIST_KERAS_OVERFIT_MEMBERS = tuple(
     ("mnist", {"layers": (64, 32), "activation": "relu", "dropout": 0.2, "train_size": 4000}),
     ("mnist", {"layers": (64,), "activation": "relu", "batch_size": 64, "train_size": 2000}),
 )
+# "mnist-keras-deep": the same plus a 6 x 64 ReLU MLP, seventh in turn. Meta-trained tensor
+# by tensor, on the nine MLPs alone the net learned to step every kernel at ~20x Adam's rate,
+# which kills a 6 x 256 ReLU MLP and stalls a transformer (BUILD_NOTES.md, session 12). A
+# 6 x 128 member does not fit in memory here over a 2000-step unroll.
+MNIST_KERAS_DEEP_MEMBERS = (MNIST_KERAS_MEMBERS[:6]
+                            + (("mnist", {"layers": (64,) * 6, "activation": "relu"}),)
+                            + MNIST_KERAS_MEMBERS[6:])
 MNIST_KERAS_FAMILIES = {"mnist-keras": MNIST_KERAS_MEMBERS,
-                        "mnist-keras-overfit": MNIST_KERAS_OVERFIT_MEMBERS}
+                        "mnist-keras-overfit": MNIST_KERAS_OVERFIT_MEMBERS,
+                        "mnist-keras-deep": MNIST_KERAS_DEEP_MEMBERS}
 TENSORWISE_NET_NAME = "tensorwise"
 # Held-out examples of a validation meta-objective: the train split's last 10,000 images
 # (the validation split of `experiments/keras_fit.py` too; the test split stays unseen).
@@ -168,7 +177,8 @@ def get_config(problem_name, path=None, preset="original", mode=None, data_dir=N
                          f"{problem_name!r}.")
     if validation_size and problem_name != "mnist" and problem_name not in MNIST_KERAS_FAMILIES:
         raise ValueError(f"A validation split is available for the mnist, mnist-keras and "
-                         f"mnist-keras-overfit problems, not {problem_name!r}.")
+                         f"mnist-keras-overfit and mnist-keras-deep problems, not "
+                         f"{problem_name!r}.")
     linear_zero = {"layers": (), "initializer": "zeros"}
     default = coordinatewise_net_options(preset)
     if problem_name == "simple":
