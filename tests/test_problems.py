@@ -137,6 +137,21 @@ def test_mnist_mix_and_family_presets_are_ensembles_of_mlps(mnist_data_dir):
                                rtol=1e-5)
 
 
+def test_mnist_keras_deep_family_adds_a_deep_relu_mlp_in_turn(mnist_data_dir):
+    keras_family, _, _ = presets.get_config("mnist-keras", mode="test")
+    deep_family, nets, _ = presets.get_config("mnist-keras-deep", mode="test")
+    assert isinstance(deep_family, problems.Family) and list(nets) == ["tensorwise"]
+    assert len(deep_family.members) == len(keras_family.members) + 1
+    deep = deep_family.members[6]
+    params = deep.init_params(rng(0))
+    assert [tuple(p.shape) for p in params[0::2]] == [(784, 64)] + [(64, 64)] * 5 + [(64, 10)]
+    # Keras's initialisation (Glorot kernels), and ReLU: some hidden units are off.
+    np.testing.assert_allclose(float(tf.math.reduce_std(params[2])),
+                               np.sqrt(6.0 / 128) / np.sqrt(3), rtol=0.1)
+    others = [m for i, m in enumerate(deep_family.members) if i != 6]
+    assert [m.param_names for m in others] == [m.param_names for m in keras_family.members]
+
+
 def test_mnist_glorot_initialisation_is_keras_dense_default_and_mnist_inits_has_both(
         mnist_data_dir):
     glorot = problems.mnist(initializer="glorot", mode="test").init_params(rng(2))
