@@ -64,7 +64,7 @@ flags.DEFINE_enum("meta_objective", "train", ["train", "validation"],
                   "What the meta-loss sums: the optimizee's training minibatch losses (the "
                   "paper's) or its losses on minibatches of held-out examples, the train "
                   "split's last 10,000 images, which it then does not train on (mnist, "
-                  "mnist-keras, mnist-keras-overfit, mnist-keras-deep).")
+                  f"{', '.join(presets.MNIST_KERAS_FAMILIES)}).")
 flags.DEFINE_boolean("deterministic", False,
                      "Turn on TensorFlow's op determinism: the same seed gives the same bits.")
 FLAGS = flags.FLAGS

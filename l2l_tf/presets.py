@@ -176,9 +176,8 @@ def get_config(problem_name, path=None, preset="original", mode=None, data_dir=N
         raise ValueError(f"Held-out evaluation is available for the mnist problem, not "
                          f"{problem_name!r}.")
     if validation_size and problem_name != "mnist" and problem_name not in MNIST_KERAS_FAMILIES:
-        raise ValueError(f"A validation split is available for the mnist, mnist-keras and "
-                         f"mnist-keras-overfit and mnist-keras-deep problems, not "
-                         f"{problem_name!r}.")
+        raise ValueError(f"A validation split is available for the mnist, "
+                         f"{', '.join(MNIST_KERAS_FAMILIES)} problems, not {problem_name!r}.")
     linear_zero = {"layers": (), "initializer": "zeros"}
     default = coordinatewise_net_options(preset)
     if problem_name == "simple":

@@ -145,7 +145,7 @@ def test_mnist_keras_deep_family_adds_a_deep_relu_mlp_in_turn(mnist_data_dir):
     deep = deep_family.members[6]
     params = deep.init_params(rng(0))
     assert [tuple(p.shape) for p in params[0::2]] == [(784, 64)] + [(64, 64)] * 5 + [(64, 10)]
-    # Keras's initialisation (Glorot kernels), and ReLU: some hidden units are off.
+    # Keras's initialisation: Glorot kernels, U(-l, l) with l = sqrt(6 / (64 + 64)).
     np.testing.assert_allclose(float(tf.math.reduce_std(params[2])),
                                np.sqrt(6.0 / 128) / np.sqrt(3), rtol=0.1)
     others = [m for i, m in enumerate(deep_family.members) if i != 6]
