@@ -1,0 +1,221 @@
+"""How well can the default's kind of update do in the paper's 100-step setting?
+
+    python experiments/schedule_ceiling.py --output=experiments/results/schedule_ceiling.md
+
+The default optimizer (`networks.TensorwiseLSTM`) moves every tensor along Adam's direction
+plus a weighted normalised gradient; its LSTM picks two numbers per tensor and step, the step
+size and the gradient weight. Here a free table takes the LSTM's place: one step size and one
+gradient weight per tensor of the paper's MLP and per time segment (--segments of the 100
+steps). The table is meta-trained directly on the paper's metric, the sum of the losses of the
+first 100 steps, on the train split. It is then scored like `reproduce.py` scores an
+optimizer: 100 fresh runs on test-split batches, seed --seed. The table starts at Adam with
+rate --start_rate, the rate `reproduce.py`'s grid tuned for both configurations
+(`experiments/results/mnist_tuning.json`). This is an estimate of the ceiling, not a proof:
+an LSTM can adapt its schedule to each run, and the table cannot. It answers a design
+question: can a tensorwise net meet the paper-setting targets of issue 14 at all?
+Each (configuration, step-size cap) runs separately. Results are cached in
+`<output>_runs.json`, so the same command resumes where it stopped (losing at most the run in
+progress). --max_rates caps the step size: "none", or a rate such as 0.03 (the shipped
+default's bound, `max_factor` 30 x its rate 0.001).
+"""
+
+import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from l2l_tf import cli, meta, networks, problems
+
+CONFIGURATIONS = {"base": "sigmoid", "relu": "relu"}  # reproduce.py's, by activation
+HORIZON = 100
+
+flags.DEFINE_list("configs", list(CONFIGURATIONS), "Configurations of reproduce.py to run.")
+flags.DEFINE_list("max_rates", ["none", "0.03"], "Caps on the step size: none, or a rate.")
+flags.DEFINE_integer("segments", 10, "Time segments of the 100 steps, each with its own "
+                     "step size and gradient weight per tensor.", lower_bound=1)
+flags.DEFINE_float("start_rate", 0.03, "Adam's rate the table starts from.", lower_bound=0.0)
+flags.DEFINE_integer("meta_epochs", 2000, "Meta-training runs (one 100-step unroll each).",
+                     lower_bound=1)
+flags.DEFINE_float("meta_learning_rate", 0.005, "Meta-Adam's learning rate.", lower_bound=0.0)
+flags.DEFINE_integer("num_runs", 100, "Evaluation runs.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Evaluation seed; meta-training uses seed + 7.")
+flags.DEFINE_string("output", None, "Markdown file for the table (.md).", required=True)
+FLAGS = flags.FLAGS
+
+
+class ScheduleTable(networks.Net):
+    """TensorwiseLSTM's update with the LSTM replaced by a table indexed by tensor and time.
+
+    Update of a tensor at step t: `-rate * exp(log_factor[i, s]) * (adam_step + tanh(
+    gradient_weight[i, s]) * normalised_gradient)`, i the tensor (found by its shape, so the
+    problem's shapes must differ), s the segment of t. Adam's moments as TensorwiseLSTM's.
+    """
+
+    def __init__(self, shapes, segments, start_rate, max_rate=None, rate=1e-3, beta1=0.9,
+                 beta2=0.999, epsilon=1e-7):
+        self.shapes = [tuple(shape) for shape in shapes]
+        if len(set(self.shapes)) != len(self.shapes):
+            raise ValueError(f"tensors are found by shape; these repeat: {self.shapes}")
+        self.segments = segments
+        self.start_rate = start_rate
+        self.max_rate = max_rate
+        self.rate, self.beta1, self.beta2, self.epsilon = rate, beta1, beta2, epsilon
+
+    def weight_shapes(self):
+        shape = (len(self.shapes), self.segments)
+        return {"table": {"log_factor": shape, "gradient_weight": shape}}
+
+    def initial_weights(self, seed=None):
+        shape = (len(self.shapes), self.segments)
+        return {"table": {"log_factor": tf.fill(shape, math.log(self.start_rate / self.rate)),
+                          "gradient_weight": tf.zeros(shape)}}
+
+    def state_shapes(self, param_shape):
+        return (tuple(param_shape), tuple(param_shape), (1,))
+
+    def log_factor(self, table):
+        """The table's log step-size factors, capped at `max_rate`."""
+        if self.max_rate is None:
+            return table
+        return tf.minimum(table, math.log(self.max_rate / self.rate))
+
+    def step(self, weights, gradient, state):
+        m, v, t = state
+        t = t + 1.0
+        m = self.beta1 * m + (1.0 - self.beta1) * gradient
+        v = self.beta2 * v + (1.0 - self.beta2) * tf.square(gradient)
+        v_correction = 1.0 - tf.pow(self.beta2, t[0])
+        denominator = tf.sqrt(v) + self.epsilon
+        adam_step = tf.sqrt(v_correction) / (1.0 - tf.pow(self.beta1, t[0])) * m / denominator
+        normalised = tf.sqrt(v_correction) * gradient / denominator
+        index = self.shapes.index(tuple(gradient.shape))
+        segment = tf.cast(tf.minimum(self.segments - 1.0,
+                                     tf.floor((t[0] - 1.0) * self.segments / HORIZON)), tf.int32)
+        log_factor = self.log_factor(weights["table"]["log_factor"])[index, segment]
+        gradient_weight = tf.tanh(weights["table"]["gradient_weight"][index, segment])
+        update = -self.rate * tf.exp(log_factor) * (adam_step + gradient_weight * normalised)
+        return update, (m, v, t)
+
+    def get_config(self):
+        return {"shapes": self.shapes, "segments": self.segments,
+                "start_rate": self.start_rate, "max_rate": self.max_rate}
+
+
+def scores(optimizer, problem):
+    """loss@100 and sum100 (the losses of steps 0..99), mean and standard error over runs."""
+    run = optimizer.meta_loss(problem, 20, seed=FLAGS.seed)
+    losses = np.stack([meta.run_epoch(run, HORIZON // 20, train=False)
+                       for _ in range(FLAGS.num_runs)])
+    metrics = {"loss@100": losses[:, HORIZON], "sum100": losses[:, :HORIZON].sum(1)}
+    return {k: [float(np.mean(v)), float(np.std(v) / np.sqrt(len(v)))]
+            for k, v in metrics.items()}
+
+
+def run(config, max_rate):
+    activation = CONFIGURATIONS[config]
+    train_problem = problems.mnist(activation=activation, mode="train")
+    test_problem = problems.mnist(activation=activation, mode="test")
+    shapes = [tuple(param.shape) for param in train_problem.params]
+    net = ScheduleTable(shapes, FLAGS.segments, FLAGS.start_rate, max_rate)
+    optimizer = meta.MetaOptimizer(schedule=net)
+    start = scores(optimizer, test_problem)
+    began = time.perf_counter()
+    training = optimizer.meta_minimize(train_problem, HORIZON, FLAGS.meta_learning_rate,
+                                       seed=FLAGS.seed + 7, graph_loop=True)
+    for _ in range(FLAGS.meta_epochs):
+        meta.run_epoch(training, 1, train=True)
+    table = optimizer.weights["schedule"]["table"]
+    rates = net.rate * np.exp(net.log_factor(table["log_factor"]).numpy())
+    return {"start": start, "learned": scores(optimizer, test_problem),
+            "seconds": time.perf_counter() - began,
+            "rates": [[float(f"{x:.3g}") for x in row] for row in rates],
+            "gradient_weights": [[round(float(x), 2) + 0.0 for x in row]
+                                 for row in np.tanh(table["gradient_weight"].numpy())]}
+
+
+def run_key(config, max_rate):
+    return (f"{config}|cap {max_rate}|segments {FLAGS.segments}|start {FLAGS.start_rate}|"
+            f"epochs {FLAGS.meta_epochs}|meta lr {FLAGS.meta_learning_rate}|"
+            f"runs {FLAGS.num_runs}|seed {FLAGS.seed}")
+
+
+def report(results, keys):
+    def cell(pair):
+        return f"{pair[0]:.4g} ± {pair[1]:.2g}"
+
+    lines = [
+        "# A free per-tensor step schedule in the paper's setting",
+        "",
+        "Training minibatch loss on test-split batches (the paper's protocol, as reproduce.py), "
+        f"{FLAGS.num_runs} runs, seed {FLAGS.seed}; mean ± standard error. The table of step "
+        f"sizes ({FLAGS.segments} segments of 100 steps, one row per tensor: W1, b1, W2, b2) was "
+        f"meta-trained for {FLAGS.meta_epochs} runs on the train split, meta-Adam rate "
+        f"{FLAGS.meta_learning_rate}, from Adam at rate {FLAGS.start_rate}.",
+        "",
+        f"Command: `python experiments/schedule_ceiling.py --configs={','.join(FLAGS.configs)} "
+        f"--max_rates={','.join(FLAGS.max_rates)} --segments={FLAGS.segments} "
+        f"--start_rate={FLAGS.start_rate:g} --meta_epochs={FLAGS.meta_epochs} "
+        f"--meta_learning_rate={FLAGS.meta_learning_rate:g} --num_runs={FLAGS.num_runs} "
+        f"--seed={FLAGS.seed} --output={FLAGS.output}`; meta-training wall time per row below.",
+        "",
+        "| configuration | step-size cap | start: Adam loss@100 | start: Adam sum100 | "
+        "table loss@100 | table sum100 | meta-training (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (config, cap), key in keys:
+        r = results[key]
+        lines.append(f"| {config} | {cap} | {cell(r['start']['loss@100'])} | "
+                     f"{cell(r['start']['sum100'])} | {cell(r['learned']['loss@100'])} | "
+                     f"{cell(r['learned']['sum100'])} | {r['seconds']:.0f} |")
+    lines += ["", "Learned step sizes and gradient weights per tensor, one number per segment:", ""]
+    for (config, cap), key in keys:
+        lines.append(f"- {config}, cap {cap}:")
+        for tensor, rates, weights in zip(("W1", "b1", "W2", "b2"), results[key]["rates"],
+                                          results[key]["gradient_weights"]):
+            lines.append(f"  - {tensor}: rates {' '.join(f'{x:g}' for x in rates)}; gradient "
+                         f"weights {' '.join(f'{x:g}' for x in weights)}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    unknown = sorted(set(FLAGS.configs) - set(CONFIGURATIONS))
+    if unknown:
+        raise cli.UsageError(f"unknown --configs {unknown}: use some of "
+                             f"{', '.join(CONFIGURATIONS)}.")
+    if not FLAGS.output.endswith(".md"):
+        raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
+    caps = []
+    for text in FLAGS.max_rates:
+        try:
+            caps.append(None if text == "none" else float(text))
+        except ValueError:
+            raise cli.UsageError(f"--max_rates: {text!r} is neither none nor a rate.") from None
+    cache = FLAGS.output[:-3] + "_runs.json"
+    results = {}
+    if os.path.exists(cache):
+        with open(cache) as f:
+            results = json.load(f)
+    keys = []
+    for config in FLAGS.configs:
+        for cap in caps:
+            key = run_key(config, cap)
+            keys.append(((config, "none" if cap is None else f"{cap:g}"), key))
+            if key not in results:
+                results[key] = run(config, cap)
+                cli.write_text_atomically(cache, json.dumps(results, indent=1))
+            r = results[key]["learned"]
+            print(f"{config} cap {cap}: loss@100 {r['loss@100'][0]:.4f}, "
+                  f"sum100 {r['sum100'][0]:.2f}", flush=True)
+    cli.write_text_atomically(FLAGS.output, report(results, keys))
+
+
+if __name__ == "__main__":
+    cli.run(main)
