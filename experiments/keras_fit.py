@@ -18,8 +18,11 @@ meta-training: an LSTM classifier reading the image's 28 rows, and an autoencode
 (784-128-32-128-784, sigmoid output) whose loss is the mean squared error of its
 reconstruction (no accuracy) and which still underfits after 20 epochs.
 `EXTRA_MODELS`, run only when named in --models (some are slow on a CPU): keras.io's "simple
-MNIST convnet", a 6 x 256 ReLU MLP, a one-block transformer over the image's rows, and a
-regression of the digit's value (a number, mean squared error; no accuracy).
+MNIST convnet", a 6 x 256 ReLU MLP, a one-block transformer over the image's rows, a
+regression of the digit's value (a number, mean squared error; no accuracy), and five added
+in session 13 to widen what "unseen" covers: a 2 x 256 GELU MLP, a tanh MLP, a 1024-unit
+ReLU MLP, a small residual CNN with batch normalisation, and a bag-of-words model (an
+`Embedding` of the positions of the lit pixels, averaged, as in Keras's text classifiers).
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine]` (cosine: decay to 0 over
@@ -50,7 +53,8 @@ from l2l_tf import LearnedOptimizer, cli, networks, presets, problems
 
 MODELS = ("mlp_sigmoid", "mlp_relu", "cnn", "mlp_dropout", "quickstart", "cnn_bn", "lstm_rows",
           "autoencoder")
-EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression")
+EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression", "mlp_gelu", "mlp_tanh",
+                "wide_mlp", "resnet", "pixel_bag")
 ALL_MODELS = MODELS + EXTRA_MODELS
 TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
@@ -86,6 +90,8 @@ def build_model(name):
     image = [keras.layers.Reshape((28, 28, 1))]
     if name == "transformer":
         return transformer()
+    if name == "resnet":
+        return resnet()
     layers = {
         "mlp_sigmoid": [dense(20, activation="sigmoid")],
         "mlp_relu": [dense(20, activation="relu")],
@@ -109,6 +115,11 @@ def build_model(name):
             keras.layers.Flatten(), keras.layers.Dropout(0.5)],
         "deep_mlp": [dense(256, activation="relu") for _ in range(6)],
         "regression": [dense(128, activation="relu")],
+        "mlp_gelu": [dense(256, activation="gelu"), dense(256, activation="gelu")],
+        "mlp_tanh": [dense(128, activation="tanh")],
+        "wide_mlp": [dense(1024, activation="relu")],
+        "pixel_bag": [LitPixelPositions(), keras.layers.Embedding(785, 32, mask_zero=True),
+                      keras.layers.GlobalAveragePooling1D(), dense(64, activation="relu")],
     }[name]
     head = {"reconstruct": dense(784, activation="sigmoid"), "regress": dense(1)}.get(
         TASKS.get(name), dense(10))
@@ -127,6 +138,35 @@ def transformer():
     mixed = layers.Dense(64)(layers.Dense(128, activation="gelu")(tokens))
     tokens = layers.LayerNormalization()(layers.Add()([tokens, mixed]))
     return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling1D()(tokens)))
+
+
+def resnet():
+    """A small residual CNN: a 16-filter stem, then two residual blocks (16 filters, then 32 at
+    stride 2 with a 1 x 1 projection), each conv followed by batch normalisation; global
+    average pooling into 10 logits."""
+    layers = keras.layers
+
+    def conv_bn(x, filters, strides=1):
+        x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+        return layers.BatchNormalization()(x)
+
+    inputs = keras.Input((784,))
+    x = layers.ReLU()(conv_bn(layers.Reshape((28, 28, 1))(inputs), 16))
+    for filters, strides in ((16, 1), (32, 2)):
+        branch = conv_bn(layers.ReLU()(conv_bn(x, filters, strides)), filters)
+        if strides != 1:
+            x = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(x)
+        x = layers.ReLU()(layers.Add()([x, branch]))
+    return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling2D()(x)))
+
+
+class LitPixelPositions(keras.layers.Layer):
+    """Token ids for a bag of words: 1 + a pixel's position where it is above 0.5, else 0
+    (padding, masked by the `Embedding` that follows)."""
+
+    def call(self, inputs):
+        positions = keras.ops.arange(1, inputs.shape[-1] + 1, dtype="int32")
+        return keras.ops.where(inputs > 0.5, positions, keras.ops.zeros_like(positions))
 
 
 class PositionEmbedding(keras.layers.Layer):

@@ -363,7 +363,7 @@ def load_experiment(name):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--models=resnet"], "unknown --models ['resnet']"),
+    (["--models=vgg16"], "unknown --models ['vgg16']"),
     (["--optimizers=adam"], "is not name@learning_rate[:cosine]"),
     (["--optimizers=adam@0.1:linear"], "is not name@learning_rate[:cosine]"),
     (["--adam_grid=0.1,fast"], "is not name@learning_rate[:cosine]"),
@@ -497,3 +497,65 @@ def test_reproduce_tunes_baselines_and_the_learned_rate_then_reuses_its_caches(t
     curves = np.load(tmp_path / "quadratic_base_curves.npz")
     new_key = f"L2L | nets {l2l_tf.networks.nets_fingerprint(str(shipped))}"
     assert new_key != learned_key and not np.array_equal(curves[new_key], curves[learned_key])
+
+
+def test_schedule_ceiling_table_starts_as_keras_adam_at_its_start_rate():
+    """The table's 'start: Adam' column is the table before meta-training: Keras's Adam."""
+    import keras
+    import tensorflow as tf
+
+    ceiling = load_experiment("schedule_ceiling")
+    shapes = [(3, 2), (2,)]
+    table = ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03)
+    weights = table.initial_weights()
+    variables = [keras.Variable(np.ones(shape, np.float32)) for shape in shapes]
+    adam = keras.optimizers.Adam(0.03)
+    values = [np.ones(shape, np.float32) for shape in shapes]
+    states = [table.initial_state(shape) for shape in shapes]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        gradients = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
+        adam.apply_gradients(zip(gradients, variables))
+        for i, gradient in enumerate(gradients):
+            update, states[i] = table.step(weights, tf.constant(gradient), states[i])
+            values[i] = values[i] + update.numpy()
+    for value, variable in zip(values, variables):
+        np.testing.assert_allclose(value, variable.numpy(), rtol=1e-5, atol=1e-6)
+    capped = ceiling.ScheduleTable(shapes, segments=4, start_rate=0.1, max_rate=0.03)
+    np.testing.assert_allclose(
+        np.exp(capped.log_factor(capped.initial_weights()["table"]["log_factor"])) * 1e-3, 0.03,
+        rtol=1e-6)
+
+
+def test_schedule_ceiling_writes_its_table_and_resumes_from_its_cache(tmp_path, mnist_data_dir):
+    output = tmp_path / "ceiling.md"
+    args = ["--configs=base", "--max_rates=0.03", "--meta_epochs=2", "--num_runs=2",
+            f"--output={output}"]
+    first = script("schedule_ceiling.py", *args)
+    assert first.returncode == 0, first.stderr
+    cache = (tmp_path / "ceiling_runs.json").read_text()
+    text = output.read_text()
+    row = [line for line in text.splitlines() if line.startswith("| base | 0.03 |")]
+    assert len(row) == 1
+    assert f"--meta_epochs=2 --meta_learning_rate=0.005 --num_runs=2 --seed=0 --output={output}" \
+        in text
+    rates = json.loads(cache)
+    (result,) = rates.values()
+    assert np.max(result["rates"]) <= 0.03 + 1e-6 and np.shape(result["rates"]) == (4, 10)
+    again = script("schedule_ceiling.py", *args)  # cached: no meta-training, same numbers
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout and output.read_text() == text
+    assert (tmp_path / "ceiling_runs.json").read_text() == cache
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--configs=base,deep", "--output=c.md"], "unknown --configs ['deep']"),
+    (["--max_rates=none,fast", "--output=c.md"], "--max_rates: 'fast' is neither none nor a rate"),
+    (["--output=ceiling.txt"], "must end in .md"),
+    (["--segments=0", "--output=c.md"], "--segments"),
+    ([], "--output must have a value"),
+])
+def test_bad_schedule_ceiling_flags_give_one_line_and_exit_2(flags, message):
+    result = script("schedule_ceiling.py", *flags)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
