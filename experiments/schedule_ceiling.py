@@ -10,9 +10,11 @@ steps). The table is meta-trained directly on the paper's metric, the sum of the
 first 100 steps, on the train split. It is then scored like `reproduce.py` scores an
 optimizer: 100 fresh runs on test-split batches, seed --seed. The table starts at Adam with
 rate --start_rate, the rate `reproduce.py`'s grid tuned for both configurations
-(`experiments/results/mnist_tuning.json`). This is an estimate of the ceiling, not a proof:
-an LSTM can adapt its schedule to each run, and the table cannot. It answers a design
-question: can a tensorwise net meet the paper-setting targets of issue 14 at all?
+(`experiments/results/mnist_tuning.json`). The question is one of design: how close can a
+tensorwise net come to the paper-setting targets of issue 14? The answer is an estimate,
+not a bound. An LSTM can adapt its schedule to each run, and the table cannot. Meta-gradients
+through 100 steps can also mislead: on the ReLU MLP the table ended worse than where it
+started, and a per-tensor LSTM beat it (BUILD_NOTES.md, "Session 13").
 Each (configuration, step-size cap) runs separately. Results are cached in
 `<output>_runs.json`, so the same command resumes where it stopped (losing at most the run in
 progress). --max_rates caps the step size: "none", or a rate such as 0.03 (the shipped
