@@ -45,6 +45,8 @@ flags.DEFINE_float("start_rate", 0.03, "Adam's rate the table starts from.", low
 flags.DEFINE_integer("meta_epochs", 2000, "Meta-training runs (one 100-step unroll each).",
                      lower_bound=1)
 flags.DEFINE_float("meta_learning_rate", 0.005, "Meta-Adam's learning rate.", lower_bound=0.0)
+flags.DEFINE_integer("samples", 1, "Runs averaged per meta-step (less noisy meta-gradients).",
+                     lower_bound=1)
 flags.DEFINE_integer("num_runs", 100, "Evaluation runs.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Evaluation seed; meta-training uses seed + 7.")
 flags.DEFINE_string("output", None, "Markdown file for the table (.md).", required=True)
@@ -129,7 +131,8 @@ def run(config, max_rate):
     start = scores(optimizer, test_problem)
     began = time.perf_counter()
     training = optimizer.meta_minimize(train_problem, HORIZON, FLAGS.meta_learning_rate,
-                                       seed=FLAGS.seed + 7, graph_loop=True)
+                                       seed=FLAGS.seed + 7, graph_loop=True,
+                                       samples=FLAGS.samples)
     for _ in range(FLAGS.meta_epochs):
         meta.run_epoch(training, 1, train=True)
     table = optimizer.weights["schedule"]["table"]
@@ -144,6 +147,7 @@ def run(config, max_rate):
 def run_key(config, max_rate):
     return (f"{config}|cap {max_rate}|segments {FLAGS.segments}|start {FLAGS.start_rate}|"
             f"epochs {FLAGS.meta_epochs}|meta lr {FLAGS.meta_learning_rate}|"
+            f"samples {FLAGS.samples}|"
             f"runs {FLAGS.num_runs}|seed {FLAGS.seed}")
 
 
@@ -157,13 +161,15 @@ def report(results, keys):
         "Training minibatch loss on test-split batches (the paper's protocol, as reproduce.py), "
         f"{FLAGS.num_runs} runs, seed {FLAGS.seed}; mean ± standard error. The table of step "
         f"sizes ({FLAGS.segments} segments of 100 steps, one row per tensor: W1, b1, W2, b2) was "
-        f"meta-trained for {FLAGS.meta_epochs} runs on the train split, meta-Adam rate "
+        f"meta-trained for {FLAGS.meta_epochs} meta-steps of {FLAGS.samples} run(s) each on the "
+        "train split, meta-Adam rate "
         f"{FLAGS.meta_learning_rate}, from Adam at rate {FLAGS.start_rate}.",
         "",
         f"Command: `python experiments/schedule_ceiling.py --configs={','.join(FLAGS.configs)} "
         f"--max_rates={','.join(FLAGS.max_rates)} --segments={FLAGS.segments} "
         f"--start_rate={FLAGS.start_rate:g} --meta_epochs={FLAGS.meta_epochs} "
-        f"--meta_learning_rate={FLAGS.meta_learning_rate:g} --num_runs={FLAGS.num_runs} "
+        f"--meta_learning_rate={FLAGS.meta_learning_rate:g} --samples={FLAGS.samples} "
+        f"--num_runs={FLAGS.num_runs} "
         f"--seed={FLAGS.seed} --output={FLAGS.output}`; meta-training wall time per row below.",
         "",
         "| configuration | step-size cap | start: Adam loss@100 | start: Adam sum100 | "

@@ -542,7 +542,7 @@ def test_schedule_ceiling_writes_its_table_and_resumes_from_its_cache(tmp_path, 
     text = output.read_text()
     row = [line for line in text.splitlines() if line.startswith("| base | 0.03 |")]
     assert len(row) == 1
-    assert f"--meta_epochs=2 --meta_learning_rate=0.005 --num_runs=2 --seed=0 --output={output}" \
+    assert f"--meta_epochs=2 --meta_learning_rate=0.005 --samples=1 --num_runs=2 --seed=0 --output={output}" \
         in text
     rates = json.loads(cache)
     (result,) = rates.values()
