@@ -58,18 +58,19 @@ class ScheduleTable(networks.Net):
 
     Update of a tensor at step t: `-rate * exp(log_factor[i, s]) * (adam_step + tanh(
     gradient_weight[i, s]) * normalised_gradient)`, i the tensor (found by its shape, so the
-    problem's shapes must differ), s the segment of t. Adam's moments as TensorwiseLSTM's.
+    problem's shapes must differ), s the segment of t. Adam's step and the normalised
+    gradient come from `TensorwiseLSTM.features`, so the update is the default's.
     """
 
-    def __init__(self, shapes, segments, start_rate, max_rate=None, rate=1e-3, beta1=0.9,
-                 beta2=0.999, epsilon=1e-7):
+    def __init__(self, shapes, segments, start_rate, max_rate=None, rate=1e-3):
         self.shapes = [tuple(shape) for shape in shapes]
         if len(set(self.shapes)) != len(self.shapes):
             raise ValueError(f"tensors are found by shape; these repeat: {self.shapes}")
         self.segments = segments
         self.start_rate = start_rate
         self.max_rate = max_rate
-        self.rate, self.beta1, self.beta2, self.epsilon = rate, beta1, beta2, epsilon
+        self.rate = rate
+        self.tensorwise = networks.TensorwiseLSTM(learning_rate=rate)  # its Adam part
 
     def weight_shapes(self):
         shape = (len(self.shapes), self.segments)
@@ -92,12 +93,10 @@ class ScheduleTable(networks.Net):
     def step(self, weights, gradient, state):
         m, v, t = state
         t = t + 1.0
-        m = self.beta1 * m + (1.0 - self.beta1) * gradient
-        v = self.beta2 * v + (1.0 - self.beta2) * tf.square(gradient)
-        v_correction = 1.0 - tf.pow(self.beta2, t[0])
-        denominator = tf.sqrt(v) + self.epsilon
-        adam_step = tf.sqrt(v_correction) / (1.0 - tf.pow(self.beta1, t[0])) * m / denominator
-        normalised = tf.sqrt(v_correction) * gradient / denominator
+        beta1, beta2 = self.tensorwise.beta1, self.tensorwise.beta2
+        m = beta1 * m + (1.0 - beta1) * gradient
+        v = beta2 * v + (1.0 - beta2) * tf.square(gradient)
+        _, adam_step, normalised = self.tensorwise.features(gradient, m, v, t[0])
         index = self.shapes.index(tuple(gradient.shape))
         segment = tf.cast(tf.minimum(self.segments - 1.0,
                                      tf.floor((t[0] - 1.0) * self.segments / HORIZON)), tf.int32)
