@@ -22,7 +22,9 @@ MNIST convnet", a 6 x 256 ReLU MLP, a one-block transformer over the image's row
 regression of the digit's value (a number, mean squared error; no accuracy), and five added
 in session 13 to widen what "unseen" covers: a 2 x 256 GELU MLP, a tanh MLP, a 1024-unit
 ReLU MLP, a small residual CNN with batch normalisation, and a bag-of-words model (an
-`Embedding` of the positions of the lit pixels, averaged, as in Keras's text classifiers).
+`Embedding` of the positions of the lit pixels, averaged, as in Keras's text classifiers);
+and in session 14 a logistic regression (one `Dense` layer: convex, and still underfitting
+after 5 epochs).
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine]` (cosine: decay to 0 over
@@ -54,7 +56,7 @@ from l2l_tf import LearnedOptimizer, cli, networks, presets, problems
 MODELS = ("mlp_sigmoid", "mlp_relu", "cnn", "mlp_dropout", "quickstart", "cnn_bn", "lstm_rows",
           "autoencoder")
 EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression", "mlp_gelu", "mlp_tanh",
-                "wide_mlp", "resnet", "pixel_bag")
+                "wide_mlp", "resnet", "pixel_bag", "logistic")
 ALL_MODELS = MODELS + EXTRA_MODELS
 TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
@@ -118,6 +120,7 @@ def build_model(name):
         "mlp_gelu": [dense(256, activation="gelu"), dense(256, activation="gelu")],
         "mlp_tanh": [dense(128, activation="tanh")],
         "wide_mlp": [dense(1024, activation="relu")],
+        "logistic": [],
         "pixel_bag": [LitPixelPositions(), keras.layers.Embedding(785, 32, mask_zero=True),
                       keras.layers.GlobalAveragePooling1D(), dense(64, activation="relu")],
     }[name]
