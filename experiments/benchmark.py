@@ -11,6 +11,10 @@ Sections:
   shipped ones), with Keras's default `jit_compile="auto"` (no XLA for the train step on
   CPU; the learned update compiles itself) and with `jit_compile=True`; data are random
   arrays of MNIST's shape (the cost of a step does not depend on the values).
+- compile: the time to the first `model.fit` step, which traces the train step and compiles
+  the learned update once per distinct variable shape (XLA compiles per shape), and the
+  steps after it, on Keras applications with many variables (--compile_models, untrained,
+  32 x 32 x 3 inputs, batch 32), with Adam and with `LearnedOptimizer()`.
 - lstm: one step of the 2 x 20 LSTM on the MLP's 15,910 coordinates, its two matmuls alone
   and one layer's elementwise part alone: the floor any update built from TensorFlow's ops
   has here.
@@ -38,7 +42,10 @@ from absl import flags
 
 from l2l_tf import LearnedOptimizer, cli, meta, networks, presets
 
-flags.DEFINE_list("sections", ["machine", "fit", "lstm", "meta"], "Sections to run.")
+SECTIONS = ("machine", "fit", "compile", "lstm", "meta")
+COMPILE_MODELS = {"mobilenet_v2": "MobileNetV2", "resnet50": "ResNet50"}  # keras.applications
+
+flags.DEFINE_list("sections", list(SECTIONS), "Sections to run.")
 flags.DEFINE_list("unroll_lengths", ["20"], "Unroll lengths for the meta section.")
 flags.DEFINE_list("meta_jit", ["false"], "XLA settings for the meta section (false, true).")
 flags.DEFINE_list("meta_recompute", ["false"],
@@ -49,6 +56,8 @@ flags.DEFINE_integer("fit_steps", 50, "Timed fit steps per round.", lower_bound=
 flags.DEFINE_list("fit_models", ["mlp", "quickstart"], "Models for the fit section.")
 flags.DEFINE_list("fit_optimizers", ["default", "mnist-wide"],
                   "Learned optimizers for the fit section: default or shipped names.")
+flags.DEFINE_list("compile_models", ["mobilenet_v2"],
+                  f"Models for the compile section, of {', '.join(COMPILE_MODELS)}.")
 flags.DEFINE_integer("repeats", 12, "Interleaved timing rounds (fit, lstm).", lower_bound=1)
 flags.DEFINE_string("child", None, "Internal: run one meta configuration and print JSON.")
 FLAGS = flags.FLAGS
@@ -133,6 +142,37 @@ def fit_section():
                      f"{ms[(n, jit)][0] / adam[0]:.2f}" for n in names]
             print(f"| {model_name} | {jit} | {adam[0]:.2f} / {adam[1]:.2f} | "
                   + " | ".join(cells) + " |", flush=True)
+
+
+def compile_section():
+    """Time to the first step: a model with many variables of many shapes is where the
+    learned update's compilation, once per distinct shape, shows."""
+    steps = FLAGS.fit_steps
+    print(f"\n## Time to the first model.fit step, batch 32 (s; then ms per step over "
+          f"{steps} steps)\n")
+    print("| model | variables | distinct shapes | Adam: first step | Adam: per step | "
+          "default: first step | default: per step |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rng = np.random.default_rng(0)
+    x = rng.random((32 * steps, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, 32 * steps)
+    for model_name in FLAGS.compile_models:
+        cells = []
+        for optimizer in (keras.optimizers.Adam, LearnedOptimizer):
+            keras.utils.set_random_seed(0)
+            model = getattr(keras.applications, COMPILE_MODELS[model_name])(
+                input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None)
+            model.compile(optimizer=optimizer(),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            start = time.perf_counter()
+            model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+            cells += [f"{first:.1f}", f"{(time.perf_counter() - start) / steps * 1000:.0f}"]
+        shapes = {tuple(v.shape) for v in model.trainable_variables}
+        print(f"| {model_name} | {len(model.trainable_variables)} | {len(shapes)} | "
+              + " | ".join(cells) + " |", flush=True)
 
 
 def lstm_section():
@@ -237,13 +277,17 @@ def main(argv):
         unroll_length, jit, recompute = FLAGS.child.split(":")
         print(json.dumps(meta_child(int(unroll_length), jit == "true", recompute == "true")))
         return
-    unknown = set(FLAGS.sections) - {"machine", "fit", "lstm", "meta"}
+    unknown = set(FLAGS.sections) - set(SECTIONS)
     if unknown:
         raise cli.UsageError(
-            f"unknown --sections {sorted(unknown)}: use machine, fit, lstm, meta.")
+            f"unknown --sections {sorted(unknown)}: use {', '.join(SECTIONS)}.")
     unknown = set(FLAGS.fit_models) - set(FIT_MODELS)
     if unknown:
         raise cli.UsageError(f"unknown --fit_models {sorted(unknown)}: use {', '.join(FIT_MODELS)}.")
+    unknown = set(FLAGS.compile_models) - set(COMPILE_MODELS)
+    if unknown:
+        raise cli.UsageError(f"unknown --compile_models {sorted(unknown)}: use "
+                             f"{', '.join(COMPILE_MODELS)}.")
     with cli.configuration_errors():
         for name in FLAGS.fit_optimizers:
             learned_optimizer(name)
@@ -257,6 +301,8 @@ def main(argv):
         print(f"\n## Machine\n\nfloat32 matmul 2048^3: {machine_rate:.0f} GFLOP/s")
     if "fit" in FLAGS.sections:
         fit_section()
+    if "compile" in FLAGS.sections:
+        compile_section()
     if "lstm" in FLAGS.sections:
         lstm_section()
     if "meta" in FLAGS.sections:

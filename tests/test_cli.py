@@ -222,6 +222,8 @@ def test_benchmark_prints_its_tables_and_refuses_unknown_sections():
     assert bad.returncode == 2 and "unknown --sections ['speed']" in bad.stderr
     bad = script("benchmark.py", "--sections=fit", "--fit_models=resnet")
     assert bad.returncode == 2 and "unknown --fit_models ['resnet']" in bad.stderr
+    bad = script("benchmark.py", "--sections=compile", "--compile_models=vgg16")
+    assert bad.returncode == 2 and "unknown --compile_models ['vgg16']" in bad.stderr
 
 
 def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes(
