@@ -48,9 +48,9 @@ def state_after(net, steps, shape):
 
 
 def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
-    """The README's recipe for long runs: the shipped weights with the decay they were
-    meta-trained with (2000 steps) step exactly as the default up to step 700, the default's
-    `decay_steps`, and take larger steps after it."""
+    """The README's recipe for small batches and long runs: the shipped weights with a later
+    decay (here 2000 steps, the horizon they were meta-trained on) step exactly as the
+    default up to step 700, the default's `decay_steps`, and take larger steps after it."""
     path = os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz")
     _, options, weights = networks.load_weights(path)
     longer = networks.TensorwiseLSTM(**{**options, "decay_steps": 2000}, initializer=weights)
@@ -68,6 +68,23 @@ def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
             assert ratio == pytest.approx(1.0, abs=1e-6), step
         else:
             assert ratio < 1.0, step
+
+
+def test_the_candidate_default_is_the_shipped_weights_with_a_later_stronger_decay():
+    """`experiments/candidates/decay1400-gd2` (BUILD_NOTES.md, "Session 14") changes only two
+    hand-set options of the default, so its numbers measure those options alone; it loads by
+    path like any saved nets."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidate = os.path.join(root, "experiments", "candidates", "decay1400-gd2")
+    _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
+    _, default_options, default_weights = networks.load_weights(
+        os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"))
+    assert {**default_options, "decay_steps": 1400.0, "gradient_decay": 2.0} == options
+    for module, fields in default_weights.items():
+        for field, value in fields.items():
+            np.testing.assert_array_equal(weights[module][field], value)
+    net = l2l_tf.LearnedOptimizer.from_pretrained(candidate).nets["tensorwise"]
+    assert net.get_config()["decay_steps"] == 1400.0
 
 
 def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
