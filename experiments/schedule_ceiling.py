@@ -70,7 +70,7 @@ class ScheduleTable(networks.Net):
         self.start_rate = start_rate
         self.max_rate = max_rate
         self.rate = rate
-        self.tensorwise = networks.TensorwiseLSTM(learning_rate=rate)  # its Adam part
+        self.tensorwise = networks.TensorwiseLSTM()  # its Adam part (features use no rate)
 
     def weight_shapes(self):
         shape = (len(self.shapes), self.segments)
