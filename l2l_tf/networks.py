@@ -297,13 +297,16 @@ class TensorwiseLSTM(LSTMNet):
     meta-trained on runs of about that length, and what it learned stops changing with time
     beyond them, where the hand-designed decay takes over (BUILD_NOTES.md).
 
-    `gradient_decay` (with `decay_steps`) slows the step further once the gradients have
-    shrunk: after `decay_steps` it is also multiplied by `min(1, r) ** gradient_decay`, `r` the
-    tensor's gradient RMS over about the last 100 steps divided by the same RMS at step
-    `decay_steps`. Adam's normalised step is as large when a model that fits its training
-    set has shrunk its gradients 100-fold as when they were large, so it keeps memorising at
-    full speed and the held-out loss rises; SGD's step would shrink with the gradient. A model
-    that still underfits keeps its gradients, and its step (BUILD_NOTES.md, "Session 11").
+    `gradient_decay` slows the step further once the gradients have shrunk: after
+    `gradient_decay_steps` (default: `decay_steps`) it is also multiplied by
+    `min(1, r) ** gradient_decay`, `r` the tensor's gradient RMS over about the last 100 steps
+    divided by the same RMS at step `gradient_decay_steps`. Adam's normalised step is as large
+    when a model that fits its training set has shrunk its gradients 100-fold as when they
+    were large, so it keeps memorising at full speed and the held-out loss rises; SGD's step
+    would shrink with the gradient. A model that still underfits keeps its gradients, and its
+    step (BUILD_NOTES.md, "Session 11"). Starting it before the decay in time lets a model
+    that fits its training set early slow down early, while one that still underfits keeps
+    its step for longer (BUILD_NOTES.md, "Session 15").
 
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
@@ -317,7 +320,7 @@ class TensorwiseLSTM(LSTMNet):
     concatenation of tensors is not stepping each. State per tensor: `(m, v, t, h_0, c_0,
     ..., p, p_ref)`, m and v of the tensor's shape, the step count t and the LSTM's h, c as
     `[1, n]`, p the mean squared gradient averaged over about 100 steps and p_ref its value at
-    step `decay_steps`, both kept only with `gradient_decay` (last, so that a state saved
+    step `gradient_decay_steps`, both kept only with `gradient_decay` (last, so that a state saved
     before they existed loads as p_ref = 0, which leaves the step as it was).
     """
 
@@ -335,7 +338,7 @@ class TensorwiseLSTM(LSTMNet):
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
-                 initializer=None):
+                 gradient_decay_steps=None, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -353,9 +356,14 @@ class TensorwiseLSTM(LSTMNet):
         self.gradient_decay = float(gradient_decay)
         if not self.gradient_decay >= 0:
             raise ValueError(f"gradient_decay must be at least 0, got {gradient_decay!r}.")
-        if self.gradient_decay and self.decay_steps is None:
-            raise ValueError("gradient_decay starts at decay_steps: set decay_steps too, or "
-                             "gradient_decay=0.")
+        self.gradient_decay_steps = (self.decay_steps if gradient_decay_steps is None
+                                     else float(gradient_decay_steps))
+        if self.gradient_decay_steps is not None and not self.gradient_decay_steps >= 1:
+            raise ValueError("gradient_decay_steps must be at least 1 (or None: decay_steps), "
+                             f"got {gradient_decay_steps!r}.")
+        if self.gradient_decay and self.gradient_decay_steps is None:
+            raise ValueError("gradient_decay starts at gradient_decay_steps, by default "
+                             "decay_steps: set one of them, or gradient_decay=0.")
         self._check_initializer()
 
     def weight_shapes(self):
@@ -418,20 +426,21 @@ class TensorwiseLSTM(LSTMNet):
         step_size = self.learning_rate * tf.exp(math.log(self.max_factor) * log_factor)
         if self.decay_steps is not None:
             step_size *= self.decay_steps / tf.maximum(t[0], self.decay_steps)
-        if self.gradient_decay:  # (it needs decay_steps)
+        if self.gradient_decay:
             power = (self.POWER_DECAY * power
                      + (1.0 - self.POWER_DECAY) * tf.reduce_mean(tf.square(gradient)))
             step_size *= self._gradient_decay_factor(t, power, power_reference)
-            power_reference = tf.where(t <= self.decay_steps, power, power_reference)
+            power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
         return update, (m, v, t, *lstm_state, power, power_reference)
 
     def _gradient_decay_factor(self, t, power, power_reference):
-        """`min(1, rms / rms at decay_steps) ** gradient_decay`; 1 up to `decay_steps` and
-        while no reference exists (0: a state saved before it existed)."""
+        """`min(1, rms / rms at gradient_decay_steps) ** gradient_decay`; 1 up to
+        `gradient_decay_steps` and while no reference exists (0: a state saved before it
+        existed)."""
         unbiased = power / (1.0 - tf.pow(self.POWER_DECAY, t))
-        reference = power_reference / (1.0 - self.POWER_DECAY ** self.decay_steps)
-        ratio = tf.where((t > self.decay_steps) & (power_reference > 0),
+        reference = power_reference / (1.0 - self.POWER_DECAY ** self.gradient_decay_steps)
+        ratio = tf.where((t > self.gradient_decay_steps) & (power_reference > 0),
                          unbiased / tf.maximum(reference, 1e-30), 1.0)
         return tf.pow(tf.minimum(1.0, ratio[0]), self.gradient_decay / 2.0)
 
@@ -446,6 +455,7 @@ class TensorwiseLSTM(LSTMNet):
             "decay_steps": self.decay_steps,
             "warmup_steps": self.warmup_steps,
             "gradient_decay": self.gradient_decay,
+            "gradient_decay_steps": self.gradient_decay_steps,
         }
 
 

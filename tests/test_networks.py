@@ -339,14 +339,20 @@ def test_tensorwise_lstm_ignores_the_scale_of_the_loss_and_bounds_its_step():
     assert 0 < largest <= 2 * 30.0 * 1e-3 * 1.01
 
 
-def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_decay_steps():
-    """With `gradient_decay=q` the step after `decay_steps` is the same net's without it times
-    min(1, rms / rms at decay_steps) ** q, both RMS over ~100 steps (an average with weight
-    0.99, debiased); before, and while the gradients stay as large, the steps are the same."""
+@pytest.mark.parametrize("decay_steps, gradient_decay_steps", [(5, None), (8, 5), (None, 5)])
+def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_its_start(
+        decay_steps, gradient_decay_steps):
+    """With `gradient_decay=q` the step after `gradient_decay_steps` (by default
+    `decay_steps`; here step 5 in every case, before, at or without the decay in time) is the
+    same net's without it times min(1, rms / rms at step 5) ** q, both RMS over ~100 steps
+    (an average with weight 0.99, debiased); before, and while the gradients stay as large,
+    the steps are the same."""
     _, weights = tensorwise_with_random_outputs()
-    plain = networks.TensorwiseLSTM(layers=(6,), decay_steps=5)
-    slowed = networks.TensorwiseLSTM(layers=(6,), decay_steps=5, gradient_decay=1.5)
+    plain = networks.TensorwiseLSTM(layers=(6,), decay_steps=decay_steps)
+    slowed = networks.TensorwiseLSTM(layers=(6,), decay_steps=decay_steps, gradient_decay=1.5,
+                                     gradient_decay_steps=gradient_decay_steps)
     assert slowed.get_config()["gradient_decay"] == 1.5
+    assert slowed.get_config()["gradient_decay_steps"] == 5
     rng = np.random.default_rng(0)
     scales = [1.0] * 5 + [0.5, 0.1, 0.1, 2.0, 2.0]
     states = {net: net.initial_state((5, 4)) for net in (plain, slowed)}
@@ -375,8 +381,10 @@ def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_decay_
                                rtol=1e-5)
     with pytest.raises(ValueError, match="gradient_decay must be at least 0"):
         networks.TensorwiseLSTM(decay_steps=5, gradient_decay=-1)
-    with pytest.raises(ValueError, match="set decay_steps too"):
+    with pytest.raises(ValueError, match="set one of them"):
         networks.TensorwiseLSTM(gradient_decay=1)
+    with pytest.raises(ValueError, match="gradient_decay_steps must be at least 1"):
+        networks.TensorwiseLSTM(decay_steps=5, gradient_decay=1, gradient_decay_steps=0)
 
 
 def test_tensorwise_lstm_features_are_tensor_statistics():
