@@ -70,21 +70,26 @@ def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
             assert ratio < 1.0, step
 
 
-def test_the_candidate_default_is_the_shipped_weights_with_a_later_stronger_decay():
-    """`experiments/candidates/decay1400-gd2` (BUILD_NOTES.md, "Session 14") changes only two
-    hand-set options of the default, so its numbers measure those options alone; it loads by
-    path like any saved nets."""
+@pytest.mark.parametrize("name, changed", [
+    ("decay1400-gd2", {"decay_steps": 1400.0, "gradient_decay": 2.0}),
+    ("decay1400-gd2-from700", {"decay_steps": 1400.0, "gradient_decay": 2.0,
+                               "gradient_decay_steps": 700.0}),
+])
+def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
+    """The candidates in `experiments/candidates` (BUILD_NOTES.md, "Session 14" and "Session
+    15") change only hand-set options of the default, so their numbers measure those options
+    alone; they load by path like any saved nets."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    candidate = os.path.join(root, "experiments", "candidates", "decay1400-gd2")
+    candidate = os.path.join(root, "experiments", "candidates", name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, default_options, default_weights = networks.load_weights(
         os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"))
-    assert {**default_options, "decay_steps": 1400.0, "gradient_decay": 2.0} == options
+    assert {**default_options, **changed} == options
     for module, fields in default_weights.items():
         for field, value in fields.items():
             np.testing.assert_array_equal(weights[module][field], value)
     net = l2l_tf.LearnedOptimizer.from_pretrained(candidate).nets["tensorwise"]
-    assert net.get_config()["decay_steps"] == 1400.0
+    assert {key: net.get_config()[key] for key in changed} == changed
 
 
 def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
