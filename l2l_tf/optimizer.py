@@ -43,7 +43,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             compiled. Keras's `jit_compile="auto"` leaves the train step uncompiled on CPUs,
             where the nets' many small elementwise ops run much faster fused; `False` runs
             them as plain TensorFlow ops.
-        **kwargs: the base `keras.optimizers.Optimizer` arguments (`clipnorm`, `use_ema`...).
+        **kwargs: the base `keras.optimizers.Optimizer` arguments (`clipnorm`, `use_ema`,
+            `weight_decay`...). `weight_decay` is decoupled, as in `keras.optimizers.AdamW`:
+            each step first multiplies a variable by `1 - learning_rate * weight_decay *
+            rate`, `rate` being the net's nominal step size (`Net.decay_rate`; for the
+            default, Adam's 1e-3 times its decay in time), so `weight_decay=0.004` shrinks
+            weights as `AdamW()` does. Keras's own decay multiplies by `learning_rate` alone,
+            which here is a factor of about 1: a thousand times AdamW's. Nets without a
+            nominal step size (the paper's LSTMs) refuse it.
 
     Non-finite numbers: if a variable's gradient, the net's update, its new state or the new
     value of the variable has a NaN or Inf anywhere, that variable's step is skipped: the
@@ -82,6 +89,15 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                     )
                     variable.assign(value)
                     self.net_weights[net_name][module][field] = variable
+        if self.weight_decay is not None:
+            for net_name, net in self.nets.items():
+                if net.decay_rate(net.initial_state((1,))) is None:
+                    raise ValueError(
+                        f"weight_decay needs a nominal step size to scale it, and net "
+                        f"{net_name!r} ({type(net).__name__}) learns its steps outright: leave "
+                        "weight_decay out, or regularise the model's layers instead (e.g. "
+                        "kernel_regularizer=keras.regularizers.L2(...))."
+                    )
         self._pending_values = {}
         self._learned_updates = {}
         for net_name, net in self.nets.items():
@@ -139,12 +155,17 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             # [batch, time, features] inputs gets a [None, units] gradient in a train step
             # traced for a partial last batch. Checked while tracing, so other steps pay nothing.
             gradient = tf.ensure_shape(gradient, variable.shape)
+        weight_decay = None
+        if self.weight_decay is not None:
+            weight_decay = tf.constant(
+                self.weight_decay if self._use_weight_decay(variable) else 0.0, tf.float32)
         new_value, new_state, finite = self._learned_updates[net_name](
             tf.nest.map_structure(tf.convert_to_tensor, self.net_weights[net_name]),
             gradient,
             tuple(tf.convert_to_tensor(s) for s in state_variables),
             tf.convert_to_tensor(variable),
             tf.cast(learning_rate, tf.float32),
+            weight_decay,
         )
 
         # A `cond` rather than `tf.where`: skipping costs nothing when the step is kept,
@@ -156,6 +177,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 self.assign(state_variable, value)
 
         tf.cond(finite, apply_step, lambda: None)
+
+    def _apply_weight_decay(self, variables):
+        """Nothing: `update_step` applies the weight decay, scaled by the net's nominal step
+        size, which Keras's decay before the step cannot see."""
 
     def net_weight_values(self):
         """`{net_name: {module: {field: np.ndarray}}}`: the nets' current weights."""
@@ -242,16 +267,21 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             self._pending_values = {}
 
 
-def learned_update(net, weights, gradient, state, value, learning_rate):
+def learned_update(net, weights, gradient, state, value, learning_rate, weight_decay=None):
     """One variable's learned step: `(new_value, new_state, finite)`.
 
     `new_value = value + learning_rate * update` in float32, cast back to the variable's
     dtype; `finite` is False if the gradient, the new value or the new state has a NaN or
     Inf anywhere. A pure function of tensors, which `LearnedOptimizer` compiles with XLA.
+    `weight_decay` (a float32 scalar, or None) first shrinks the value as AdamW does, by
+    `learning_rate * weight_decay * net.decay_rate(state)`.
     """
     gradient = tf.cast(gradient, tf.float32)
+    old_value = tf.cast(value, tf.float32)
+    if weight_decay is not None:
+        old_value -= learning_rate * weight_decay * net.decay_rate(state) * old_value
     update, new_state = net.step(weights, gradient, state)
-    new_value = tf.cast(tf.cast(value, tf.float32) + learning_rate * update, value.dtype)
+    new_value = tf.cast(old_value + learning_rate * update, value.dtype)
     finite = tf.reduce_all(
         [tf.reduce_all(tf.math.is_finite(t)) for t in (gradient, new_value, *new_state)])
     return new_value, tuple(new_state), finite

@@ -228,6 +228,43 @@ def test_a_learning_rate_schedule_scales_each_step_and_survives_saving(tmp_path)
     assert int(loaded.iterations.numpy()) == 4
 
 
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_weight_decay_is_adamw_s_at_the_nets_nominal_rate(jit_compile):
+    """Keras's decay multiplies by `learning_rate`, a factor of ~1 here: a thousand times
+    AdamW's. An untrained `TensorwiseLSTM` is Keras's Adam, so with `weight_decay` it must
+    be AdamW, with the factor and the variables excluded from the decay."""
+    x, y = make_data()
+    models = [sequential_model(), sequential_model()]
+    ours = l2l_tf.LearnedOptimizer(nets={"adam": networks.TensorwiseLSTM(learning_rate=0.01)},
+                                   learning_rate=0.5, weight_decay=20.0, jit_compile=jit_compile)
+    adamw = keras.optimizers.AdamW(0.005, weight_decay=20.0, epsilon=1e-7)
+    for opt in (ours, adamw):
+        opt.exclude_from_weight_decay(var_names=["bias"])
+    start = [v.numpy() for v in models[0].trainable_variables]
+    for step in range(4):
+        batch = slice(16 * step, 16 * (step + 1))
+        for model, opt in zip(models, (ours, adamw)):
+            with tf.GradientTape() as tape:
+                loss = LOSS(y[batch], model(x[batch]))
+            opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                    model.trainable_variables))
+    for a, b, s in zip(models[0].trainable_variables, models[1].trainable_variables, start):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+        if "kernel" in a.path:  # shrunk by 1 - 0.1 a step: the decay was applied, once
+            assert np.linalg.norm(a.numpy()) < 0.8 * np.linalg.norm(s)
+
+
+def test_weight_decay_follows_the_default_s_decay_in_time_and_needs_a_nominal_rate():
+    net = networks.TensorwiseLSTM(decay_steps=4)
+    state = list(net.initial_state((2, 3)))
+    for t, expected in ((0, 1e-3), (3, 1e-3), (7, 0.5e-3)):  # the step after t is t + 1
+        state[2] = tf.constant([float(t)])
+        np.testing.assert_allclose(net.decay_rate(state).numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="weight_decay needs a nominal step size"):
+        l2l_tf.LearnedOptimizer.from_pretrained("mnist", weight_decay=0.004)
+    assert l2l_tf.LearnedOptimizer.from_pretrained("mnist").weight_decay is None
+
+
 def assert_same_optimizer_values(a, b):
     named_a, named_b = a._named_variables(), b._named_variables()
     assert sorted(named_a) == sorted(named_b)
