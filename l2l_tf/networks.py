@@ -299,8 +299,8 @@ class TensorwiseLSTM(LSTMNet):
     epsilon)`: a nominal hand-designed step with a bounded learned correction, which stays
     stable on models unlike the ones it was trained on (Harrison et al. 2022).
 
-    `decay_steps`, if set, makes the nominal step decay as `decay_steps / t` after
-    `decay_steps` steps, and caps the training-progress feature there: the LSTM is
+    `decay_steps`, if set, makes the nominal step decay as `(decay_steps / t) ** decay_power`
+    after `decay_steps` steps, and caps the training-progress feature there: the LSTM is
     meta-trained on runs of about that length, and what it learned stops changing with time
     beyond them, where the hand-designed decay takes over (BUILD_NOTES.md).
 
@@ -345,7 +345,7 @@ class TensorwiseLSTM(LSTMNet):
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
-                 gradient_decay_steps=None, initializer=None):
+                 gradient_decay_steps=None, decay_power=1.0, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -371,6 +371,9 @@ class TensorwiseLSTM(LSTMNet):
         if self.gradient_decay and self.gradient_decay_steps is None:
             raise ValueError("gradient_decay starts at gradient_decay_steps, by default "
                              "decay_steps: set one of them, or gradient_decay=0.")
+        self.decay_power = float(decay_power)
+        if not self.decay_power > 0:
+            raise ValueError(f"decay_power must be above 0, got {decay_power!r}.")
         self._check_initializer()
 
     def weight_shapes(self):
@@ -431,8 +434,7 @@ class TensorwiseLSTM(LSTMNet):
             log_factor *= phase_in
             gradient_weight *= phase_in
         step_size = self.learning_rate * tf.exp(math.log(self.max_factor) * log_factor)
-        if self.decay_steps is not None:
-            step_size *= self.decay_steps / tf.maximum(t[0], self.decay_steps)
+        step_size *= self._time_decay(t[0])
         if self.gradient_decay:
             power = (self.POWER_DECAY * power
                      + (1.0 - self.POWER_DECAY) * tf.reduce_mean(tf.square(gradient)))
@@ -445,10 +447,14 @@ class TensorwiseLSTM(LSTMNet):
         """`learning_rate` times the decay in time: the nominal step without the learned factor
         (about 3.5x on kernels) or the gradient decay, so that a weight decay shrinks variables
         as AdamW's does at Adam's rate and slows down with the step."""
-        t = state[2][0] + 1.0
+        return self.learning_rate * self._time_decay(state[2][0] + 1.0)
+
+    def _time_decay(self, t):
+        """`(decay_steps / max(t, decay_steps)) ** decay_power`; 1 without `decay_steps`."""
         if self.decay_steps is None:
-            return tf.constant(self.learning_rate)
-        return self.learning_rate * self.decay_steps / tf.maximum(t, self.decay_steps)
+            return tf.constant(1.0)
+        ratio = self.decay_steps / tf.maximum(t, self.decay_steps)
+        return ratio if self.decay_power == 1.0 else tf.pow(ratio, self.decay_power)
 
     def _gradient_decay_factor(self, t, power, power_reference):
         """`min(1, rms / rms at gradient_decay_steps) ** gradient_decay`; 1 up to
@@ -472,6 +478,7 @@ class TensorwiseLSTM(LSTMNet):
             "warmup_steps": self.warmup_steps,
             "gradient_decay": self.gradient_decay,
             "gradient_decay_steps": self.gradient_decay_steps,
+            "decay_power": self.decay_power,
         }
 
 
