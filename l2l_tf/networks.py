@@ -299,8 +299,8 @@ class TensorwiseLSTM(LSTMNet):
     epsilon)`: a nominal hand-designed step with a bounded learned correction, which stays
     stable on models unlike the ones it was trained on (Harrison et al. 2022).
 
-    `decay_steps`, if set, makes the nominal step decay as `(decay_steps / t) ** decay_power`
-    after `decay_steps` steps, and caps the training-progress feature there: the LSTM is
+    `decay_steps`, if set, makes the nominal step decay as `decay_steps / t` after
+    `decay_steps` steps, and caps the training-progress feature there: the LSTM is
     meta-trained on runs of about that length, and what it learned stops changing with time
     beyond them, where the hand-designed decay takes over (BUILD_NOTES.md).
 
@@ -345,7 +345,7 @@ class TensorwiseLSTM(LSTMNet):
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
-                 gradient_decay_steps=None, decay_power=1.0, initializer=None):
+                 gradient_decay_steps=None, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -371,9 +371,6 @@ class TensorwiseLSTM(LSTMNet):
         if self.gradient_decay and self.gradient_decay_steps is None:
             raise ValueError("gradient_decay starts at gradient_decay_steps, by default "
                              "decay_steps: set one of them, or gradient_decay=0.")
-        self.decay_power = float(decay_power)
-        if not self.decay_power > 0:
-            raise ValueError(f"decay_power must be above 0, got {decay_power!r}.")
         self._check_initializer()
 
     def weight_shapes(self):
@@ -450,11 +447,10 @@ class TensorwiseLSTM(LSTMNet):
         return self.learning_rate * self._time_decay(state[2][0] + 1.0)
 
     def _time_decay(self, t):
-        """`(decay_steps / max(t, decay_steps)) ** decay_power`; 1 without `decay_steps`."""
+        """`decay_steps / max(t, decay_steps)`; 1 without `decay_steps`."""
         if self.decay_steps is None:
             return tf.constant(1.0)
-        ratio = self.decay_steps / tf.maximum(t, self.decay_steps)
-        return ratio if self.decay_power == 1.0 else tf.pow(ratio, self.decay_power)
+        return self.decay_steps / tf.maximum(t, self.decay_steps)
 
     def _gradient_decay_factor(self, t, power, power_reference):
         """`min(1, rms / rms at gradient_decay_steps) ** gradient_decay`; 1 up to
@@ -478,7 +474,6 @@ class TensorwiseLSTM(LSTMNet):
             "warmup_steps": self.warmup_steps,
             "gradient_decay": self.gradient_decay,
             "gradient_decay_steps": self.gradient_decay_steps,
-            "decay_power": self.decay_power,
         }
 
 

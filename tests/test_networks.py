@@ -339,27 +339,23 @@ def test_tensorwise_lstm_ignores_the_scale_of_the_loss_and_bounds_its_step():
     assert 0 < largest <= 2 * 30.0 * 1e-3 * 1.01
 
 
-@pytest.mark.parametrize("decay_power", [1.0, 0.5])
-def test_the_decay_in_time_is_a_power_of_decay_steps_over_t(decay_power):
-    """After `decay_steps` the step is the undecayed net's times (decay_steps / t) **
-    decay_power (t = 1 at the first step), and so is `decay_rate`, a weight decay's rate."""
+def test_the_decay_in_time_is_decay_steps_over_t():
+    """After `decay_steps` the step is the undecayed net's times decay_steps / t (t = 1 at the
+    first step), and so is `decay_rate`, a weight decay's rate."""
     undecayed = networks.TensorwiseLSTM(layers=(6,))
-    decayed = networks.TensorwiseLSTM(layers=(6,), decay_steps=4, decay_power=decay_power)
-    assert decayed.get_config()["decay_power"] == decay_power
+    decayed = networks.TensorwiseLSTM(layers=(6,), decay_steps=4)
     weights = undecayed.initial_weights(seed=0)
     states = {net: net.initial_state((3, 2)) for net in (undecayed, decayed)}
     rng = np.random.default_rng(0)
     for t in range(1, 10):
         np.testing.assert_allclose(decayed.decay_rate(states[decayed]).numpy(),
-                                   1e-3 * min(1.0, 4 / t) ** decay_power, rtol=1e-6)
+                                   1e-3 * min(1.0, 4 / t), rtol=1e-6)
         gradient = tf.constant(rng.normal(size=(3, 2)).astype(np.float32))
         updates = {}
         for net in (undecayed, decayed):
             updates[net], states[net] = net.step(weights, gradient, states[net])
         np.testing.assert_allclose(updates[decayed].numpy() / updates[undecayed].numpy(),
-                                   min(1.0, 4 / t) ** decay_power, rtol=1e-5)
-    with pytest.raises(ValueError, match="decay_power must be above 0"):
-        networks.TensorwiseLSTM(decay_steps=4, decay_power=0)
+                                   min(1.0, 4 / t), rtol=1e-5)
 
 
 @pytest.mark.parametrize("decay_steps, gradient_decay_steps", [(5, None), (8, 5), (None, 5)])
