@@ -26,9 +26,9 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
     np.testing.assert_array_equal(*(np.concatenate([w.ravel() for w in _flat(o)])
                                     for o in (keras_net, default)))
     assert type(default.nets["tensorwise"]).__name__ == "TensorwiseLSTM"
-    assert default.nets["tensorwise"].get_config()["decay_steps"] == 700
-    assert default.nets["tensorwise"].get_config()["warmup_steps"] == 100
-    assert default.nets["tensorwise"].get_config()["gradient_decay"] == 1.0
+    config = default.nets["tensorwise"].get_config()
+    assert (config["decay_steps"], config["warmup_steps"], config["gradient_decay"],
+            config["gradient_decay_steps"]) == (1400, 100, 2.0, 700)
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
     assert wide.nets["cw"].get_config()["preprocess_options"] == {"k": 20}
     mnist = l2l_tf.LearnedOptimizer.from_pretrained("mnist")
@@ -48,26 +48,31 @@ def state_after(net, steps, shape):
 
 
 def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
-    """The README's recipe for small batches and long runs: the shipped weights with a later
-    decay (here 2000 steps, the horizon they were meta-trained on) step exactly as the
-    default up to step 700, the default's `decay_steps`, and take larger steps after it."""
+    """The README's recipe for long runs: the shipped weights with a later decay in time
+    (here 2000 steps, the horizon they were meta-trained on) step exactly as the default up
+    to step 1400, the default's `decay_steps`, and take larger steps after it."""
     path = os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz")
     _, options, weights = networks.load_weights(path)
     longer = networks.TensorwiseLSTM(**{**options, "decay_steps": 2000}, initializer=weights)
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
     rng = np.random.default_rng(0)
     net_weights = {net: net.initial_weights() for net in (default, longer)}
-    states = {net: state_after(net, 650, (5, 3)) for net in (default, longer)}
-    for step in range(651, 761):
+    states = {net: state_after(net, 1350, (5, 3)) for net in (default, longer)}
+    for step in range(1351, 1461):
         gradient = tf.constant(rng.normal(size=(5, 3)), tf.float32)
         updates = {}
         for net in (default, longer):
             updates[net], states[net] = net.step(net_weights[net], gradient, states[net])
         ratio = np.abs(updates[default]).sum() / np.abs(updates[longer]).sum()
-        if step <= 700:
+        if step <= 1400:
             assert ratio == pytest.approx(1.0, abs=1e-6), step
         else:
             assert ratio < 1.0, step
+
+
+SESSION_11_DEFAULT = {"layers": [16], "learning_rate": 0.001, "beta1": 0.9, "beta2": 0.999,
+                      "epsilon": 1e-07, "max_factor": 30.0, "decay_steps": 700.0,
+                      "warmup_steps": 100.0, "gradient_decay": 1.0}
 
 
 @pytest.mark.parametrize("name, changed", [
@@ -77,14 +82,15 @@ def test_the_default_s_decay_is_an_option_of_the_shipped_weights():
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The candidates in `experiments/candidates` (BUILD_NOTES.md, "Session 14" and "Session
-    15") change only hand-set options of the default, so their numbers measure those options
-    alone; they load by path like any saved nets."""
+    15") change only hand-set options of the session-11 default, so their numbers measure
+    those options alone; they load by path like any saved nets. The second is the default
+    since session 16."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     candidate = os.path.join(root, "experiments", "candidates", name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
-    _, default_options, default_weights = networks.load_weights(
+    _, _, default_weights = networks.load_weights(
         os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"))
-    assert {**default_options, **changed} == options
+    assert {**SESSION_11_DEFAULT, **changed} == options
     for module, fields in default_weights.items():
         for field, value in fields.items():
             np.testing.assert_array_equal(weights[module][field], value)
@@ -93,10 +99,10 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
 
 
 def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
-    """After its `decay_steps` (700) the default's step also scales with the gradient's RMS
-    relative to step 700's: on gradients that keep their size it is the step of the same
-    weights without that (`gradient_decay=0`); 200 steps after they shrink 100-fold, as a
-    model's do when it has fit its training set, it is a fraction of it."""
+    """After its `gradient_decay_steps` (700) the default's step also scales with the
+    gradient's RMS relative to step 700's: on gradients that keep their size it is the step
+    of the same weights without that (`gradient_decay=0`); 200 steps after they shrink
+    100-fold, as a model's do when it has fit its training set, it is a fraction of it."""
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
     options = {**default.get_config(), "gradient_decay": 0.0}
     plain = networks.TensorwiseLSTM(**options, initializer=default.initializer)
