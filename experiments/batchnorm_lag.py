@@ -12,13 +12,11 @@ training images at the current weights (`recomputed`). The second is the loss of
 weights without the lag: it separates how well an optimizer fits the model from how far its
 last steps left the averages behind. Also reported: the conv kernels' mean relative motion
 over the last 100 steps of each epoch, ||w_t - w_(t-100)|| / ||w_t||. Resumable: finished
-runs are kept in `<output>_runs.json`.
+runs are kept in `<output>_runs.json` (`keras_fit.cached_runs`).
 """
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
 
-import json
-import os
 import sys
 
 import keras
@@ -35,7 +33,7 @@ RECOMPUTE_EXAMPLES = 5000
 def recomputed_test_loss(model, data, loss):
     """The test loss with every `BatchNormalization`'s moving statistics set to those of
     `RECOMPUTE_EXAMPLES` training images (one batch, momentum 0), then restored."""
-    layers = [layer for layer in model._flatten_layers()
+    layers = [layer for layer in model.layers
               if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [(layer.momentum, layer.moving_mean.numpy(), layer.moving_variance.numpy())
              for layer in layers]
@@ -99,15 +97,23 @@ def table(results, seeds):
              f"{', '.join(map(str, seeds))}, then their mean.", "",
              "| model | optimizer | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "| --- | --- |" + " --- |" * (len(seeds) + 1)]
-    for (model_name, name), runs in results.items():
+    for (model_name, optimizer), by_seed in results.items():
+        runs = [by_seed[seed] for seed in seeds]
         cells = [f"{r[-1]['test_loss']:.4f} / {r[-1]['recomputed_test_loss']:.4f} "
                  f"({r[-1]['kernel_motion']:.3f})" for r in runs]
         mean = {k: np.mean([r[-1][k] for r in runs])
                 for k in ("test_loss", "recomputed_test_loss", "kernel_motion")}
         cells.append(f"{mean['test_loss']:.4f} / {mean['recomputed_test_loss']:.4f} "
                      f"({mean['kernel_motion']:.3f})")
-        lines.append(f"| {model_name} | {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model_name} | {keras_fit.label(optimizer)} | " + " | ".join(cells)
+                     + " |")
     return "\n".join(lines) + "\n"
+
+
+def describe(model_name, optimizer, seed, epochs):
+    last = epochs[-1]
+    return (f"{model_name} {keras_fit.label(optimizer)} seed {seed}: test loss "
+            f"{last['test_loss']:.4f}, recomputed {last['recomputed_test_loss']:.4f}")
 
 
 def main(argv):
@@ -116,24 +122,7 @@ def main(argv):
         if model_name in keras_fit.TASKS:
             raise cli.UsageError(f"--models: {model_name} is not a classifier; this script "
                                  "measures classifiers with batch normalisation (resnet, cnn_bn).")
-    cache_path = FLAGS.output[: -len(".md")] + "_runs.json" if FLAGS.output else None
-    cache = {}
-    if cache_path and os.path.exists(cache_path):
-        with open(cache_path) as f:
-            cache = json.load(f)
-    data = keras_fit.load_data()
-    results = {}
-    for model_name in FLAGS.models:
-        for optimizer in optimizers:
-            runs = results[(model_name, keras_fit.label(optimizer))] = []
-            for seed in seeds:
-                key = keras_fit.run_key(model_name, optimizer, seed)
-                if key not in cache:
-                    cache[key] = run(model_name, optimizer, seed, data)
-                    if cache_path:
-                        cli.write_text_atomically(cache_path, json.dumps(cache, indent=0))
-                    print(key, cache[key][-1], flush=True)
-                runs.append(cache[key])
+    results = keras_fit.cached_runs(run, optimizers, seeds, keras_fit.load_data(), describe)
     text = table(results, seeds)
     print(text)
     if FLAGS.output:

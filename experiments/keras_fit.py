@@ -447,16 +447,16 @@ def plot(path, results, seeds):
     plt.close(fig)
 
 
-def main(argv):
-    optimizers, seeds, report_epochs = check_flags()
-    if FLAGS.output:
-        cli.require("matplotlib", "experiments")  # for the plot, before hours of work
+def cached_runs(run_one, optimizers, seeds, data, describe):
+    """`{(model_name, optimizer): {seed: run_one(model_name, optimizer, seed, data)}}` for
+    --models, each run taken from `<output>_runs.json` (key: `run_key`) when it is there, and
+    stored there as soon as it finishes otherwise (printing `describe(key, run)`), so that
+    the same command continues a stopped job."""
     cache_path = FLAGS.output[: -len(".md")] + "_runs.json" if FLAGS.output else None
     cache = {}
     if cache_path and os.path.exists(cache_path):
         with open(cache_path) as f:
             cache = json.load(f)
-    data = load_data()
     results = {}
     for model_name in FLAGS.models:
         for optimizer in optimizers:
@@ -464,16 +464,27 @@ def main(argv):
             for seed in seeds:
                 key = run_key(model_name, optimizer, seed)
                 if key not in cache:
-                    cache[key] = run(model_name, optimizer, seed, data)
+                    cache[key] = run_one(model_name, optimizer, seed, data)
                     if cache_path:
                         cli.write_text_atomically(cache_path, json.dumps(cache, indent=0))
-                    last = cache[key][-1]
-                    accuracy = ("" if np.isnan(last["test_accuracy"])
-                                else f", accuracy {last['test_accuracy']:.4f}")
-                    print(f"{model_name:12s} {label(optimizer):24s} seed {seed}: test loss "
-                          f"{last['test_loss']:.4f}{accuracy} "
-                          f"({sum(r['seconds'] for r in cache[key]):.0f} s)", flush=True)
+                    print(describe(model_name, optimizer, seed, cache[key]), flush=True)
                 runs[seed] = cache[key]
+    return results
+
+
+def summary(model_name, optimizer, seed, epochs):
+    last = epochs[-1]
+    accuracy = ("" if np.isnan(last["test_accuracy"])
+                else f", accuracy {last['test_accuracy']:.4f}")
+    return (f"{model_name:12s} {label(optimizer):24s} seed {seed}: test loss "
+            f"{last['test_loss']:.4f}{accuracy} ({sum(r['seconds'] for r in epochs):.0f} s)")
+
+
+def main(argv):
+    optimizers, seeds, report_epochs = check_flags()
+    if FLAGS.output:
+        cli.require("matplotlib", "experiments")  # for the plot, before hours of work
+    results = cached_runs(run, optimizers, seeds, load_data(), summary)
     table = report(results, optimizers, seeds, report_epochs)
     print(table)
     if FLAGS.output:

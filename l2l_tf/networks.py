@@ -431,7 +431,8 @@ class TensorwiseLSTM(LSTMNet):
             log_factor *= phase_in
             gradient_weight *= phase_in
         step_size = self.learning_rate * tf.exp(math.log(self.max_factor) * log_factor)
-        step_size *= self._time_decay(t[0])
+        if self.decay_steps is not None:
+            step_size *= self._time_decay(t[0])
         if self.gradient_decay:
             power = (self.POWER_DECAY * power
                      + (1.0 - self.POWER_DECAY) * tf.reduce_mean(tf.square(gradient)))
@@ -449,7 +450,7 @@ class TensorwiseLSTM(LSTMNet):
     def _time_decay(self, t):
         """`decay_steps / max(t, decay_steps)`; 1 without `decay_steps`."""
         if self.decay_steps is None:
-            return tf.constant(1.0)
+            return 1.0
         return self.decay_steps / tf.maximum(t, self.decay_steps)
 
     def _gradient_decay_factor(self, t, power, power_reference):
@@ -490,7 +491,7 @@ class FixedRule(Net):
     elementwise = True
 
     def decay_rate(self, state):
-        return tf.constant(self.learning_rate)
+        return self.learning_rate
 
 
 class Sgd(FixedRule):

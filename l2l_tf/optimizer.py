@@ -156,10 +156,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             # [batch, time, features] inputs gets a [None, units] gradient in a train step
             # traced for a partial last batch. Checked while tracing, so other steps pay nothing.
             gradient = tf.ensure_shape(gradient, variable.shape)
-        weight_decay = None
-        if self.weight_decay is not None:
-            weight_decay = tf.constant(
-                self.weight_decay if self._use_weight_decay(variable) else 0.0, tf.float32)
+        weight_decay = None  # also for excluded variables: no decay work in their update
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            weight_decay = tf.constant(self.weight_decay, tf.float32)
         new_value, new_state, finite = self._learned_updates[net_name](
             tf.nest.map_structure(tf.convert_to_tensor, self.net_weights[net_name]),
             gradient,

@@ -300,6 +300,49 @@ def test_keras_fit_scores_models_without_accuracy_and_the_extra_models(tmp_path,
         assert (r["test_accuracy"] == "nan") == (r["model"] != "transformer"), r
 
 
+def test_batchnorm_lag_recomputes_the_statistics_restores_them_and_resumes(
+        tmp_path, mnist_data_dir):
+    """Two test losses per run, with batch normalisation's moving statistics and with them
+    recomputed; the model's statistics and momentum are left as they were; finished runs
+    are not run again; a model without batch normalisation's task is refused."""
+    output = tmp_path / "lag.md"
+    args = ["--models=cnn_bn", "--epochs=1", "--seeds=0", "--adam_grid=0.001",
+            "--optimizers=", "--train_examples=640", "--validation_examples=2000",
+            f"--output={output}"]
+    first = script("batchnorm_lag.py", *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("seed 0: test loss") == 1
+    row = next(line for line in output.read_text().splitlines()
+               if line.startswith("| cnn_bn | adam 0.001 |"))
+    moving, recomputed = (float(x) for x in row.split(" | ")[2].split(" (")[0].split(" / "))
+    assert moving != recomputed  # a few dozen steps: the averages trail the weights
+    again = script("batchnorm_lag.py", *args)
+    assert again.returncode == 0 and "seed 0: test loss" not in again.stdout
+    refused = script("batchnorm_lag.py", "--models=autoencoder", f"--output={output}")
+    assert refused.returncode == 2 and "is not a classifier" in refused.stderr
+
+
+def test_recomputing_batch_normalisation_statistics_leaves_the_model_as_it_was():
+    import keras
+
+    batchnorm_lag = load_experiment("batchnorm_lag")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                              keras.layers.BatchNormalization(momentum=0.9),
+                              keras.layers.Dense(2)])
+    layer = model.layers[1]
+    before = (layer.moving_mean.numpy(), layer.moving_variance.numpy())
+    rng = np.random.default_rng(0)
+    data = {"train": (5 + 3 * rng.normal(size=(50, 4)).astype(np.float32), None),
+            "test": (rng.normal(size=(20, 4)).astype(np.float32), rng.integers(0, 2, 20))}
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    lagged = float(loss(data["test"][1], model.predict(data["test"][0], verbose=0)))
+    recomputed = batchnorm_lag.recomputed_test_loss(model, data, loss)
+    assert recomputed != pytest.approx(lagged)
+    assert layer.momentum == 0.9
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), before[0])
+    np.testing.assert_array_equal(layer.moving_variance.numpy(), before[1])
+
+
 def test_keras_fit_builds_every_model_with_the_output_its_task_needs():
     keras_fit = load_experiment("keras_fit")
     width = {"reconstruct": 784, "regress": 1}
