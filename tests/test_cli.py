@@ -351,6 +351,26 @@ def test_keras_fit_builds_every_model_with_the_output_its_task_needs():
         assert tuple(outputs.shape) == (3, width.get(keras_fit.TASKS.get(name), 10)), name
 
 
+def test_keras_fit_makes_only_the_named_model_and_keys_runs_by_its_initial_weights():
+    """Unseeded initializers draw their seeds when their layer is made: were every model's
+    layers made first, the logistic regression would not start from the weights of the same
+    layer made alone."""
+    import keras
+
+    keras_fit = load_experiment("keras_fit")
+    keras.utils.set_random_seed(3)
+    alone = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)])
+    keras.utils.set_random_seed(3)
+    for made_alone, built in zip(alone.weights, keras_fit.build_model("logistic").weights,
+                                 strict=True):
+        np.testing.assert_array_equal(made_alone.numpy(), built.numpy())
+    fingerprints = [keras_fit.initial_weights_fingerprint(name, seed)
+                    for name in ("logistic", "mlp_relu") for seed in (0, 1)]
+    assert len(set(fingerprints)) == 4
+    keras_fit.initial_weights_fingerprint.cache_clear()
+    assert keras_fit.initial_weights_fingerprint("mlp_relu", 1) == fingerprints[3]
+
+
 def test_keras_fit_choice_of_adam_reads_the_validation_split_only():
     """Where validation and test disagree, the validation split decides: with the choice
     made on the test split this fails."""
