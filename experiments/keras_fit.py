@@ -9,7 +9,9 @@ split; the last 10,000 are a validation split, used only to choose the best cons
 Adam's grid (--adam_grid, the same budget for every model); the reported numbers are the loss
 and accuracy on the 10,000 images of the test split. Each seed fixes the model's initial
 weights, the shuffling and dropout, the same for every optimizer (the float arithmetic is not
-always bit-identical between processes: BUILD_NOTES.md, "Session 9").
+always bit-identical between processes: BUILD_NOTES.md, "Session 9"; before session 17 the
+run cache did not record the initial weights, and runs cached in different sessions could
+start from different ones: "Session 17").
 
 Models (`MODELS`): today's three (the paper's MLP with sigmoid and with ReLU, a small CNN) and
 five that no optimizer of this package was meta-trained on: a deeper MLP with dropout, the
@@ -33,8 +35,9 @@ among them), and --optimizers, given as `name@learning_rate[:cosine]` (cosine: d
 the whole run): `name` is `adam`, `default` (`LearnedOptimizer()`), a shipped learned optimizer
 (`l2l_tf.presets.pretrained_names()`) or a directory of nets saved by train.py.
 
-Resumable: every finished run (model, optimizer, seed) is stored in `<output>_runs.json`, and a
-run found there is not run again, so the same command continues where it was stopped (losing
+Resumable: every finished run (model, optimizer, seed) is stored in `<output>_runs.json`, keyed
+by everything its numbers depend on (the model's initial weights included), and a run found
+there is not run again, so the same command continues where it was stopped (losing
 at most the run in progress). Writes the tables to --output (.md), every epoch of every run to
 a .csv beside it, and the test loss per epoch as a plot (.png; needs matplotlib, in the
 `experiments` and `test` extras).
