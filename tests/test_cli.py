@@ -274,6 +274,13 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
     again = script("keras_fit.py", *args)  # every run is in the cache: none runs again
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("seed ") == 0 and output.read_text() == text
+    with open(tmp_path / "fit_runs.json") as f:  # each run is keyed by its initial weights
+        keys = list(json.load(f))
+    keras_fit = load_experiment("keras_fit")
+    for model in ("mlp_sigmoid", "cnn_bn"):
+        for seed in (0, 1):
+            init = f"|init {keras_fit.initial_weights_fingerprint(model, seed)}"
+            assert sum(k.startswith(f"{model}|") and init in k for k in keys) == 3, init
 
 
 def test_keras_fit_scores_models_without_accuracy_and_the_extra_models(tmp_path, mnist_data_dir):
