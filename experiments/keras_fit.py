@@ -147,8 +147,9 @@ def build_model(name):
             LitPixelPositions(), keras.layers.Embedding(785, 32, mask_zero=True),
             keras.layers.GlobalAveragePooling1D(), dense(64, activation="relu")],
     }[name]()
-    head = {"reconstruct": lambda: dense(784, activation="sigmoid"),
-            "regress": lambda: dense(1)}.get(TASKS.get(name), lambda: dense(10))()
+    task = TASKS.get(name)
+    head = dense({"reconstruct": 784, "regress": 1}.get(task, 10),
+                 activation="sigmoid" if task == "reconstruct" else None)
     return keras.Sequential([keras.Input((784,)), *layers, head])
 
 
