@@ -315,6 +315,17 @@ class TensorwiseLSTM(LSTMNet):
     that fits its training set early slow down early, while one that still underfits keeps
     its step for longer (BUILD_NOTES.md, "Session 15").
 
+    `burstiness_gate` (k) tells those two apart by how the gradient shrinks: the gradient
+    decay's exponent is multiplied by `min(1, b / b_ref) ** k`, `b` the RMS over about the
+    last 100 steps of the change in log mean squared gradient from one step to the next, and
+    `b_ref` its value at `gradient_decay_steps`. A classifier that fits its training set is
+    left with gradients carried by the few examples it still gets wrong, so their power
+    jumps from batch to batch and `b` grows (1.2-2.7x by step 3000 on MNIST); an
+    autoencoder whose reconstruction error shrinks everywhere has smaller gradients that
+    stay as smooth or smoother (`b` 0.55-0.7x), and the gate gives it back its step
+    (BUILD_NOTES.md, "Session 18"). Step-to-step changes, not deviations from an average,
+    so that a steady fall of the gradients does not count as burstiness.
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -328,7 +339,10 @@ class TensorwiseLSTM(LSTMNet):
     ..., p, p_ref)`, m and v of the tensor's shape, the step count t and the LSTM's h, c as
     `[1, n]`, p the mean squared gradient averaged over about 100 steps and p_ref its value at
     step `gradient_decay_steps`, both kept only with `gradient_decay` (last, so that a state saved
-    before they existed loads as p_ref = 0, which leaves the step as it was).
+    before they existed loads as p_ref = 0, which leaves the step as it was), then
+    `(l, b, b_ref)` for `burstiness_gate`: the last step's log mean squared gradient, the
+    average of its squared changes and that average at `gradient_decay_steps` (b_ref = 0, as
+    in a state saved before they existed, leaves the gradient decay as it was).
     """
 
     FEATURES = (
@@ -345,7 +359,7 @@ class TensorwiseLSTM(LSTMNet):
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
-                 gradient_decay_steps=None, initializer=None):
+                 gradient_decay_steps=None, burstiness_gate=0.0, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -371,6 +385,12 @@ class TensorwiseLSTM(LSTMNet):
         if self.gradient_decay and self.gradient_decay_steps is None:
             raise ValueError("gradient_decay starts at gradient_decay_steps, by default "
                              "decay_steps: set one of them, or gradient_decay=0.")
+        self.burstiness_gate = float(burstiness_gate)
+        if not self.burstiness_gate >= 0:
+            raise ValueError(f"burstiness_gate must be at least 0, got {burstiness_gate!r}.")
+        if self.burstiness_gate and not self.gradient_decay:
+            raise ValueError("burstiness_gate scales the gradient decay, and gradient_decay is "
+                             "0: set gradient_decay too, or burstiness_gate=0.")
         self._check_initializer()
 
     def weight_shapes(self):
@@ -390,7 +410,7 @@ class TensorwiseLSTM(LSTMNet):
 
     def state_shapes(self, param_shape):
         lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
-        return (tuple(param_shape), tuple(param_shape), (1,)) + lstm + ((1,), (1,))
+        return (tuple(param_shape), tuple(param_shape), (1,)) + lstm + ((1,),) * 5
 
     def features(self, gradient, m, v, t):
         """`[1, len(FEATURES)]` for one tensor; `t` is the step count (a scalar, so that a
@@ -418,7 +438,7 @@ class TensorwiseLSTM(LSTMNet):
             adam_step, normalised
 
     def step(self, weights, gradient, state):
-        m, v, t, *lstm_state, power, power_reference = state
+        m, v, t, *lstm_state, power, power_reference, log_power, burst, burst_reference = state
         t = t + 1.0
         m = self.beta1 * m + (1.0 - self.beta1) * gradient
         v = self.beta2 * v + (1.0 - self.beta2) * tf.square(gradient)
@@ -436,10 +456,20 @@ class TensorwiseLSTM(LSTMNet):
         if self.gradient_decay:
             power = (self.POWER_DECAY * power
                      + (1.0 - self.POWER_DECAY) * tf.reduce_mean(tf.square(gradient)))
-            step_size *= self._gradient_decay_factor(t, power, power_reference)
+            exponent = self.gradient_decay
+            if self.burstiness_gate:
+                new_log_power = tf.math.log(tf.reshape(tf.reduce_mean(tf.square(gradient)), [1])
+                                            + 1e-30)
+                burst = tf.where(t > 1.0, self.POWER_DECAY * burst + (1.0 - self.POWER_DECAY)
+                                 * tf.square(new_log_power - log_power), burst)
+                log_power = new_log_power
+                exponent *= self._burstiness_gate_factor(t, burst, burst_reference)
+                burst_reference = tf.where(t <= self.gradient_decay_steps, burst, burst_reference)
+            step_size *= self._gradient_decay_factor(t, power, power_reference, exponent)
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
-        return update, (m, v, t, *lstm_state, power, power_reference)
+        return update, (m, v, t, *lstm_state, power, power_reference, log_power, burst,
+                        burst_reference)
 
     def decay_rate(self, state):
         """`learning_rate` times the decay in time: the nominal step without the learned factor
@@ -453,15 +483,26 @@ class TensorwiseLSTM(LSTMNet):
             return 1.0
         return self.decay_steps / tf.maximum(t, self.decay_steps)
 
-    def _gradient_decay_factor(self, t, power, power_reference):
-        """`min(1, rms / rms at gradient_decay_steps) ** gradient_decay`; 1 up to
+    def _gradient_decay_factor(self, t, power, power_reference, exponent):
+        """`min(1, rms / rms at gradient_decay_steps) ** exponent`; 1 up to
         `gradient_decay_steps` and while no reference exists (0: a state saved before it
         existed)."""
         unbiased = power / (1.0 - tf.pow(self.POWER_DECAY, t))
         reference = power_reference / (1.0 - self.POWER_DECAY ** self.gradient_decay_steps)
         ratio = tf.where((t > self.gradient_decay_steps) & (power_reference > 0),
                          unbiased / tf.maximum(reference, 1e-30), 1.0)
-        return tf.pow(tf.minimum(1.0, ratio[0]), self.gradient_decay / 2.0)
+        return tf.pow(tf.minimum(1.0, ratio[0]), exponent / 2.0)
+
+    def _burstiness_gate_factor(self, t, burst, burst_reference):
+        """`min(1, b / b at gradient_decay_steps) ** burstiness_gate`, b the RMS of the
+        step-to-step change in log gradient power (`burst`, its mean square, from step 2);
+        1 up to `gradient_decay_steps` and while no reference exists."""
+        unbiased = burst / (1.0 - tf.pow(self.POWER_DECAY, tf.maximum(t - 1.0, 1.0)))
+        reference = burst_reference / (
+            1.0 - self.POWER_DECAY ** max(self.gradient_decay_steps - 1.0, 1.0))
+        ratio = tf.where((t > self.gradient_decay_steps) & (burst_reference > 0),
+                         unbiased / tf.maximum(reference, 1e-30), 1.0)
+        return tf.pow(tf.minimum(1.0, ratio[0]), self.burstiness_gate / 2.0)
 
     def get_config(self):
         return {
@@ -475,6 +516,7 @@ class TensorwiseLSTM(LSTMNet):
             "warmup_steps": self.warmup_steps,
             "gradient_decay": self.gradient_decay,
             "gradient_decay_steps": self.gradient_decay_steps,
+            "burstiness_gate": self.burstiness_gate,
         }
 
 

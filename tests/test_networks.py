@@ -406,6 +406,55 @@ def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_its_st
         networks.TensorwiseLSTM(decay_steps=5, gradient_decay=1, gradient_decay_steps=0)
 
 
+def test_the_burstiness_gate_keeps_the_step_of_a_tensor_whose_gradients_shrink_smoothly():
+    """With `burstiness_gate=k` the gradient decay's exponent q becomes q * min(1, b / b at
+    step 5) ** k, b the RMS of the step-to-step change in log mean squared gradient (an
+    average with weight 0.99 from step 2, debiased): gradients that shrink smoothly after
+    jumping about keep more of their step; once they jump about again, the full decay is
+    back. A state without a reference (saved before the gate existed) keeps the full decay."""
+    _, weights = tensorwise_with_random_outputs()
+    options = dict(layers=(6,), decay_steps=5, gradient_decay=1.5)
+    plain = networks.TensorwiseLSTM(**options)
+    gated = networks.TensorwiseLSTM(**options, burstiness_gate=2.0)
+    assert gated.get_config()["burstiness_gate"] == 2.0
+    rng = np.random.default_rng(0)
+    scales = [1.0, 3.0, 1.0, 3.0, 1.0, 0.5, 0.45, 0.4, 0.35, 0.02, 0.3, 0.02]
+    states = {net: net.initial_state((5, 4)) for net in (plain, gated)}
+    power = burst = 0.0
+    log_power, factors = None, []
+    for t, scale in enumerate(scales, start=1):
+        gradient = (scale * rng.normal(size=(5, 4))).astype(np.float32)
+        mean_square = np.mean(np.square(gradient.astype(np.float64)))
+        power = 0.99 * power + 0.01 * mean_square
+        rms = np.sqrt(power / (1 - 0.99 ** t))
+        if log_power is not None:
+            burst = 0.99 * burst + 0.01 * (np.log(mean_square) - log_power) ** 2
+        log_power = np.log(mean_square)
+        spread = np.sqrt(burst / (1 - 0.99 ** max(t - 1, 1)))
+        if t == 5:
+            reference, spread_reference = rms, spread
+        updates = {}
+        for net in (plain, gated):
+            updates[net], states[net] = net.step(weights, tf.constant(gradient), states[net])
+        gate = 1.0 if t <= 5 else min(1.0, spread / spread_reference) ** 2.0
+        shrink = 1.0 if t <= 5 else min(1.0, rms / reference)
+        expected = shrink ** (1.5 * gate) / shrink ** 1.5
+        np.testing.assert_allclose(updates[gated].numpy() / updates[plain].numpy(), expected,
+                                   rtol=1e-3)
+        factors.append(gate)
+    assert factors[8] < 0.6 and factors[11] == 1.0  # smooth: gated; jumping again: not
+    *rest, _ = states[gated]
+    unreferenced = (*rest, tf.zeros([1]))
+    gradient = tf.constant(0.01 * rng.normal(size=(5, 4)).astype(np.float32))
+    np.testing.assert_allclose(gated.step(weights, gradient, unreferenced)[0].numpy(),
+                               plain.step(weights, gradient, states[plain])[0].numpy(),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="burstiness_gate must be at least 0"):
+        networks.TensorwiseLSTM(**options, burstiness_gate=-1)
+    with pytest.raises(ValueError, match="set gradient_decay too"):
+        networks.TensorwiseLSTM(decay_steps=5, burstiness_gate=1)
+
+
 def test_tensorwise_lstm_features_are_tensor_statistics():
     net = networks.TensorwiseLSTM()
     g = tf.constant([[1.0, -2.0], [3.0, 0.5]])
