@@ -339,8 +339,8 @@ class TensorwiseLSTM(LSTMNet):
     ..., p, p_ref)`, m and v of the tensor's shape, the step count t and the LSTM's h, c as
     `[1, n]`, p the mean squared gradient averaged over about 100 steps and p_ref its value at
     step `gradient_decay_steps`, both kept only with `gradient_decay` (last, so that a state saved
-    before they existed loads as p_ref = 0, which leaves the step as it was), then
-    `(l, b, b_ref)` for `burstiness_gate`: the last step's log mean squared gradient, the
+    before they existed loads as p_ref = 0, which leaves the step as it was), then,
+    only with `burstiness_gate`, `(l, b, b_ref)`: the last step's log mean squared gradient, the
     average of its squared changes and that average at `gradient_decay_steps` (b_ref = 0, as
     in a state saved before they existed, leaves the gradient decay as it was).
     """
@@ -410,7 +410,8 @@ class TensorwiseLSTM(LSTMNet):
 
     def state_shapes(self, param_shape):
         lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
-        return (tuple(param_shape), tuple(param_shape), (1,)) + lstm + ((1,),) * 5
+        return ((tuple(param_shape), tuple(param_shape), (1,)) + lstm
+                + ((1,),) * (5 if self.burstiness_gate else 2))
 
     def features(self, gradient, m, v, t):
         """`[1, len(FEATURES)]` for one tensor; `t` is the step count (a scalar, so that a
@@ -438,7 +439,9 @@ class TensorwiseLSTM(LSTMNet):
             adam_step, normalised
 
     def step(self, weights, gradient, state):
-        m, v, t, *lstm_state, power, power_reference, log_power, burst, burst_reference = state
+        m, v, t = state[:3]
+        lstm_state = state[3:3 + 2 * len(self.layers)]
+        power, power_reference, *burstiness = state[3 + 2 * len(self.layers):]
         t = t + 1.0
         m = self.beta1 * m + (1.0 - self.beta1) * gradient
         v = self.beta2 * v + (1.0 - self.beta2) * tf.square(gradient)
@@ -458,6 +461,7 @@ class TensorwiseLSTM(LSTMNet):
                      + (1.0 - self.POWER_DECAY) * tf.reduce_mean(tf.square(gradient)))
             exponent = self.gradient_decay
             if self.burstiness_gate:
+                log_power, burst, burst_reference = burstiness
                 new_log_power = tf.math.log(tf.reshape(tf.reduce_mean(tf.square(gradient)), [1])
                                             + 1e-30)
                 burst = tf.where(t > 1.0, self.POWER_DECAY * burst + (1.0 - self.POWER_DECAY)
@@ -465,11 +469,11 @@ class TensorwiseLSTM(LSTMNet):
                 log_power = new_log_power
                 exponent *= self._burstiness_gate_factor(t, burst, burst_reference)
                 burst_reference = tf.where(t <= self.gradient_decay_steps, burst, burst_reference)
+                burstiness = (log_power, burst, burst_reference)
             step_size *= self._gradient_decay_factor(t, power, power_reference, exponent)
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
-        return update, (m, v, t, *lstm_state, power, power_reference, log_power, burst,
-                        burst_reference)
+        return update, (m, v, t, *lstm_state, power, power_reference, *burstiness)
 
     def decay_rate(self, state):
         """`learning_rate` times the decay in time: the nominal step without the learned factor
