@@ -320,9 +320,9 @@ class TensorwiseLSTM(LSTMNet):
     last 100 steps of the change in log mean squared gradient from one step to the next, and
     `b_ref` its value at `gradient_decay_steps`. A classifier that fits its training set is
     left with gradients carried by the few examples it still gets wrong, so their power
-    jumps from batch to batch and `b` grows (1.2-2.7x by step 3000 on MNIST); an
-    autoencoder whose reconstruction error shrinks everywhere has smaller gradients that
-    stay as smooth or smoother (`b` 0.55-0.7x), and the gate gives it back its step
+    jumps from batch to batch and `b` grows (1.1-2.6x by step 3000 on MNIST's classifiers);
+    an autoencoder whose reconstruction error shrinks everywhere has smaller gradients that
+    get smoother (`b` about 0.6x), and the gate gives it back its step
     (BUILD_NOTES.md, "Session 18"). Step-to-step changes, not deviations from an average,
     so that a steady fall of the gradients does not count as burstiness.
 
