@@ -457,20 +457,22 @@ class TensorwiseLSTM(LSTMNet):
         if self.decay_steps is not None:
             step_size *= self._time_decay(t[0])
         if self.gradient_decay:
-            power = (self.POWER_DECAY * power
-                     + (1.0 - self.POWER_DECAY) * tf.reduce_mean(tf.square(gradient)))
+            mean_square = tf.reduce_mean(tf.square(gradient))
+            power = self.POWER_DECAY * power + (1.0 - self.POWER_DECAY) * mean_square
+            # Both ratios are of mean squares: half their powers make them ratios of RMS.
             exponent = self.gradient_decay
             if self.burstiness_gate:
                 log_power, burst, burst_reference = burstiness
-                new_log_power = tf.math.log(tf.reshape(tf.reduce_mean(tf.square(gradient)), [1])
-                                            + 1e-30)
+                new_log_power = tf.math.log(tf.reshape(mean_square, [1]) + 1e-30)
                 burst = tf.where(t > 1.0, self.POWER_DECAY * burst + (1.0 - self.POWER_DECAY)
                                  * tf.square(new_log_power - log_power), burst)
                 log_power = new_log_power
-                exponent *= self._burstiness_gate_factor(t, burst, burst_reference)
+                exponent *= tf.pow(self._ratio_to_reference(t, burst, burst_reference, lag=1.0),
+                                   self.burstiness_gate / 2.0)
                 burst_reference = tf.where(t <= self.gradient_decay_steps, burst, burst_reference)
                 burstiness = (log_power, burst, burst_reference)
-            step_size *= self._gradient_decay_factor(t, power, power_reference, exponent)
+            step_size *= tf.pow(self._ratio_to_reference(t, power, power_reference),
+                                exponent / 2.0)
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
         return update, (m, v, t, *lstm_state, power, power_reference, *burstiness)
@@ -487,26 +489,18 @@ class TensorwiseLSTM(LSTMNet):
             return 1.0
         return self.decay_steps / tf.maximum(t, self.decay_steps)
 
-    def _gradient_decay_factor(self, t, power, power_reference, exponent):
-        """`min(1, rms / rms at gradient_decay_steps) ** exponent`; 1 up to
-        `gradient_decay_steps` and while no reference exists (0: a state saved before it
-        existed)."""
-        unbiased = power / (1.0 - tf.pow(self.POWER_DECAY, t))
-        reference = power_reference / (1.0 - self.POWER_DECAY ** self.gradient_decay_steps)
-        ratio = tf.where((t > self.gradient_decay_steps) & (power_reference > 0),
-                         unbiased / tf.maximum(reference, 1e-30), 1.0)
-        return tf.pow(tf.minimum(1.0, ratio[0]), exponent / 2.0)
-
-    def _burstiness_gate_factor(self, t, burst, burst_reference):
-        """`min(1, b / b at gradient_decay_steps) ** burstiness_gate`, b the RMS of the
-        step-to-step change in log gradient power (`burst`, its mean square, from step 2);
-        1 up to `gradient_decay_steps` and while no reference exists."""
-        unbiased = burst / (1.0 - tf.pow(self.POWER_DECAY, tf.maximum(t - 1.0, 1.0)))
-        reference = burst_reference / (
-            1.0 - self.POWER_DECAY ** max(self.gradient_decay_steps - 1.0, 1.0))
-        ratio = tf.where((t > self.gradient_decay_steps) & (burst_reference > 0),
-                         unbiased / tf.maximum(reference, 1e-30), 1.0)
-        return tf.pow(tf.minimum(1.0, ratio[0]), self.burstiness_gate / 2.0)
+    def _ratio_to_reference(self, t, average, reference, lag=0.0):
+        """`min(1, average / reference)`, `reference` being `average`'s value at
+        `gradient_decay_steps`; both are averages with weight `POWER_DECAY` that started
+        `lag` steps after step 1 (the gradient power at step 1, its step-to-step change at
+        step 2), and both are debiased. 1 up to `gradient_decay_steps` and while no
+        reference exists (0: a state saved before it existed)."""
+        unbiased = average / (1.0 - tf.pow(self.POWER_DECAY, tf.maximum(t - lag, 1.0)))
+        unbiased_reference = reference / (
+            1.0 - self.POWER_DECAY ** max(self.gradient_decay_steps - lag, 1.0))
+        ratio = tf.where((t > self.gradient_decay_steps) & (reference > 0),
+                         unbiased / tf.maximum(unbiased_reference, 1e-30), 1.0)
+        return tf.minimum(1.0, ratio[0])
 
     def get_config(self):
         return {
