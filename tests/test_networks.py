@@ -423,7 +423,8 @@ def test_the_burstiness_gate_keeps_the_step_of_a_tensor_whose_gradients_shrink_s
     power = burst = 0.0
     log_power, factors = None, []
     for t, scale in enumerate(scales, start=1):
-        gradient = (scale * rng.normal(size=(5, 4))).astype(np.float32)
+        # Gradients of 1e-2: a change counted at step 1, from the state's 0, would be large.
+        gradient = (0.01 * scale * rng.normal(size=(5, 4))).astype(np.float32)
         mean_square = np.mean(np.square(gradient.astype(np.float64)))
         power = 0.99 * power + 0.01 * mean_square
         rms = np.sqrt(power / (1 - 0.99 ** t))
