@@ -28,7 +28,8 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
     assert type(default.nets["tensorwise"]).__name__ == "TensorwiseLSTM"
     config = default.nets["tensorwise"].get_config()
     assert (config["decay_steps"], config["warmup_steps"], config["gradient_decay"],
-            config["gradient_decay_steps"]) == (1400, 100, 2.0, 700)
+            config["gradient_decay_steps"], config["burstiness_gate"]) == (
+                1400, 100, 2.0, 700, 4)
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
     assert wide.nets["cw"].get_config()["preprocess_options"] == {"k": 20}
     mnist = l2l_tf.LearnedOptimizer.from_pretrained("mnist")
@@ -109,7 +110,7 @@ def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
     of the same weights without that (`gradient_decay=0`); 200 steps after they shrink
     100-fold, as a model's do when it has fit its training set, it is a fraction of it."""
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
-    options = {**default.get_config(), "gradient_decay": 0.0}
+    options = {**default.get_config(), "gradient_decay": 0.0, "burstiness_gate": 0.0}
     plain = networks.TensorwiseLSTM(**options, initializer=default.initializer)
     steps = {net: tf.function(net.step) for net in (default, plain)}
     rng = np.random.default_rng(0)
