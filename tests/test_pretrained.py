@@ -85,12 +85,15 @@ SESSION_11_DEFAULT = {"layers": [16], "learning_rate": 0.001, "beta1": 0.9, "bet
                                "gradient_decay_steps": 700.0}),
     ("burstiness-gate4", {"decay_steps": 1400.0, "gradient_decay": 2.0,
                           "gradient_decay_steps": 700.0, "burstiness_gate": 4.0}),
+    ("long-run", {"decay_steps": 2000.0, "gradient_decay_steps": 2000.0,
+                  "burstiness_gate": 4.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
-    """The candidates in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
-    15" and "Session 18") change only hand-set options of the session-11 default, so their
-    numbers measure those options alone; they load by path like any saved nets. The second
-    is the default since session 16; the third is it with the burstiness gate."""
+    """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
+    15", "Session 18" and "Session 19") change only hand-set options of the session-11
+    default, so their numbers measure those options alone; they load by path like any saved
+    nets. The second was the default in sessions 16-18; the third is the default since
+    session 19; the fourth is the README's long-run recipe."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     candidate = os.path.join(root, "experiments", "candidates", name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
