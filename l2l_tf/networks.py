@@ -316,15 +316,17 @@ class TensorwiseLSTM(LSTMNet):
     its step for longer (BUILD_NOTES.md, "Session 15").
 
     `burstiness_gate` (k) tells those two apart by how the gradient shrinks: the gradient
-    decay's exponent is multiplied by `min(1, b / b_ref) ** k`, `b` the RMS over about the
-    last 100 steps of the change in log mean squared gradient from one step to the next, and
-    `b_ref` its value at `gradient_decay_steps`. A classifier that fits its training set is
-    left with gradients carried by the few examples it still gets wrong, so their power
-    jumps from batch to batch and `b` grows (1.1-2.6x by step 3000 on MNIST's classifiers);
-    an autoencoder whose reconstruction error shrinks everywhere has smaller gradients that
-    get smoother (`b` about 0.6x), and the gate gives it back its step
+    decay's exponent is multiplied by `min(1, b / (s * b_ref)) ** k`, `b` the RMS over about
+    the last 100 steps of the change in log mean squared gradient from one step to the next,
+    `b_ref` its value at `gradient_decay_steps` and s `burstiness_threshold`. A classifier
+    that fits its training set is left with gradients carried by the few examples it still
+    gets wrong, so their power jumps from batch to batch and `b` grows (1.1-2.6x by step 3000
+    on MNIST's classifiers); an autoencoder whose reconstruction error shrinks everywhere has
+    smaller gradients that get smoother (`b` about 0.6x), and the gate gives it back its step
     (BUILD_NOTES.md, "Session 18"). Step-to-step changes, not deviations from an average,
-    so that a steady fall of the gradients does not count as burstiness.
+    so that a steady fall of the gradients does not count as burstiness. With s above 1
+    the full decay waits until `b` has grown s-fold, which models that still underfit
+    (`b` 1.2-1.3x on MNIST) do not reach and models that memorise (1.7-2.9x) do.
 
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
@@ -359,7 +361,8 @@ class TensorwiseLSTM(LSTMNet):
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
-                 gradient_decay_steps=None, burstiness_gate=0.0, initializer=None):
+                 gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
+                 initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -391,6 +394,10 @@ class TensorwiseLSTM(LSTMNet):
         if self.burstiness_gate and not self.gradient_decay:
             raise ValueError("burstiness_gate scales the gradient decay, and gradient_decay is "
                              "0: set gradient_decay too, or burstiness_gate=0.")
+        self.burstiness_threshold = float(burstiness_threshold)
+        if not self.burstiness_threshold > 0:
+            raise ValueError("burstiness_threshold must be above 0 (1: the burstiness at "
+                             f"gradient_decay_steps), got {burstiness_threshold!r}.")
         self._check_initializer()
 
     def weight_shapes(self):
@@ -467,8 +474,10 @@ class TensorwiseLSTM(LSTMNet):
                 burst = tf.where(t > 1.0, self.POWER_DECAY * burst + (1.0 - self.POWER_DECAY)
                                  * tf.square(new_log_power - log_power), burst)
                 log_power = new_log_power
-                exponent *= tf.pow(self._ratio_to_reference(t, burst, burst_reference, lag=1.0),
-                                   self.burstiness_gate / 2.0)
+                # b is a mean square: the threshold on its RMS enters squared.
+                exponent *= tf.pow(self._ratio_to_reference(
+                    t, burst, burst_reference * self.burstiness_threshold ** 2, lag=1.0),
+                    self.burstiness_gate / 2.0)
                 burst_reference = tf.where(t <= self.gradient_decay_steps, burst, burst_reference)
                 burstiness = (log_power, burst, burst_reference)
             step_size *= tf.pow(self._ratio_to_reference(t, power, power_reference),
@@ -515,6 +524,7 @@ class TensorwiseLSTM(LSTMNet):
             "gradient_decay": self.gradient_decay,
             "gradient_decay_steps": self.gradient_decay_steps,
             "burstiness_gate": self.burstiness_gate,
+            "burstiness_threshold": self.burstiness_threshold,
         }
 
 

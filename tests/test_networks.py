@@ -406,17 +406,22 @@ def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_its_st
         networks.TensorwiseLSTM(decay_steps=5, gradient_decay=1, gradient_decay_steps=0)
 
 
-def test_the_burstiness_gate_keeps_the_step_of_a_tensor_whose_gradients_shrink_smoothly():
-    """With `burstiness_gate=k` the gradient decay's exponent q becomes q * min(1, b / b at
-    step 5) ** k, b the RMS of the step-to-step change in log mean squared gradient (an
-    average with weight 0.99 from step 2, debiased): gradients that shrink smoothly after
-    jumping about keep more of their step; once they jump about again, the full decay is
-    back. A state without a reference (saved before the gate existed) keeps the full decay."""
+@pytest.mark.parametrize("threshold", [1.0, 1.4])
+def test_the_burstiness_gate_keeps_the_step_of_a_tensor_whose_gradients_shrink_smoothly(
+        threshold):
+    """With `burstiness_gate=k` the gradient decay's exponent q becomes q * min(1, b / (s * b
+    at step 5)) ** k, b the RMS of the step-to-step change in log mean squared gradient (an
+    average with weight 0.99 from step 2, debiased), s `burstiness_threshold`: gradients
+    that shrink smoothly after jumping about keep more of their step; once they jump about
+    again, the full decay is back. A state without a reference (saved before the gate
+    existed) keeps the full decay."""
     _, weights = tensorwise_with_random_outputs()
     options = dict(layers=(6,), decay_steps=5, gradient_decay=1.5)
     plain = networks.TensorwiseLSTM(**options)
-    gated = networks.TensorwiseLSTM(**options, burstiness_gate=2.0)
-    assert gated.get_config()["burstiness_gate"] == 2.0
+    gated = networks.TensorwiseLSTM(**options, burstiness_gate=2.0,
+                                    burstiness_threshold=threshold)
+    assert (gated.get_config()["burstiness_gate"],
+            gated.get_config()["burstiness_threshold"]) == (2.0, threshold)
     rng = np.random.default_rng(0)
     scales = [1.0, 3.0, 1.0, 3.0, 1.0, 0.5, 0.45, 0.4, 0.35, 0.02, 0.3, 0.02]
     states = {net: net.initial_state((5, 4)) for net in (plain, gated)}
@@ -437,7 +442,7 @@ def test_the_burstiness_gate_keeps_the_step_of_a_tensor_whose_gradients_shrink_s
         updates = {}
         for net in (plain, gated):
             updates[net], states[net] = net.step(weights, tf.constant(gradient), states[net])
-        gate = 1.0 if t <= 5 else min(1.0, spread / spread_reference) ** 2.0
+        gate = 1.0 if t <= 5 else min(1.0, spread / (threshold * spread_reference)) ** 2.0
         shrink = 1.0 if t <= 5 else min(1.0, rms / reference)
         expected = shrink ** (1.5 * gate) / shrink ** 1.5
         np.testing.assert_allclose(updates[gated].numpy() / updates[plain].numpy(), expected,
@@ -454,6 +459,8 @@ def test_the_burstiness_gate_keeps_the_step_of_a_tensor_whose_gradients_shrink_s
         networks.TensorwiseLSTM(**options, burstiness_gate=-1)
     with pytest.raises(ValueError, match="set gradient_decay too"):
         networks.TensorwiseLSTM(decay_steps=5, burstiness_gate=1)
+    with pytest.raises(ValueError, match="burstiness_threshold must be above 0"):
+        networks.TensorwiseLSTM(**options, burstiness_gate=1, burstiness_threshold=0)
 
 
 def test_tensorwise_lstm_features_are_tensor_statistics():
