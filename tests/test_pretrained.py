@@ -28,8 +28,8 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
     assert type(default.nets["tensorwise"]).__name__ == "TensorwiseLSTM"
     config = default.nets["tensorwise"].get_config()
     assert (config["decay_steps"], config["warmup_steps"], config["gradient_decay"],
-            config["gradient_decay_steps"], config["burstiness_gate"]) == (
-                1400, 100, 2.0, 700, 4)
+            config["gradient_decay_steps"], config["burstiness_gate"],
+            config["burstiness_threshold"]) == (1400, 100, 2.0, 700, 4, 1.4)
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
     assert wide.nets["cw"].get_config()["preprocess_options"] == {"k": 20}
     mnist = l2l_tf.LearnedOptimizer.from_pretrained("mnist")
@@ -50,13 +50,20 @@ def state_after(net, steps, shape):
 
 def test_the_readme_s_long_run_recipe_is_the_default_with_later_decays():
     """README, "Small batches and long runs": the shipped weights with both decays from step
-    2000 and `gradient_decay=1` step exactly as the default up to step 700, where the
-    default's gradient decay starts; on gradients that keep their size they take the same
-    steps until step 1400, and larger ones once the default's decay in time has started."""
+    2000, `gradient_decay=1` and the gate's threshold at 1 (`experiments/candidates/long-run`,
+    measured before the default's became 1.4) step exactly as the default up to step 700,
+    where the default's gradient decay starts; on gradients that keep their size they take
+    the same steps until step 1400, and larger ones once the default's decay in time has
+    started."""
     path = os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz")
     _, options, weights = networks.load_weights(path)
     longer = networks.TensorwiseLSTM(**{**options, "decay_steps": 2000, "gradient_decay": 1.0,
-                                        "gradient_decay_steps": 2000}, initializer=weights)
+                                        "gradient_decay_steps": 2000,
+                                        "burstiness_threshold": 1.0}, initializer=weights)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    as_file = l2l_tf.LearnedOptimizer.from_pretrained(
+        os.path.join(root, "experiments", "candidates", "long-run")).nets["tensorwise"]
+    assert longer.get_config() == as_file.get_config()  # the recipe is the file measured
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
     steps = {net: tf.function(net.step) for net in (default, longer)}
     rng = np.random.default_rng(0)
@@ -85,15 +92,18 @@ SESSION_11_DEFAULT = {"layers": [16], "learning_rate": 0.001, "beta1": 0.9, "bet
                                "gradient_decay_steps": 700.0}),
     ("burstiness-gate4", {"decay_steps": 1400.0, "gradient_decay": 2.0,
                           "gradient_decay_steps": 700.0, "burstiness_gate": 4.0}),
+    ("burstiness-threshold1.4", {"decay_steps": 1400.0, "gradient_decay": 2.0,
+                                 "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
+                                 "burstiness_threshold": 1.4}),
     ("long-run", {"decay_steps": 2000.0, "gradient_decay_steps": 2000.0,
                   "burstiness_gate": 4.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
-    15", "Session 18" and "Session 19") change only hand-set options of the session-11
-    default, so their numbers measure those options alone; they load by path like any saved
-    nets. The second was the default in sessions 16-18; the third is the default since
-    session 19; the fourth is the README's long-run recipe."""
+    15", "Session 18", "Session 19" and "Session 20") change only hand-set options of the
+    session-11 default, so their numbers measure those options alone; they load by path like
+    any saved nets. The second was the default in sessions 16-18, the third in session 19;
+    the fourth is the default since session 20; the fifth is the README's long-run recipe."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     candidate = os.path.join(root, "experiments", "candidates", name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
