@@ -29,8 +29,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             size set by a 16-unit LSTM, meta-trained on 2000-step runs of nine MNIST MLPs as
             Keras builds them, its learned correction phased in over the first 100 steps,
             its step shrinking with each tensor's gradient after step 700 (less where the
-            gradients shrink smoothly rather than in bursts) and decaying as 1400 / t after
-            step 1400;
+            gradients shrink smoothly rather than in bursts, in full once they are 1.4x as
+            bursty as at step 700) and decaying as 1400 / t after step 1400;
             `l2l_tf/pretrained/mnist-keras/PROVENANCE.md`). The paper's
             coordinatewise LSTM is `from_pretrained("mnist")` or `"mnist-wide"`. An untrained
             net is an explicit choice: `nets=presets.default_nets()`.

@@ -16,6 +16,9 @@ from l2l_tf import meta, networks, presets, problems
 # MLPs, RMSprop 0.03 on the 2-hidden-layer MLP (the best baseline there).
 ADAM_TUNED_LR = 0.03
 RMSPROP_TUNED_LR = 0.03
+# Other settings of the default's weights, kept with their measurements (BUILD_NOTES.md).
+CANDIDATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "experiments", "candidates")
 
 
 def test_shipped_optimizers_load_by_name_and_are_the_default():
@@ -60,9 +63,8 @@ def test_the_readme_s_long_run_recipe_is_the_default_with_later_decays():
     longer = networks.TensorwiseLSTM(**{**options, "decay_steps": 2000, "gradient_decay": 1.0,
                                         "gradient_decay_steps": 2000,
                                         "burstiness_threshold": 1.0}, initializer=weights)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     as_file = l2l_tf.LearnedOptimizer.from_pretrained(
-        os.path.join(root, "experiments", "candidates", "long-run")).nets["tensorwise"]
+        os.path.join(CANDIDATES, "long-run")).nets["tensorwise"]
     assert longer.get_config() == as_file.get_config()  # the recipe is the file measured
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
     steps = {net: tf.function(net.step) for net in (default, longer)}
@@ -104,8 +106,7 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     session-11 default, so their numbers measure those options alone; they load by path like
     any saved nets. The second was the default in sessions 16-18, the third in session 19;
     the fourth is the default since session 20; the fifth is the README's long-run recipe."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    candidate = os.path.join(root, "experiments", "candidates", name)
+    candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
         os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"))
