@@ -30,6 +30,10 @@ after 5 epochs); and in session 17 the small CNN behind Keras's data augmentatio
 (random rotations and shifts, active in training only), which keeps a model underfitting
 and its gradients noisy for many epochs, as harder data sets do.
 
+Data: --train_examples keeps only the first images of the training part, for the small-data
+regime, where a model memorises its training set within fewer steps than the default's decays
+count on (the README's "Small datasets" table trains on 5,000).
+
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine]` (cosine: decay to 0 over
 the whole run): `name` is `adam`, `default` (`LearnedOptimizer()`), a shipped learned optimizer
