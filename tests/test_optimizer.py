@@ -228,6 +228,23 @@ def test_a_learning_rate_schedule_scales_each_step_and_survives_saving(tmp_path)
     assert int(loaded.iterations.numpy()) == 4
 
 
+def test_reduce_lr_on_plateau_lowers_the_default_s_factor():
+    """The README's advice for small data sets: Keras's `ReduceLROnPlateau` on the validation
+    loss lowers `learning_rate`, the factor on the net's update, as it does Adam's rate.
+    With `min_delta` too large for any epoch to count as an improvement after the first,
+    every later epoch multiplies the factor by 0.3."""
+    x, y = make_data()
+    model = sequential_model()
+    opt = l2l_tf.LearnedOptimizer()
+    model.compile(optimizer=opt, loss=LOSS)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1,
+                                                min_delta=1e9)
+    history = model.fit(x[:48], y[:48], validation_data=(x[48:], y[48:]), batch_size=16,
+                        epochs=3, verbose=0, callbacks=[plateau])
+    np.testing.assert_allclose(history.history["learning_rate"], [1.0, 1.0, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(float(opt.learning_rate.numpy()), 0.09, rtol=1e-6)
+
+
 @pytest.mark.parametrize("jit_compile", [True, False])
 def test_weight_decay_is_adamw_s_at_the_nets_nominal_rate(jit_compile):
     """Keras's decay multiplies by `learning_rate`, a factor of ~1 here: a thousand times
