@@ -35,9 +35,14 @@ regime, where a model memorises its training set within fewer steps than the def
 count on (the README's "Small datasets" table trains on 5,000).
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
-among them), and --optimizers, given as `name@learning_rate[:cosine]` (cosine: decay to 0 over
-the whole run): `name` is `adam`, `default` (`LearnedOptimizer()`), a shipped learned optimizer
-(`l2l_tf.presets.pretrained_names()`) or a directory of nets saved by train.py.
+among them), and --optimizers, given as `name@learning_rate[:cosine|:plateau]`: `name` is
+`adam`, `default` (`LearnedOptimizer()`), a shipped learned optimizer
+(`l2l_tf.presets.pretrained_names()`) or a directory of nets saved by train.py; cosine decays
+the rate to 0 over the whole run; plateau is the README's advice for small data sets, Keras's
+own `ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1)`, driven by hand after
+each epoch (the runs fit one epoch per call, and the callback forgets its best loss at every
+`fit`). Adam at two or more rates with a schedule also gets a "best Adam" column of its own,
+chosen on the validation split as the constant one is.
 
 Resumable: every finished run (model, optimizer, seed) is stored in `<output>_runs.json`, keyed
 by everything its numbers depend on (the model's initial weights included), and a run found
@@ -71,12 +76,14 @@ EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression", "mlp_gelu"
 ALL_MODELS = MODELS + EXTRA_MODELS
 TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
+SCHEDULES = ("cosine", "plateau")  # besides a constant rate; see the module docstring
+PLATEAU = {"monitor": "val_loss", "factor": 0.3, "patience": 1}  # the README's advice
 
 flags.DEFINE_list("models", list(MODELS), "Models to train, of "
                   f"{', '.join(ALL_MODELS)}.")
 flags.DEFINE_list("optimizers", ["default@1"],
-                  "Optimizers besides Adam's grid, as name@learning_rate[:cosine] (see the "
-                  "module docstring).")
+                  "Optimizers besides Adam's grid, as name@learning_rate[:cosine|:plateau] (see "
+                  "the module docstring).")
 flags.DEFINE_list("adam_grid", ["0.0003", "0.001", "0.003", "0.01", "0.03"],
                   "Constant learning rates of Adam; the best on the validation split is the "
                   "'best constant Adam' (0.001, Keras's default, is always run).")
@@ -212,17 +219,17 @@ class PositionEmbedding(keras.layers.Layer):
 
 
 def parse_optimizer(spec):
-    """`(name, learning_rate, schedule)` from `name@learning_rate[:cosine]`."""
+    """`(name, learning_rate, schedule)` from `name@learning_rate[:cosine|:plateau]`."""
     name, sep, rate = spec.rpartition("@")
     rate, _, schedule = rate.partition(":")
     try:
         rate = float(rate)
     except ValueError:
         rate = None
-    if not sep or not name or rate is None or rate <= 0 or schedule not in ("", "cosine"):
+    if not sep or not name or rate is None or rate <= 0 or schedule not in ("", *SCHEDULES):
         raise cli.UsageError(
-            f"optimizer {spec!r} is not name@learning_rate[:cosine] with a positive rate, "
-            "e.g. adam@0.001 or default@0.3:cosine."
+            f"optimizer {spec!r} is not name@learning_rate[:cosine|:plateau] with a positive "
+            "rate, e.g. adam@0.001 or default@0.3:cosine."
         )
     return name, rate, schedule or "constant"
 
@@ -239,7 +246,7 @@ def build_optimizer(name, rate, schedule, total_steps):
 
 def label(optimizer):
     name, rate, schedule = optimizer
-    return f"{name} {rate:g}" + (", cosine" if schedule == "cosine" else "")
+    return f"{name} {rate:g}" + ("" if schedule == "constant" else f", {schedule}")
 
 
 def check_flags():
@@ -332,8 +339,13 @@ def run(model_name, optimizer, seed, data):
     def target(x, y):
         return {"classify": y, "reconstruct": x, "regress": y.astype(np.float32)}[task]
 
+    plateau = None
+    if optimizer[2] == "plateau":
+        plateau = keras.callbacks.ReduceLROnPlateau(**PLATEAU)
+        plateau.set_model(model)
+        plateau.on_train_begin()
     epochs = []
-    for _ in range(FLAGS.epochs):
+    for epoch in range(FLAGS.epochs):
         start = time.perf_counter()
         history = model.fit(x, target(x, y), batch_size=FLAGS.batch_size, epochs=1, verbose=0)
         record = {"seconds": time.perf_counter() - start,
@@ -344,16 +356,19 @@ def run(model_name, optimizer, seed, data):
                                     verbose=0, return_dict=True)
             record.update({f"{split}_loss": scores["loss"],
                            f"{split}_accuracy": scores.get("accuracy", np.nan)})
+        if plateau:
+            plateau.on_epoch_end(epoch, {"val_loss": record["validation_loss"]})
         epochs.append({k: float(v) for k, v in record.items()})
     return epochs
 
 
-def best_adam_rate(results, model_name, seeds, epoch):
-    """The rate of Adam's grid with the lowest mean validation loss at `epoch` (a diverged rate,
-    NaN, never wins). Chosen on the validation split only; the test split is not read."""
+def best_adam_rate(results, model_name, seeds, epoch, schedule="constant"):
+    """The rate of Adam with `schedule` with the lowest mean validation loss at `epoch` (a
+    diverged rate, NaN, never wins). Chosen on the validation split only; the test split is
+    not read."""
     scores = {}
     for (name, optimizer), runs in results.items():
-        if name == model_name and optimizer[0] == "adam" and optimizer[2] == "constant":
+        if name == model_name and optimizer[0] == "adam" and optimizer[2] == schedule:
             losses = [runs[seed][epoch - 1]["validation_loss"] for seed in seeds]
             scores[optimizer[1]] = np.mean(losses) if np.all(np.isfinite(losses)) else np.inf
     return min(scores, key=scores.get), scores
@@ -369,9 +384,12 @@ def mean_and_error(values):
 
 def report(results, optimizers, seeds, report_epochs):
     """The Markdown tables: per reported epoch, test loss and accuracy of Adam(), the best
-    constant Adam and the other optimizers; test loss per epoch; wall time per epoch."""
+    constant Adam, the best Adam of each schedule run at several rates and the other
+    optimizers; test loss per epoch; wall time per epoch."""
     models = list(dict.fromkeys(name for name, _ in results))
-    others = [o for o in optimizers if o[0] != "adam" or o[2] != "constant"]
+    tuned = [schedule for schedule in SCHEDULES  # Adam with a schedule at several rates
+             if len({o[1] for o in optimizers if o[0] == "adam" and o[2] == schedule}) > 1]
+    others = [o for o in optimizers if o[0] != "adam" or o[2] not in ("constant", *tuned)]
     lines = [
         f"Command: `python experiments/keras_fit.py {' '.join(sys.argv[1:])}`",
         "",
@@ -388,28 +406,35 @@ def report(results, optimizers, seeds, report_epochs):
         + ("; the regression's squared error of the digit's value (no accuracy)"
            if "regression" in models else "") + ".",
     ]
+    columns = (["model", "Adam() (0.001)", "best constant Adam (rate)"]
+               + [f"best Adam, {schedule} (rate)" for schedule in tuned]
+               + [label(o) for o in others])
     for epoch in report_epochs:
         lines += ["", f"Test loss (accuracy) after epoch {epoch}:", "",
-                  "| model | Adam() (0.001) | best constant Adam (rate) | "
-                  + " | ".join(label(o) for o in others) + " |",
-                  "| --- | --- | --- | " + " | ".join("---" for _ in others) + " |"]
+                  "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         for model_name in models:
-            best, _ = best_adam_rate(results, model_name, seeds, epoch)
+            bests = [best_adam_rate(results, model_name, seeds, epoch, schedule)[0]
+                     for schedule in ("constant", *tuned)]
             cells = []
             for optimizer in [("adam", DEFAULT_ADAM_RATE, "constant"),
-                              ("adam", best, "constant"), *others]:
+                              *[("adam", best, schedule)
+                                for best, schedule in zip(bests, ("constant", *tuned))],
+                              *others]:
                 runs = [results[(model_name, optimizer)][seed][epoch - 1] for seed in seeds]
                 loss = mean_and_error([r["test_loss"] for r in runs])
                 accuracy = np.mean([r["test_accuracy"] for r in runs])
                 cells.append(loss if np.isnan(accuracy) else f"{loss} ({100 * accuracy:.2f}%)")
-            cells[1] += f" ({best:g})"
+            for i, best in enumerate(bests, 1):
+                cells[i] += f" ({best:g})"
             lines.append(f"| {model_name} | " + " | ".join(cells) + " |")
-    lines += ["", "Validation loss of Adam's grid (mean over seeds; the lowest is chosen):", ""]
-    for epoch in report_epochs:
-        for model_name in models:
-            _, scores = best_adam_rate(results, model_name, seeds, epoch)
-            lines.append(f"- epoch {epoch}, {model_name}: " + ", ".join(
-                f"{rate:g}: {score:.4f}" for rate, score in sorted(scores.items())))
+    for schedule in ("constant", *tuned):
+        lines += ["", f"Validation loss of Adam's grid, {schedule} (mean over seeds; the lowest "
+                  "is chosen):", ""]
+        for epoch in report_epochs:
+            for model_name in models:
+                _, scores = best_adam_rate(results, model_name, seeds, epoch, schedule)
+                lines.append(f"- epoch {epoch}, {model_name}: " + ", ".join(
+                    f"{rate:g}: {score:.4f}" for rate, score in sorted(scores.items())))
     epochs = range(1, FLAGS.epochs + 1)
     lines += ["", "Test loss after each epoch (mean over seeds):", "",
               "| model | optimizer | " + " | ".join(f"{e}" for e in epochs) + " |",

@@ -350,6 +350,46 @@ def test_recomputing_batch_normalisation_statistics_leaves_the_model_as_it_was()
     np.testing.assert_array_equal(layer.moving_variance.numpy(), before[1])
 
 
+def test_keras_fit_plateau_lowers_the_rate_after_an_epoch_without_a_new_best_validation_loss():
+    """`adam@0.01:plateau` is Keras's `ReduceLROnPlateau(factor=0.3, patience=1)` on the
+    validation loss across the one-epoch `fit` calls: the same run as a constant rate while
+    that loss keeps falling (validation = training data), and a different one from the epoch
+    after it first rises (validation = the training images, each labelled as the next digit:
+    the better the model learns, the worse it does there)."""
+    from absl.testing import flagsaver
+
+    keras_fit = load_experiment("keras_fit")
+    rng = np.random.default_rng(0)
+
+    def examples():
+        return (rng.uniform(size=(64, 784)).astype(np.float32),
+                rng.integers(0, 10, 64).astype(np.int32))
+
+    train, unlearnable = examples(), examples()
+    mislabelled = (train[0], (train[1] + 1) % 10)
+    if not keras_fit.FLAGS.is_parsed():
+        keras_fit.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(epochs=3, batch_size=16):
+        runs = {(case, schedule): keras_fit.run("logistic", ("adam", 0.01, schedule), 0,
+                                                {"train": train, "validation": validation,
+                                                 "test": unlearnable})
+                for case, validation in (("falls", train), ("rises", mislabelled))
+                for schedule in ("constant", "plateau")}
+
+    def losses(case, schedule, field):
+        return np.array([epoch[field] for epoch in runs[(case, schedule)]])
+
+    assert np.all(np.diff(losses("falls", "constant", "validation_loss")) < -1e-4)
+    np.testing.assert_allclose(losses("falls", "plateau", "train_loss"),
+                               losses("falls", "constant", "train_loss"), rtol=1e-6)
+    rises = losses("rises", "constant", "validation_loss")
+    assert rises[1] > rises[0] + 1e-4  # so the rate falls after epoch 2
+    constant, plateau = losses("rises", "constant", "train_loss"), losses("rises", "plateau",
+                                                                          "train_loss")
+    np.testing.assert_allclose(plateau[:2], constant[:2], rtol=1e-6)
+    assert abs(plateau[2] - constant[2]) > 1e-3 * constant[2]
+
+
 def test_keras_fit_builds_every_model_with_the_output_its_task_needs():
     keras_fit = load_experiment("keras_fit")
     width = {"reconstruct": 784, "regress": 1}
@@ -436,9 +476,9 @@ def load_experiment(name):
 
 @pytest.mark.parametrize("flags, message", [
     (["--models=vgg16"], "unknown --models ['vgg16']"),
-    (["--optimizers=adam"], "is not name@learning_rate[:cosine]"),
-    (["--optimizers=adam@0.1:linear"], "is not name@learning_rate[:cosine]"),
-    (["--adam_grid=0.1,fast"], "is not name@learning_rate[:cosine]"),
+    (["--optimizers=adam"], "is not name@learning_rate[:cosine|:plateau]"),
+    (["--optimizers=adam@0.1:linear"], "is not name@learning_rate[:cosine|:plateau]"),
+    (["--adam_grid=0.1,fast"], "is not name@learning_rate[:cosine|:plateau]"),
     (["--epochs=3", "--report_epochs=5"], "must lie in 1..--epochs=3"),
     (["--validation_examples=60000"], "leaves nothing to train on"),
     (["--optimizers=nope@1"], "No shipped optimizer named 'nope'"),
