@@ -38,7 +38,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             variable goes to the first net with a pattern found (`re.search`) in its `path`.
             With one net it may be omitted: that net updates every variable.
         learning_rate: multiplies the net's output. 1.0 applies the net as trained; schedules
-            work as usual.
+            work as usual. Being a factor, it is often a whole number (`learning_rate=3`),
+            which Keras's base class would refuse: an `int` is taken as a float.
         seed: seeds the initial weights of nets not loaded from a file.
         jit_compile: compile each variable's learned update (the net's step, the new value
             and the finiteness check) with XLA on its own, whether or not the train step is
@@ -73,6 +74,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         name="learned_optimizer",
         **kwargs,
     ):
+        if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
+            learning_rate = float(learning_rate)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.jit_compile = bool(jit_compile)
         if nets is None:

@@ -245,6 +245,27 @@ def test_reduce_lr_on_plateau_lowers_the_default_s_factor():
     np.testing.assert_allclose(float(opt.learning_rate.numpy()), 0.09, rtol=1e-6)
 
 
+def test_a_whole_number_factor_is_a_float_factor_and_a_bool_is_refused():
+    """`LearnedOptimizer(learning_rate=3)`, as the README writes it, steps as `3.0` does
+    (Keras's base class refuses an `int`) and saves as 3.0; `True` stays an error."""
+    x, y = make_data()
+    values = []
+    for factor in (3, 3.0):
+        model = sequential_model()
+        opt = l2l_tf.LearnedOptimizer(learning_rate=factor)
+        model.compile(optimizer=opt, loss=LOSS)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        assert opt.get_config()["learning_rate"] == 3.0
+        values.append([v.numpy() for v in model.trainable_variables])
+    moved = [np.abs(a - b).max() for a, b in zip(values[0],
+                                                 [v.numpy() for v in sequential_model().weights])]
+    assert min(moved) > 0
+    for whole, fractional in zip(*values):
+        np.testing.assert_array_equal(whole, fractional)
+    with pytest.raises(ValueError, match="learning_rate"):
+        l2l_tf.LearnedOptimizer(learning_rate=True)
+
+
 @pytest.mark.parametrize("jit_compile", [True, False])
 def test_weight_decay_is_adamw_s_at_the_nets_nominal_rate(jit_compile):
     """Keras's decay multiplies by `learning_rate`, a factor of ~1 here: a thousand times
