@@ -230,18 +230,19 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
         tmp_path, mnist_data_dir):
     output = tmp_path / "fit.md"
     args = ["--models=mlp_sigmoid,cnn_bn", "--epochs=2", "--report_epochs=1,2", "--seeds=0,1",
-            "--adam_grid=0.001,0.03", "--optimizers=default@2:cosine",
+            "--adam_grid=0.001,0.03",
+            "--optimizers=default@2:cosine,adam@0.001:cosine,adam@0.03:cosine",
             "--train_examples=1280", "--validation_examples=2000", f"--output={output}"]
     result = script("keras_fit.py", *args)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("seed ") == 2 * 3 * 2  # models x optimizers x seeds, each run
+    assert result.stdout.count("seed ") == 2 * 5 * 2  # models x optimizers x seeds, each run
     text = output.read_text()
     assert "every number below is on the 10,000 images of the test split" in text
     with open(tmp_path / "fit.csv", newline="") as f:
         header, *records = list(csv.reader(f))
     assert header == ["model", "optimizer", "seed", "epoch", "seconds", "train_loss",
                       "validation_loss", "validation_accuracy", "test_loss", "test_accuracy"]
-    assert len(records) == 2 * 3 * 2 * 2  # models x optimizers x seeds x epochs
+    assert len(records) == 2 * 5 * 2 * 2  # models x optimizers x seeds x epochs
     column = {name: i for i, name in enumerate(header)}
 
     def mean(model, optimizer, epoch, field):
@@ -255,14 +256,18 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
         assert [r[0] for r in rows] == ["| mlp_sigmoid", "| cnn_bn"]
         for row in rows:
             model = row[0].lstrip("| ")
-            # The best constant Adam is the grid's rate with the lowest validation loss ...
-            validation = {rate: mean(model, f"adam {rate}", epoch, "validation_loss")
-                          for rate in ("0.001", "0.03")}
-            best = min(validation, key=validation.get)
-            assert row[2].endswith(f"({best})"), (row, validation)
+            # The best constant Adam is the grid's rate with the lowest validation loss, and
+            # so is the best Adam of a schedule run at several rates ...
+            best = {}
+            for suffix in ("", ", cosine"):
+                validation = {rate: mean(model, f"adam {rate}{suffix}", epoch, "validation_loss")
+                              for rate in ("0.001", "0.03")}
+                best[suffix] = min(validation, key=validation.get)
+            assert row[2].endswith(f"({best['']})") and row[3].endswith(f"({best[', cosine']})")
             # ... and every cell is the mean test loss over seeds of its csv rows.
-            for cell, optimizer in zip(row[1:], ["adam 0.001", f"adam {best}",
-                                                 "default 2, cosine"]):
+            for cell, optimizer in zip(row[1:], ["adam 0.001", f"adam {best['']}",
+                                                 f"adam {best[', cosine']}, cosine",
+                                                 "default 2, cosine"], strict=True):
                 want = mean(model, optimizer, epoch, "test_loss")
                 assert abs(float(cell.split(" ± ")[0]) - want) < 6e-5, (cell, want)
     for r in records:  # 1280 examples are 10 steps an epoch: the MLP learns (ln 10 = 2.30);
@@ -280,7 +285,7 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
     for model in ("mlp_sigmoid", "cnn_bn"):
         for seed in (0, 1):
             init = f"|init {keras_fit.initial_weights_fingerprint(model, seed)}"
-            assert sum(k.startswith(f"{model}|") and init in k for k in keys) == 3, init
+            assert sum(k.startswith(f"{model}|") and init in k for k in keys) == 5, init
 
 
 def test_keras_fit_scores_models_without_accuracy_and_the_extra_models(tmp_path, mnist_data_dir):
