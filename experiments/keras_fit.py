@@ -387,9 +387,12 @@ def report(results, optimizers, seeds, report_epochs):
     constant Adam, the best Adam of each schedule run at several rates and the other
     optimizers; test loss per epoch; wall time per epoch."""
     models = list(dict.fromkeys(name for name, _ in results))
-    tuned = [schedule for schedule in SCHEDULES  # Adam with a schedule at several rates
-             if len({o[1] for o in optimizers if o[0] == "adam" and o[2] == schedule}) > 1]
-    others = [o for o in optimizers if o[0] != "adam" or o[2] not in ("constant", *tuned)]
+    # Schedules whose Adam rate is chosen on validation: the constant one, and any other
+    # that Adam was run with at several rates.
+    tuned = ["constant"] + [schedule for schedule in SCHEDULES
+                            if len({o[1] for o in optimizers
+                                    if o[0] == "adam" and o[2] == schedule}) > 1]
+    others = [o for o in optimizers if o[0] != "adam" or o[2] not in tuned]
     lines = [
         f"Command: `python experiments/keras_fit.py {' '.join(sys.argv[1:])}`",
         "",
@@ -407,27 +410,24 @@ def report(results, optimizers, seeds, report_epochs):
            if "regression" in models else "") + ".",
     ]
     columns = (["model", "Adam() (0.001)", "best constant Adam (rate)"]
-               + [f"best Adam, {schedule} (rate)" for schedule in tuned]
+               + [f"best Adam, {schedule} (rate)" for schedule in tuned[1:]]
                + [label(o) for o in others])
     for epoch in report_epochs:
         lines += ["", f"Test loss (accuracy) after epoch {epoch}:", "",
                   "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         for model_name in models:
-            bests = [best_adam_rate(results, model_name, seeds, epoch, schedule)[0]
-                     for schedule in ("constant", *tuned)]
+            bests = [("adam", best_adam_rate(results, model_name, seeds, epoch, schedule)[0],
+                      schedule) for schedule in tuned]
             cells = []
-            for optimizer in [("adam", DEFAULT_ADAM_RATE, "constant"),
-                              *[("adam", best, schedule)
-                                for best, schedule in zip(bests, ("constant", *tuned))],
-                              *others]:
+            for optimizer in [("adam", DEFAULT_ADAM_RATE, "constant"), *bests, *others]:
                 runs = [results[(model_name, optimizer)][seed][epoch - 1] for seed in seeds]
                 loss = mean_and_error([r["test_loss"] for r in runs])
                 accuracy = np.mean([r["test_accuracy"] for r in runs])
                 cells.append(loss if np.isnan(accuracy) else f"{loss} ({100 * accuracy:.2f}%)")
-            for i, best in enumerate(bests, 1):
-                cells[i] += f" ({best:g})"
+            for i, (_, rate, _) in enumerate(bests, 1):
+                cells[i] += f" ({rate:g})"
             lines.append(f"| {model_name} | " + " | ".join(cells) + " |")
-    for schedule in ("constant", *tuned):
+    for schedule in tuned:
         lines += ["", f"Validation loss of Adam's grid, {schedule} (mean over seeds; the lowest "
                   "is chosen):", ""]
         for epoch in report_epochs:
