@@ -27,10 +27,11 @@ setup(
         "numpy",
     ],
     extras_require={
-        # The tests run the experiment scripts, plots included.
-        "test": ["pytest", "matplotlib"],
-        # experiments/reproduce.py and keras_fit.py draw plots; the library does not.
-        "experiments": ["matplotlib"],
+        # The tests run the experiment scripts, plots and bundled data sets included.
+        "test": ["pytest", "matplotlib", "scikit-learn"],
+        # experiments/reproduce.py and keras_fit.py draw plots; keras_fit.py --dataset reads
+        # the small data sets that scikit-learn ships. The library needs neither.
+        "experiments": ["matplotlib", "scikit-learn"],
     },
     license="Apache-2.0",
 )

@@ -32,7 +32,14 @@ and its gradients noisy for many epochs, as harder data sets do.
 
 Data: --train_examples keeps only the first images of the training part, for the small-data
 regime, where a model memorises its training set within fewer steps than the default's decays
-count on (the README's "Small datasets" table trains on 5,000).
+count on (the README's "Small datasets" table trains on 5,000). --dataset trains on a data set
+other than MNIST, one that scikit-learn ships (no download; the `experiments` extra installs
+it), for what no optimizer here was made on: the 8 x 8 digits, or the breast cancer, wine and
+diabetes tables (the last a regression). Their examples are shuffled once (the same split for
+every seed), the last fifth is the test split, the fifth before it validation, and the
+features (and the regression's target) are standardised with the training examples' mean and
+deviation, as a user would; the models that read a 28 x 28 image (`MNIST_MODELS`) are MNIST's
+alone, the dense ones take any width.
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine|:plateau]`: `name` is
@@ -75,12 +82,24 @@ EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression", "mlp_gelu"
                 "wide_mlp", "resnet", "pixel_bag", "logistic", "cnn_augmented")
 ALL_MODELS = MODELS + EXTRA_MODELS
 TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
+# Models made for MNIST: they read a 28 x 28 image or its lit pixels, reconstruct pixels in
+# [0, 1] (the autoencoder's sigmoid) or regress the digit's value.
+MNIST_MODELS = ("cnn", "cnn_augmented", "cnn_bn", "lstm_rows", "keras_cnn", "transformer",
+                "resnet", "pixel_bag", "autoencoder", "regression")
+# scikit-learn's bundled data sets (its `load_<name>`) and the task each is.
+BUNDLED_DATASETS = {"digits": "classify", "breast_cancer": "classify", "wine": "classify",
+                    "diabetes": "regress"}
+BUNDLED_SPLIT_SEED = 0  # the one shuffle of a bundled data set, whatever --seeds says
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
 SCHEDULES = ("cosine", "plateau")  # besides a constant rate; see the module docstring
 PLATEAU = {"monitor": "val_loss", "factor": 0.3, "patience": 1}  # the README's advice
 
+flags.DEFINE_enum("dataset", "mnist", ["mnist", *BUNDLED_DATASETS],
+                  "MNIST (from TFDS_DATA_DIR), or one of scikit-learn's bundled data sets (see "
+                  "the module docstring).")
 flags.DEFINE_list("models", list(MODELS), "Models to train, of "
-                  f"{', '.join(ALL_MODELS)}.")
+                  f"{', '.join(ALL_MODELS)} (on a --dataset other than mnist: "
+                  "those not in MNIST_MODELS, by default the dense ones among the first eight).")
 flags.DEFINE_list("optimizers", ["default@1"],
                   "Optimizers besides Adam's grid, as name@learning_rate[:cosine|:plateau] (see "
                   "the module docstring).")
@@ -91,8 +110,9 @@ flags.DEFINE_integer("epochs", 5, "Epochs of model.fit per run.", lower_bound=1)
 flags.DEFINE_list("report_epochs", [], "Epochs to make tables for (default: the last).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every optimizer runs once per seed.")
-flags.DEFINE_integer("validation_examples", 10000,
-                     "Examples held out of the end of the train split for choosing Adam's rate.",
+flags.DEFINE_integer("validation_examples", None,
+                     "Examples held out of the end of the train split for choosing Adam's rate "
+                     "(default: 10,000 on MNIST, a quarter of the train split otherwise).",
                      lower_bound=1)
 flags.DEFINE_integer("train_examples", 0, "Train on the first this many examples of the rest "
                      "(0: all 50,000).", lower_bound=0)
@@ -103,9 +123,10 @@ flags.DEFINE_string("output", None, "Markdown file for the tables (.md); the .cs
 FLAGS = flags.FLAGS
 
 
-def build_model(name):
-    """The model `name`, on flat 784-pixel inputs in [0, 1]: logits of the 10 classes, or the
-    784 pixels ("reconstruct") or one number ("regress") for `TASKS`.
+def build_model(name, width=784, task=None, classes=10):
+    """The model `name`, on flat inputs of `width` features (MNIST's 784 pixels in [0, 1] by
+    default): logits of `classes` classes, or the inputs ("reconstruct") or one number
+    ("regress"), for `task` (by default the model's task on MNIST, `TASKS`).
 
     Only the named model's layers are made: an unseeded Keras initializer draws its seed from
     Python's random state when its layer is made, so making other models' layers first would
@@ -158,10 +179,10 @@ def build_model(name):
             LitPixelPositions(), keras.layers.Embedding(785, 32, mask_zero=True),
             keras.layers.GlobalAveragePooling1D(), dense(64, activation="relu")],
     }[name]()
-    task = TASKS.get(name)
-    head = dense({"reconstruct": 784, "regress": 1}.get(task, 10),
+    task = task or TASKS.get(name, "classify")
+    head = dense({"reconstruct": width, "regress": 1}.get(task, classes),
                  activation="sigmoid" if task == "reconstruct" else None)
-    return keras.Sequential([keras.Input((784,)), *layers, head])
+    return keras.Sequential([keras.Input((width,)), *layers, head])
 
 
 def transformer():
@@ -249,11 +270,26 @@ def label(optimizer):
     return f"{name} {rate:g}" + ("" if schedule == "constant" else f", {schedule}")
 
 
+def model_names():
+    """--models; on a bundled data set, unless given, the dense ones among `MODELS`."""
+    if FLAGS.dataset == "mnist" or FLAGS["models"].present:
+        return FLAGS.models
+    return [name for name in MODELS if name not in MNIST_MODELS]
+
+
 def check_flags():
     unknown = sorted(set(FLAGS.models) - set(ALL_MODELS))
     if unknown:
         raise cli.UsageError(f"unknown --models {unknown}: use some of "
                              f"{', '.join(ALL_MODELS)}.")
+    if FLAGS.dataset != "mnist":
+        cli.require("sklearn", "experiments", package="scikit-learn")
+        mnist_only = [name for name in model_names() if name in MNIST_MODELS]
+        if mnist_only:
+            raise cli.UsageError(
+                f"--models={','.join(mnist_only)} read MNIST's images or targets, not "
+                f"--dataset={FLAGS.dataset}: use some of "
+                f"{', '.join(name for name in ALL_MODELS if name not in MNIST_MODELS)}.")
     if FLAGS.output is not None and not FLAGS.output.endswith(".md"):
         raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
     try:
@@ -286,15 +322,63 @@ def split_train_validation(images, labels, validation_examples, train_examples=0
                                            min(train_examples, end) if train_examples else None)
 
 
+@functools.cache
+def bundled_splits(dataset):
+    """`{"train", "test"}: (x float32, y)` of scikit-learn's `load_<dataset>`, shuffled once
+    (`BUNDLED_SPLIT_SEED`), its last fifth the test split; y is int32, or float32 for a
+    regression."""
+    from sklearn import datasets
+
+    x, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
+    order = np.random.default_rng(BUNDLED_SPLIT_SEED).permutation(len(y))
+    x = x[order].astype(np.float32)
+    y = y[order].astype(np.float32 if BUNDLED_DATASETS[dataset] == "regress" else np.int32)
+    end = len(y) - len(y) // 5
+    return {"train": (x[:end], y[:end]), "test": (x[end:], y[end:])}
+
+
+def validation_size():
+    """--validation_examples, or its default: 10,000 on MNIST, a quarter of a bundled data
+    set's train split."""
+    if FLAGS.validation_examples:
+        return FLAGS.validation_examples
+    if FLAGS.dataset == "mnist":
+        return 10000
+    return len(bundled_splits(FLAGS.dataset)["train"][1]) // 4
+
+
 def load_data():
-    """`{"train", "validation", "test"}: (x [n, 784] float32 in [0, 1], y int32)`."""
-    arrays = {}
-    for mode in ("train", "test"):
-        images, labels = problems.load_tfds("mnist", mode)
-        arrays[mode] = (images.reshape(-1, 784).astype(np.float32) / 255.0, labels)
-    train, validation = split_train_validation(*arrays["train"], FLAGS.validation_examples,
+    """`{"train", "validation", "test"}: (x [n, width] float32, y)`: MNIST's pixels in [0, 1],
+    or a bundled data set's features (and a regression's target) standardised with the
+    training examples' mean and deviation."""
+    if FLAGS.dataset == "mnist":
+        arrays = {}
+        for mode in ("train", "test"):
+            images, labels = problems.load_tfds("mnist", mode)
+            arrays[mode] = (images.reshape(-1, 784).astype(np.float32) / 255.0, labels)
+    else:
+        arrays = bundled_splits(FLAGS.dataset)
+    train, validation = split_train_validation(*arrays["train"], validation_size(),
                                                FLAGS.train_examples)
-    return {"train": train, "validation": validation, "test": arrays["test"]}
+    data = {"train": train, "validation": validation, "test": arrays["test"]}
+    if FLAGS.dataset == "mnist":
+        return data
+    x, y = train
+    x_mean, x_std = x.mean(0), x.std(0)
+    x_std[x_std == 0] = 1  # a feature constant in training (the digits' blank corners) stays 0
+    regress = BUNDLED_DATASETS[FLAGS.dataset] == "regress"
+    y_mean, y_std = (y.mean(), y.std()) if regress else (0, 1)
+    return {split: ((x - x_mean) / x_std, (y - y_mean) / y_std if regress else y)
+            for split, (x, y) in data.items()}
+
+
+def model_on_dataset(model_name, dataset):
+    """`build_model(model_name)` for `dataset`: a bundled one sets its width, task and classes."""
+    if dataset == "mnist":
+        return build_model(model_name)
+    x, y = bundled_splits(dataset)["train"]
+    task = BUNDLED_DATASETS[dataset]
+    return build_model(model_name, x.shape[1], task, int(y.max()) + 1 if task == "classify" else 1)
 
 
 def run_key(model_name, optimizer, seed):
@@ -305,17 +389,18 @@ def run_key(model_name, optimizer, seed):
         presets.pretrained_path(presets.DEFAULT_PRETRAINED if name == "default" else name))
     return (f"{model_name}|{label(optimizer)}|seed {seed}|epochs {FLAGS.epochs}|batch "
             f"{FLAGS.batch_size}|train {FLAGS.train_examples or 'all'}|validation "
-            f"{FLAGS.validation_examples}|jit {FLAGS.jit_compile}"
-            f"|init {initial_weights_fingerprint(model_name, seed)}{nets}")
+            f"{validation_size()}|jit {FLAGS.jit_compile}"
+            + ("" if FLAGS.dataset == "mnist" else f"|data {FLAGS.dataset}")
+            + f"|init {initial_weights_fingerprint(model_name, seed, FLAGS.dataset)}{nets}")
 
 
 @functools.cache
-def initial_weights_fingerprint(model_name, seed):
+def initial_weights_fingerprint(model_name, seed, dataset="mnist"):
     """The first 12 hex digits of a SHA-256 of the model's initial weights for `seed`, as
     `run` makes them: a change to a model, or to what draws its seeds, makes new runs."""
     keras.utils.set_random_seed(seed)
     digest = hashlib.sha256()
-    for weight in build_model(model_name).weights:
+    for weight in model_on_dataset(model_name, dataset).weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()[:12]
 
@@ -325,9 +410,9 @@ def run(model_name, optimizer, seed, data):
     "test_loss", "test_accuracy"}`; seconds is the wall time of the epoch's fit alone."""
     x, y = data["train"]
     keras.utils.set_random_seed(seed)
-    model = build_model(model_name)
+    model = model_on_dataset(model_name, FLAGS.dataset)
     total_steps = FLAGS.epochs * -(-len(x) // FLAGS.batch_size)
-    task = TASKS.get(model_name, "classify")
+    task = BUNDLED_DATASETS.get(FLAGS.dataset) or TASKS.get(model_name, "classify")
     model.compile(
         optimizer=build_optimizer(*optimizer, total_steps),
         loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=True) if task == "classify"
@@ -382,10 +467,10 @@ def mean_and_error(values):
     return f"{values.mean():.4f} ± {values.std(ddof=1) / np.sqrt(len(values)):.4f}"
 
 
-def report(results, optimizers, seeds, report_epochs):
+def report(results, optimizers, seeds, report_epochs, sizes):
     """The Markdown tables: per reported epoch, test loss and accuracy of Adam(), the best
     constant Adam, the best Adam of each schedule run at several rates and the other
-    optimizers; test loss per epoch; wall time per epoch."""
+    optimizers; test loss per epoch; wall time per epoch. `sizes`: examples per split."""
     models = list(dict.fromkeys(name for name, _ in results))
     # Schedules whose Adam rate is chosen on validation: the constant one, and any other
     # that Adam was run with at several rates.
@@ -393,21 +478,30 @@ def report(results, optimizers, seeds, report_epochs):
                             if len({o[1] for o in optimizers
                                     if o[0] == "adam" and o[2] == schedule}) > 1]
     others = [o for o in optimizers if o[0] != "adam" or o[2] not in tuned]
+    if FLAGS.dataset == "mnist":
+        data = f"MNIST; trained on the first {sizes['train']:,} images of the train split"
+        losses = (" Loss: the classifiers' cross-entropy"
+                  + ("; the autoencoder's mean squared error of its reconstruction (no accuracy)"
+                     if "autoencoder" in models else "")
+                  + ("; the regression's squared error of the digit's value (no accuracy)"
+                     if "regression" in models else "") + ".")
+    else:
+        data = (f"scikit-learn's {FLAGS.dataset} data set, shuffled once, its features "
+                "standardised with the training examples' mean and deviation; trained on the "
+                f"first {sizes['train']:,} examples of its train split")
+        losses = {"classify": " Loss: cross-entropy.",
+                  "regress": " Loss: the squared error of the standardised target (no "
+                             "accuracy)."}[BUNDLED_DATASETS[FLAGS.dataset]]
     lines = [
         f"Command: `python experiments/keras_fit.py {' '.join(sys.argv[1:])}`",
         "",
-        f"MNIST; trained on the first {FLAGS.train_examples or 60000 - FLAGS.validation_examples:,}"
-        f" images of the train split (batch "
-        f"{FLAGS.batch_size}, jit_compile={FLAGS.jit_compile}); Adam's rate chosen on the "
-        f"last {FLAGS.validation_examples:,} (validation); every number below is on the "
-        "10,000 images of the test split, which no run trained on or chose by. "
+        f"{data} (batch {FLAGS.batch_size}, jit_compile={FLAGS.jit_compile}); Adam's rate "
+        f"chosen on the last {sizes['validation']:,} (validation); every number below is on "
+        f"the {sizes['test']:,} {'images' if FLAGS.dataset == 'mnist' else 'examples'} of the "
+        "test split, which no run trained on or chose by. "
         + (f"Mean ± standard error over seeds {', '.join(map(str, seeds))}." if len(seeds) > 1
            else f"Seed {seeds[0]} only: no standard error.")
-        + " Loss: the classifiers' cross-entropy"
-        + ("; the autoencoder's mean squared error of its reconstruction (no accuracy)"
-           if "autoencoder" in models else "")
-        + ("; the regression's squared error of the digit's value (no accuracy)"
-           if "regression" in models else "") + ".",
+        + losses,
     ]
     columns = (["model", "Adam() (0.001)", "best constant Adam (rate)"]
                + [f"best Adam, {schedule} (rate)" for schedule in tuned[1:]]
@@ -524,7 +618,7 @@ def cached_runs(run_one, optimizers, seeds, data, describe):
         with open(cache_path) as f:
             cache = json.load(f)
     results = {}
-    for model_name in FLAGS.models:
+    for model_name in model_names():
         for optimizer in optimizers:
             runs = results[(model_name, optimizer)] = {}
             for seed in seeds:
@@ -550,8 +644,10 @@ def main(argv):
     optimizers, seeds, report_epochs = check_flags()
     if FLAGS.output:
         cli.require("matplotlib", "experiments")  # for the plot, before hours of work
-    results = cached_runs(run, optimizers, seeds, load_data(), summary)
-    table = report(results, optimizers, seeds, report_epochs)
+    data = load_data()
+    results = cached_runs(run, optimizers, seeds, data, summary)
+    table = report(results, optimizers, seeds, report_epochs,
+                   {split: len(y) for split, (_, y) in data.items()})
     print(table)
     if FLAGS.output:
         cli.write_text_atomically(FLAGS.output, table)

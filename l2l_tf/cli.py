@@ -47,14 +47,15 @@ def run(main):
     app.run(guarded, flags_parser=_parse_flags)
 
 
-def require(module, extra):
-    """Imports an optional dependency, or fails with one line naming the extra to install."""
+def require(module, extra, package=None):
+    """Imports an optional dependency, or fails with one line naming the extra to install
+    (`package`: its name on PyPI, where that is not the module's)."""
     try:
         return importlib.import_module(module)
     except ImportError:
         raise UsageError(
             f"{module} is not installed, and this script needs it: pip install "
-            f"\".[{extra}]\" in the l2l_tf checkout (or pip install {module})."
+            f"\".[{extra}]\" in the l2l_tf checkout (or pip install {package or module})."
         ) from None
 
 

@@ -468,6 +468,63 @@ def test_keras_fit_validation_split_is_held_out_of_training():
     assert list(few_x) == list(range(20)) and list(validation_x2) == list(validation_x)
 
 
+def test_keras_fit_holds_out_a_bundled_data_set_s_test_split_and_standardises_with_training_only():
+    """On scikit-learn's wine table: the last fifth of the one shuffle is the test split, a
+    quarter of the rest validation; the features are standardised with the training
+    examples' mean and deviation alone, so validation and test are not exactly standardised.
+    The diabetes regression's target is standardised the same way."""
+    from absl.testing import flagsaver
+
+    keras_fit = load_experiment("keras_fit")
+    if not keras_fit.FLAGS.is_parsed():
+        keras_fit.FLAGS.mark_as_parsed()
+    raw_x, raw_y = keras_fit.bundled_splits("wine")["train"]
+    raw_test_x, raw_test_y = keras_fit.bundled_splits("wine")["test"]
+    assert (len(raw_y), len(raw_test_y)) == (143, 35)
+    with flagsaver.flagsaver(dataset="wine"):
+        data = keras_fit.load_data()
+        model = keras_fit.model_on_dataset("quickstart", "wine")
+    assert {split: len(y) for split, (_, y) in data.items()} == {
+        "train": 108, "validation": 35, "test": 35}
+    mean, std = raw_x[:108].mean(0), raw_x[:108].std(0)
+    np.testing.assert_allclose(data["train"][0].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(data["train"][0].std(0), 1, rtol=1e-4)
+    np.testing.assert_allclose(data["test"][0], (raw_test_x - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(data["validation"][1], raw_y[108:])
+    np.testing.assert_array_equal(data["test"][1], raw_test_y)
+    assert np.abs(data["test"][0].mean(0)).max() > 0.05  # not standardised on itself
+    assert tuple(model(data["test"][0]).shape) == (35, 3)  # 13 features in, 3 classes out
+
+    with flagsaver.flagsaver(dataset="diabetes", train_examples=100):
+        data = keras_fit.load_data()
+        model = keras_fit.model_on_dataset("mlp_relu", "diabetes")
+    raw_y = keras_fit.bundled_splits("diabetes")["train"][1]
+    assert data["train"][1].dtype == np.float32 and len(data["train"][1]) == 100
+    np.testing.assert_allclose(data["train"][1].mean(), 0, atol=1e-5)
+    np.testing.assert_allclose(data["test"][1], (keras_fit.bundled_splits("diabetes")["test"][1]
+                                                 - raw_y[:100].mean()) / raw_y[:100].std(),
+                               rtol=1e-5, atol=1e-5)
+    assert tuple(model(data["test"][0]).shape) == (88, 1)
+
+
+def test_keras_fit_on_a_bundled_regression_reports_its_loss_and_no_accuracy(tmp_path):
+    output = tmp_path / "fit.md"
+    result = script("keras_fit.py", "--dataset=diabetes", "--models=mlp_relu", "--epochs=2",
+                    "--seeds=0", "--adam_grid=0.001", "--optimizers=default@1",
+                    "--batch_size=32", f"--output={output}")
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert ("scikit-learn's diabetes data set, shuffled once, its features standardised with the "
+            "training examples' mean and deviation; trained on the first 266 examples") in text
+    assert "Adam's rate chosen on the last 88 (validation)" in text
+    assert "the 88 examples of the test split" in text
+    assert "Loss: the squared error of the standardised target (no accuracy)." in text
+    row = next(line for line in text.splitlines() if line.startswith("| mlp_relu | "))
+    assert "%" not in row and len(row.split(" | ")) == 4  # Adam(), best constant Adam, default
+    cache = json.loads((tmp_path / "fit_runs.json").read_text())
+    assert len(cache) == 2 and all("|data diabetes|" in key for key in cache)
+
+
 def load_experiment(name):
     """An experiments/ script as a module (its flags are defined once per test process)."""
     import importlib
@@ -488,6 +545,7 @@ def load_experiment(name):
     (["--validation_examples=60000"], "leaves nothing to train on"),
     (["--optimizers=nope@1"], "No shipped optimizer named 'nope'"),
     (["--output=fit.txt"], "must end in .md"),
+    (["--dataset=wine", "--models=mlp_relu,cnn"], "--models=cnn read MNIST's images or targets"),
 ])
 def test_bad_keras_fit_flags_give_one_line_and_exit_2(flags, message):
     result = script("keras_fit.py", *flags)
@@ -509,6 +567,13 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra(tmp_path):
         assert result.stderr.strip().count("\n") == 0, result.stderr
         assert 'matplotlib is not installed' in result.stderr
         assert 'pip install ".[experiments]"' in result.stderr
+    shadow = tmp_path / "shadow" / "sklearn"  # a data set other than MNIST needs scikit-learn
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('No module named sklearn')\n")
+    result = script("keras_fit.py", "--dataset=wine", f"--output={tmp_path}/fit.md", env=env)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "sklearn is not installed" in result.stderr
+    assert "pip install scikit-learn" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["shadow"]
 
 
