@@ -115,7 +115,7 @@ flags.DEFINE_integer("validation_examples", None,
                      "(default: 10,000 on MNIST, a quarter of the train split otherwise).",
                      lower_bound=1)
 flags.DEFINE_integer("train_examples", 0, "Train on the first this many examples of the rest "
-                     "(0: all 50,000).", lower_bound=0)
+                     "(0: all of them, 50,000 on MNIST).", lower_bound=0)
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "model.compile's jit_compile; 'auto' is Keras's default (no XLA on CPU).")
 flags.DEFINE_string("output", None, "Markdown file for the tables (.md); the .csv, the run "
