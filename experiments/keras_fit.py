@@ -363,13 +363,25 @@ def load_data():
     data = {"train": train, "validation": validation, "test": arrays["test"]}
     if FLAGS.dataset == "mnist":
         return data
-    x, y = train
+    return standardised(data, regress=BUNDLED_DATASETS[FLAGS.dataset] == "regress")
+
+
+def standardised(data, regress):
+    """`data` with every split's features (and, for a regression, its target) standardised
+    with the training split's mean and deviation, as a user would: the other splits are
+    not standardised on themselves."""
+    x, y = data["train"]
     x_mean, x_std = x.mean(0), x.std(0)
     x_std[x_std == 0] = 1  # a feature constant in training (the digits' blank corners) stays 0
-    regress = BUNDLED_DATASETS[FLAGS.dataset] == "regress"
     y_mean, y_std = (y.mean(), y.std()) if regress else (0, 1)
     return {split: ((x - x_mean) / x_std, (y - y_mean) / y_std if regress else y)
             for split, (x, y) in data.items()}
+
+
+def task_of(model_name, dataset):
+    """The task ("classify", "reconstruct" or "regress"): a bundled data set's own, else the
+    model's on MNIST (`TASKS`)."""
+    return BUNDLED_DATASETS.get(dataset) or TASKS.get(model_name, "classify")
 
 
 def model_on_dataset(model_name, dataset):
@@ -377,7 +389,7 @@ def model_on_dataset(model_name, dataset):
     if dataset == "mnist":
         return build_model(model_name)
     x, y = bundled_splits(dataset)["train"]
-    task = BUNDLED_DATASETS[dataset]
+    task = task_of(model_name, dataset)
     return build_model(model_name, x.shape[1], task, int(y.max()) + 1 if task == "classify" else 1)
 
 
@@ -412,7 +424,7 @@ def run(model_name, optimizer, seed, data):
     keras.utils.set_random_seed(seed)
     model = model_on_dataset(model_name, FLAGS.dataset)
     total_steps = FLAGS.epochs * -(-len(x) // FLAGS.batch_size)
-    task = BUNDLED_DATASETS.get(FLAGS.dataset) or TASKS.get(model_name, "classify")
+    task = task_of(model_name, FLAGS.dataset)
     model.compile(
         optimizer=build_optimizer(*optimizer, total_steps),
         loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=True) if task == "classify"
