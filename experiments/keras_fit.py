@@ -28,7 +28,11 @@ ReLU MLP, a small residual CNN with batch normalisation, and a bag-of-words mode
 in session 14 a logistic regression (one `Dense` layer: convex, and still underfitting
 after 5 epochs); and in session 17 the small CNN behind Keras's data augmentation layers
 (random rotations and shifts, active in training only), which keeps a model underfitting
-and its gradients noisy for many epochs, as harder data sets do.
+and its gradients noisy for many epochs, as harder data sets do; and in session 26 four
+common Keras shapes no earlier model had: a bidirectional GRU over the rows, a text-style
+1-D CNN over the rows (global max pooling, dropout), a CNN of depthwise-separable
+convolutions (MobileNet's layer) and the quickstart MLP with an L2 penalty on its hidden
+kernel (whose reported losses are the data's alone, without the penalty it trains on).
 
 Data: --train_examples keeps only the first images of the training part, for the small-data
 regime, where a model memorises its training set within fewer steps than the default's decays
@@ -79,19 +83,22 @@ from l2l_tf import LearnedOptimizer, cli, networks, presets, problems
 MODELS = ("mlp_sigmoid", "mlp_relu", "cnn", "mlp_dropout", "quickstart", "cnn_bn", "lstm_rows",
           "autoencoder")
 EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression", "mlp_gelu", "mlp_tanh",
-                "wide_mlp", "resnet", "pixel_bag", "logistic", "cnn_augmented")
+                "wide_mlp", "resnet", "pixel_bag", "logistic", "cnn_augmented", "gru_rows",
+                "conv1d_rows", "separable_cnn", "mlp_l2")
 ALL_MODELS = MODELS + EXTRA_MODELS
 TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
 # Models made for MNIST: they read a 28 x 28 image or its lit pixels, reconstruct pixels in
 # [0, 1] (the autoencoder's sigmoid) or regress the digit's value.
 MNIST_MODELS = ("cnn", "cnn_augmented", "cnn_bn", "lstm_rows", "keras_cnn", "transformer",
-                "resnet", "pixel_bag", "autoencoder", "regression")
+                "resnet", "pixel_bag", "autoencoder", "regression", "gru_rows", "conv1d_rows",
+                "separable_cnn")
 # scikit-learn's bundled data sets (its `load_<name>`) and the task each is.
 BUNDLED_DATASETS = {"digits": "classify", "breast_cancer": "classify", "wine": "classify",
                     "diabetes": "regress"}
 BUNDLED_SPLIT_SEED = 0  # the one shuffle of a bundled data set, whatever --seeds says
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
 SCHEDULES = ("cosine", "plateau")  # besides a constant rate; see the module docstring
+L2_PENALTY = 1e-3  # mlp_l2's, that of TensorFlow's "Overfit and underfit" tutorial
 PLATEAU = {"monitor": "val_loss", "factor": 0.3, "patience": 1}  # the README's advice
 
 flags.DEFINE_enum("dataset", "mnist", ["mnist", *BUNDLED_DATASETS],
@@ -163,6 +170,18 @@ def build_model(name, width=784, task=None, classes=10):
             keras.layers.Conv2D(32, 3, use_bias=False), keras.layers.BatchNormalization(),
             keras.layers.ReLU(), keras.layers.MaxPooling2D(2), keras.layers.Flatten()],
         "lstm_rows": lambda: [keras.layers.Reshape((28, 28)), keras.layers.LSTM(64)],
+        "gru_rows": lambda: [keras.layers.Reshape((28, 28)),
+                             keras.layers.Bidirectional(keras.layers.GRU(32))],
+        "conv1d_rows": lambda: [
+            keras.layers.Reshape((28, 28)), keras.layers.Conv1D(64, 5, activation="relu"),
+            keras.layers.MaxPooling1D(2), keras.layers.Conv1D(64, 3, activation="relu"),
+            keras.layers.GlobalMaxPooling1D(), dense(64, activation="relu"),
+            keras.layers.Dropout(0.5)],
+        "separable_cnn": lambda: image() + [
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.SeparableConv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+            keras.layers.SeparableConv2D(64, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D()],
         "autoencoder": lambda: [dense(128, activation="relu"), dense(32, activation="relu"),
                                 dense(128, activation="relu")],
         "keras_cnn": lambda: image() + [
@@ -174,6 +193,8 @@ def build_model(name, width=784, task=None, classes=10):
         "mlp_gelu": lambda: [dense(256, activation="gelu"), dense(256, activation="gelu")],
         "mlp_tanh": lambda: [dense(128, activation="tanh")],
         "wide_mlp": lambda: [dense(1024, activation="relu")],
+        "mlp_l2": lambda: [dense(128, activation="relu",
+                                 kernel_regularizer=keras.regularizers.L2(L2_PENALTY))],
         "logistic": lambda: [],
         "pixel_bag": lambda: [
             LitPixelPositions(), keras.layers.Embedding(785, 32, mask_zero=True),
@@ -425,11 +446,16 @@ def run(model_name, optimizer, seed, data):
     model = model_on_dataset(model_name, FLAGS.dataset)
     total_steps = FLAGS.epochs * -(-len(x) // FLAGS.batch_size)
     task = task_of(model_name, FLAGS.dataset)
+    metrics = ["accuracy"] if task == "classify" else []
+    if model.losses:  # evaluate's "loss" adds the weights' penalty (mlp_l2's): report the data's
+        metrics.append(
+            keras.metrics.SparseCategoricalCrossentropy(name="data_loss", from_logits=True)
+            if task == "classify" else keras.metrics.MeanSquaredError(name="data_loss"))
     model.compile(
         optimizer=build_optimizer(*optimizer, total_steps),
         loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=True) if task == "classify"
               else keras.losses.MeanSquaredError()),
-        metrics=["accuracy"] if task == "classify" else [],
+        metrics=metrics,
         jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
     )
 
@@ -451,7 +477,7 @@ def run(model_name, optimizer, seed, data):
             split_x, split_y = data[split]
             scores = model.evaluate(split_x, target(split_x, split_y), batch_size=1000,
                                     verbose=0, return_dict=True)
-            record.update({f"{split}_loss": scores["loss"],
+            record.update({f"{split}_loss": scores.get("data_loss", scores["loss"]),
                            f"{split}_accuracy": scores.get("accuracy", np.nan)})
         if plateau:
             plateau.on_epoch_end(epoch, {"val_loss": record["validation_loss"]})
@@ -504,6 +530,9 @@ def report(results, optimizers, seeds, report_epochs, sizes):
         losses = {"classify": " Loss: cross-entropy.",
                   "regress": " Loss: the squared error of the standardised target (no "
                              "accuracy)."}[BUNDLED_DATASETS[FLAGS.dataset]]
+    if "mlp_l2" in models:
+        losses += (" mlp_l2's is the data's alone, without the penalty on its weights that it"
+                   " trains on.")
     lines = [
         f"Command: `python experiments/keras_fit.py {' '.join(sys.argv[1:])}`",
         "",

@@ -395,6 +395,35 @@ def test_keras_fit_plateau_lowers_the_rate_after_an_epoch_without_a_new_best_val
     assert abs(plateau[2] - constant[2]) > 1e-3 * constant[2]
 
 
+def test_keras_fit_reports_a_penalised_model_s_held_out_loss_without_its_penalty(monkeypatch):
+    """mlp_l2 trains on cross-entropy plus an L2 penalty on its weights; the held-out numbers
+    are the cross-entropy alone (evaluate's own "loss" would add the penalty)."""
+    import keras
+    from absl.testing import flagsaver
+
+    keras_fit = load_experiment("keras_fit")
+    rng = np.random.default_rng(0)
+    data = {split: (rng.uniform(size=(64, 784)).astype(np.float32),
+                    rng.integers(0, 10, 64).astype(np.int32))
+            for split in ("train", "validation", "test")}
+    built = []
+    model_on_dataset = keras_fit.model_on_dataset
+    monkeypatch.setattr(keras_fit, "model_on_dataset",
+                        lambda *args: built.append(model_on_dataset(*args)) or built[-1])
+    if not keras_fit.FLAGS.is_parsed():
+        keras_fit.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(epochs=1, batch_size=16):
+        [epoch] = keras_fit.run("mlp_l2", ("adam", 0.01, "constant"), 0, data)
+    [model] = built
+    penalty = float(sum(model.losses))
+    assert penalty > 0.05
+    for split, (x, y) in data.items():
+        if split != "train":
+            cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+                y, model(x, training=False))
+            np.testing.assert_allclose(epoch[f"{split}_loss"], float(cross_entropy), rtol=1e-5)
+
+
 def test_keras_fit_builds_every_model_with_the_output_its_task_needs():
     keras_fit = load_experiment("keras_fit")
     width = {"reconstruct": 784, "regress": 1}
