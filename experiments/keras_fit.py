@@ -446,15 +446,14 @@ def run(model_name, optimizer, seed, data):
     model = model_on_dataset(model_name, FLAGS.dataset)
     total_steps = FLAGS.epochs * -(-len(x) // FLAGS.batch_size)
     task = task_of(model_name, FLAGS.dataset)
+    loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True) if task == "classify"
+            else keras.losses.MeanSquaredError())
     metrics = ["accuracy"] if task == "classify" else []
     if model.losses:  # evaluate's "loss" adds the weights' penalty (mlp_l2's): report the data's
-        metrics.append(
-            keras.metrics.SparseCategoricalCrossentropy(name="data_loss", from_logits=True)
-            if task == "classify" else keras.metrics.MeanSquaredError(name="data_loss"))
+        metrics.append(keras.metrics.MeanMetricWrapper(loss.call, name="data_loss"))
     model.compile(
         optimizer=build_optimizer(*optimizer, total_steps),
-        loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=True) if task == "classify"
-              else keras.losses.MeanSquaredError()),
+        loss=loss,
         metrics=metrics,
         jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
     )
