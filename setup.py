@@ -27,8 +27,9 @@ setup(
         "numpy",
     ],
     extras_require={
-        # The tests run the experiment scripts, plots and bundled data sets included.
-        "test": ["pytest", "matplotlib", "scikit-learn"],
+        # The tests run the experiment scripts, plots and bundled data sets included;
+        # pytest-xdist runs them in two processes (BUILD_NOTES.md, "Session 27").
+        "test": ["pytest", "pytest-xdist", "matplotlib", "scikit-learn"],
         # experiments/reproduce.py and keras_fit.py draw plots; keras_fit.py --dataset reads
         # the small data sets that scikit-learn ships. The library needs neither.
         "experiments": ["matplotlib", "scikit-learn"],
