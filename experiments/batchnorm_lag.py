@@ -88,23 +88,29 @@ def run(model_name, optimizer, seed, data):
     return epochs
 
 
-def table(results, seeds):
+def motion_text(value):
+    """The kernels' motion, or "n/a" where an epoch had no 100 steps to measure it over."""
+    return "n/a" if np.isnan(value) else f"{value:.3f}"
+
+
+def table(results, seeds, train_examples):
     lines = [f"Command: `python experiments/batchnorm_lag.py {' '.join(sys.argv[1:])}`", "",
              f"Test loss (MNIST's 10,000 test images, cross-entropy) after {FLAGS.epochs} "
-             f"epochs at batch {FLAGS.batch_size}, with batch normalisation's moving "
-             "statistics / with them recomputed from 5,000 training images; the conv "
-             "kernels' relative motion over the epoch's last 100 steps. Seeds "
+             f"epochs at batch {FLAGS.batch_size} on {train_examples:,} training images, "
+             "with batch normalisation's moving statistics / with them recomputed from "
+             f"{RECOMPUTE_EXAMPLES:,} training images; the conv kernels' relative motion over "
+             "the epoch's last 100 steps (n/a: epochs of fewer steps). Seeds "
              f"{', '.join(map(str, seeds))}, then their mean.", "",
              "| model | optimizer | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "| --- | --- |" + " --- |" * (len(seeds) + 1)]
     for (model_name, optimizer), by_seed in results.items():
         runs = [by_seed[seed] for seed in seeds]
         cells = [f"{r[-1]['test_loss']:.4f} / {r[-1]['recomputed_test_loss']:.4f} "
-                 f"({r[-1]['kernel_motion']:.3f})" for r in runs]
+                 f"({motion_text(r[-1]['kernel_motion'])})" for r in runs]
         mean = {k: np.mean([r[-1][k] for r in runs])
                 for k in ("test_loss", "recomputed_test_loss", "kernel_motion")}
         cells.append(f"{mean['test_loss']:.4f} / {mean['recomputed_test_loss']:.4f} "
-                     f"({mean['kernel_motion']:.3f})")
+                     f"({motion_text(mean['kernel_motion'])})")
         lines.append(f"| {model_name} | {keras_fit.label(optimizer)} | " + " | ".join(cells)
                      + " |")
     return "\n".join(lines) + "\n"
@@ -122,8 +128,9 @@ def main(argv):
         if model_name in keras_fit.TASKS:
             raise cli.UsageError(f"--models: {model_name} is not a classifier; this script "
                                  "measures classifiers with batch normalisation (resnet, cnn_bn).")
-    results = keras_fit.cached_runs(run, optimizers, seeds, keras_fit.load_data(), describe)
-    text = table(results, seeds)
+    data = keras_fit.load_data()
+    results = keras_fit.cached_runs(run, optimizers, seeds, data, describe)
+    text = table(results, seeds, len(data["train"][0]))
     print(text)
     if FLAGS.output:
         cli.write_text_atomically(FLAGS.output, text)
