@@ -88,9 +88,12 @@ def run(model_name, optimizer, seed, data):
     return epochs
 
 
-def motion_text(value):
-    """The kernels' motion, or "n/a" where an epoch had no 100 steps to measure it over."""
-    return "n/a" if np.isnan(value) else f"{value:.3f}"
+def cell(values):
+    """`moving / recomputed (motion)` for one run's last epoch, or for their mean; the motion
+    is "n/a" where an epoch had no 100 steps to measure it over."""
+    motion = values["kernel_motion"]
+    return (f"{values['test_loss']:.4f} / {values['recomputed_test_loss']:.4f} "
+            f"({'n/a' if np.isnan(motion) else f'{motion:.3f}'})")
 
 
 def table(results, seeds, train_examples):
@@ -104,15 +107,11 @@ def table(results, seeds, train_examples):
              "| model | optimizer | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "| --- | --- |" + " --- |" * (len(seeds) + 1)]
     for (model_name, optimizer), by_seed in results.items():
-        runs = [by_seed[seed] for seed in seeds]
-        cells = [f"{r[-1]['test_loss']:.4f} / {r[-1]['recomputed_test_loss']:.4f} "
-                 f"({motion_text(r[-1]['kernel_motion'])})" for r in runs]
-        mean = {k: np.mean([r[-1][k] for r in runs])
+        last = [by_seed[seed][-1] for seed in seeds]
+        mean = {k: np.mean([epoch[k] for epoch in last])
                 for k in ("test_loss", "recomputed_test_loss", "kernel_motion")}
-        cells.append(f"{mean['test_loss']:.4f} / {mean['recomputed_test_loss']:.4f} "
-                     f"({motion_text(mean['kernel_motion'])})")
-        lines.append(f"| {model_name} | {keras_fit.label(optimizer)} | " + " | ".join(cells)
-                     + " |")
+        lines.append(f"| {model_name} | {keras_fit.label(optimizer)} | "
+                     + " | ".join(cell(values) for values in [*last, mean]) + " |")
     return "\n".join(lines) + "\n"
 
 
