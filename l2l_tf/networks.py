@@ -328,6 +328,15 @@ class TensorwiseLSTM(LSTMNet):
     the full decay waits until `b` has grown s-fold, which models that still underfit
     (`b` 1.2-1.3x on MNIST) do not reach and models that memorise (1.7-2.9x) do.
 
+    `gradient_stop` (r0), if set, stops a tensor whose gradient RMS ratio `r` has fallen below
+    it: the step is also multiplied by `min(1, r / r0) ** (gradient_stop_exponent * gate)`,
+    `gate` the burstiness gate's factor (1 without it). The gradient decay alone leaves a
+    deep ReLU MLP that has fit its training set at under 1% of Adam's step, and its held-out
+    loss still rises 2% per epoch: Adam's normalised step keeps growing every margin while
+    the gradient's direction holds, and six layers compound it. A steeper gradient decay
+    stops it, but also slows the models that still fit (`r` 0.4-0.6, bursty too); a wall
+    below r0 leaves those alone (BUILD_NOTES.md, "Session 28").
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -362,7 +371,7 @@ class TensorwiseLSTM(LSTMNet):
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
                  gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
-                 initializer=None):
+                 gradient_stop=0.0, gradient_stop_exponent=8.0, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -398,6 +407,17 @@ class TensorwiseLSTM(LSTMNet):
         if not self.burstiness_threshold > 0:
             raise ValueError("burstiness_threshold must be above 0 (1: the burstiness at "
                              f"gradient_decay_steps), got {burstiness_threshold!r}.")
+        self.gradient_stop = float(gradient_stop)
+        if not 0 <= self.gradient_stop <= 1:
+            raise ValueError("gradient_stop is a ratio of gradient RMS, from 0 (off) to 1, got "
+                             f"{gradient_stop!r}.")
+        if self.gradient_stop and not self.gradient_decay:
+            raise ValueError("gradient_stop reads the gradient decay's ratio, and gradient_decay "
+                             "is 0: set gradient_decay too, or gradient_stop=0.")
+        self.gradient_stop_exponent = float(gradient_stop_exponent)
+        if not self.gradient_stop_exponent > 0:
+            raise ValueError("gradient_stop_exponent must be above 0, got "
+                             f"{gradient_stop_exponent!r}.")
         self._check_initializer()
 
     def weight_shapes(self):
@@ -467,7 +487,7 @@ class TensorwiseLSTM(LSTMNet):
             mean_square = tf.reduce_mean(tf.square(gradient))
             power = self.POWER_DECAY * power + (1.0 - self.POWER_DECAY) * mean_square
             # Both ratios are of mean squares: half their powers make them ratios of RMS.
-            exponent = self.gradient_decay
+            gate = 1.0
             if self.burstiness_gate:
                 log_power, burst, burst_reference = burstiness
                 new_log_power = tf.math.log(tf.reshape(mean_square, [1]) + 1e-30)
@@ -475,13 +495,16 @@ class TensorwiseLSTM(LSTMNet):
                                  * tf.square(new_log_power - log_power), burst)
                 log_power = new_log_power
                 # b is a mean square: the threshold on its RMS enters squared.
-                exponent *= tf.pow(self._ratio_to_reference(
+                gate = tf.pow(self._ratio_to_reference(
                     t, burst, burst_reference * self.burstiness_threshold ** 2, lag=1.0),
                     self.burstiness_gate / 2.0)
                 burst_reference = tf.where(t <= self.gradient_decay_steps, burst, burst_reference)
                 burstiness = (log_power, burst, burst_reference)
-            step_size *= tf.pow(self._ratio_to_reference(t, power, power_reference),
-                                exponent / 2.0)
+            ratio = self._ratio_to_reference(t, power, power_reference)
+            step_size *= tf.pow(ratio, self.gradient_decay * gate / 2.0)
+            if self.gradient_stop:
+                step_size *= tf.pow(tf.minimum(1.0, ratio / self.gradient_stop ** 2),
+                                    self.gradient_stop_exponent * gate / 2.0)
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
         return update, (m, v, t, *lstm_state, power, power_reference, *burstiness)
@@ -525,6 +548,8 @@ class TensorwiseLSTM(LSTMNet):
             "gradient_decay_steps": self.gradient_decay_steps,
             "burstiness_gate": self.burstiness_gate,
             "burstiness_threshold": self.burstiness_threshold,
+            "gradient_stop": self.gradient_stop,
+            "gradient_stop_exponent": self.gradient_stop_exponent,
         }
 
 

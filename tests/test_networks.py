@@ -406,6 +406,43 @@ def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_its_st
         networks.TensorwiseLSTM(decay_steps=5, gradient_decay=1, gradient_decay_steps=0)
 
 
+
+def test_the_gradient_stop_leaves_a_tensor_above_its_ratio_and_stops_one_below():
+    """With `gradient_stop=r0` the step after `gradient_decay_steps` is the gradient-decayed
+    net's times min(1, r / r0) ** gradient_stop_exponent, r the same RMS ratio the gradient
+    decay reads (here without a burstiness gate: its factor is 1): a tensor whose gradients
+    have shrunk to half keeps the decayed step, one at a tenth nearly stops."""
+    _, weights = tensorwise_with_random_outputs()
+    options = dict(layers=(6,), decay_steps=5, gradient_decay=2.0)
+    decayed = networks.TensorwiseLSTM(**options)
+    stopped = networks.TensorwiseLSTM(**options, gradient_stop=0.3, gradient_stop_exponent=8)
+    assert stopped.get_config()["gradient_stop"] == 0.3
+    assert stopped.get_config()["gradient_stop_exponent"] == 8.0
+    rng = np.random.default_rng(0)
+    scales = [1.0] * 5 + [0.5] * 20 + [0.1] * 300
+    states = {net: net.initial_state((5, 4)) for net in (decayed, stopped)}
+    power, ratios = 0.0, {}
+    for t, scale in enumerate(scales, start=1):
+        gradient = (scale * rng.normal(size=(5, 4))).astype(np.float32)
+        power = 0.99 * power + 0.01 * np.mean(np.square(gradient.astype(np.float64)))
+        rms = np.sqrt(power / (1 - 0.99 ** t))
+        if t == 5:
+            reference = rms
+        updates = {}
+        for net in (decayed, stopped):
+            updates[net], states[net] = net.step(weights, tf.constant(gradient), states[net])
+        expected = min(1.0, rms / reference / 0.3) ** 8 if t > 5 else 1.0
+        ratios[t] = updates[stopped].numpy() / updates[decayed].numpy()
+        np.testing.assert_allclose(ratios[t], expected, rtol=1e-3)
+    assert np.all(ratios[25] == 1.0)  # r about 0.6: untouched
+    assert np.all(ratios[325] < 1e-3)  # r about 0.1: stopped
+    with pytest.raises(ValueError, match="gradient_stop is a ratio"):
+        networks.TensorwiseLSTM(**options, gradient_stop=1.5)
+    with pytest.raises(ValueError, match="set gradient_decay too"):
+        networks.TensorwiseLSTM(decay_steps=5, gradient_stop=0.3)
+    with pytest.raises(ValueError, match="gradient_stop_exponent must be above 0"):
+        networks.TensorwiseLSTM(**options, gradient_stop=0.3, gradient_stop_exponent=0)
+
 @pytest.mark.parametrize("threshold", [1.0, 1.4])
 def test_the_burstiness_gate_keeps_the_step_of_a_tensor_whose_gradients_shrink_smoothly(
         threshold):

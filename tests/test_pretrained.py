@@ -102,6 +102,10 @@ SESSION_11_DEFAULT = {"layers": [16], "learning_rate": 0.001, "beta1": 0.9, "bet
     ("gradient-decay5", {"decay_steps": 1400.0, "gradient_decay": 5.0,
                          "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
                          "burstiness_threshold": 1.4}),
+    ("gradient-stop0.3", {"decay_steps": 1400.0, "gradient_decay": 2.0,
+                          "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
+                          "burstiness_threshold": 1.4, "gradient_stop": 0.3,
+                          "gradient_stop_exponent": 8.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
@@ -109,7 +113,8 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     options of the session-11 default, so their numbers measure those options alone; they
     load by path like any saved nets. The second was the default in sessions 16-18, the
     third in session 19; the fourth is the default since session 20; the fifth is the
-    README's long-run recipe; the sixth is the default with a steeper gradient decay."""
+    README's long-run recipe; the sixth is the default with a steeper gradient decay, the
+    seventh the default with a stop below a gradient ratio of 0.3."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
