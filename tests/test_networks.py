@@ -358,6 +358,23 @@ def test_the_decay_in_time_is_decay_steps_over_t():
                                    min(1.0, 4 / t), rtol=1e-5)
 
 
+def step_on_scaled_gradients(weights, states, scales, rng):
+    """Steps every net of `states` (updated in place) on the same gradients, N(0, 1) times
+    `scales[t - 1]` at step t; yields t, the gradients' RMS over ~100 steps (an average of
+    the mean square with weight 0.99, debiased) relative to step 5's (1 before step 5), as
+    the gradient decay reads it, and each net's update."""
+    power, reference = 0.0, None
+    for t, scale in enumerate(scales, start=1):
+        gradient = (scale * rng.normal(size=(5, 4))).astype(np.float32)
+        power = 0.99 * power + 0.01 * np.mean(np.square(gradient.astype(np.float64)))
+        rms = np.sqrt(power / (1 - 0.99 ** t))
+        if t == 5:
+            reference = rms
+        updates = {}
+        for net in states:
+            updates[net], states[net] = net.step(weights, tf.constant(gradient), states[net])
+        yield t, 1.0 if reference is None else rms / reference, updates
+
 @pytest.mark.parametrize("decay_steps, gradient_decay_steps", [(5, None), (8, 5), (None, 5)])
 def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_its_start(
         decay_steps, gradient_decay_steps):
@@ -375,17 +392,9 @@ def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_its_st
     rng = np.random.default_rng(0)
     scales = [1.0] * 5 + [0.5, 0.1, 0.1, 2.0, 2.0]
     states = {net: net.initial_state((5, 4)) for net in (plain, slowed)}
-    power, factors = 0.0, []
-    for t, scale in enumerate(scales, start=1):
-        gradient = (scale * rng.normal(size=(5, 4))).astype(np.float32)
-        power = 0.99 * power + 0.01 * np.mean(np.square(gradient.astype(np.float64)))
-        rms = np.sqrt(power / (1 - 0.99 ** t))
-        if t == 5:
-            reference = rms
-        updates = {}
-        for net in (plain, slowed):
-            updates[net], states[net] = net.step(weights, tf.constant(gradient), states[net])
-        expected = 1.0 if t <= 5 else min(1.0, rms / reference) ** 1.5
+    factors = []
+    for t, ratio, updates in step_on_scaled_gradients(weights, states, scales, rng):
+        expected = 1.0 if t <= 5 else min(1.0, ratio) ** 1.5
         np.testing.assert_allclose(updates[slowed].numpy() / updates[plain].numpy(), expected,
                                    rtol=1e-4)
         factors.append(expected)
@@ -418,20 +427,12 @@ def test_the_gradient_stop_leaves_a_tensor_above_its_ratio_and_stops_one_below()
     stopped = networks.TensorwiseLSTM(**options, gradient_stop=0.3, gradient_stop_exponent=8)
     assert stopped.get_config()["gradient_stop"] == 0.3
     assert stopped.get_config()["gradient_stop_exponent"] == 8.0
-    rng = np.random.default_rng(0)
     scales = [1.0] * 5 + [0.5] * 20 + [0.1] * 300
     states = {net: net.initial_state((5, 4)) for net in (decayed, stopped)}
-    power, ratios = 0.0, {}
-    for t, scale in enumerate(scales, start=1):
-        gradient = (scale * rng.normal(size=(5, 4))).astype(np.float32)
-        power = 0.99 * power + 0.01 * np.mean(np.square(gradient.astype(np.float64)))
-        rms = np.sqrt(power / (1 - 0.99 ** t))
-        if t == 5:
-            reference = rms
-        updates = {}
-        for net in (decayed, stopped):
-            updates[net], states[net] = net.step(weights, tf.constant(gradient), states[net])
-        expected = min(1.0, rms / reference / 0.3) ** 8 if t > 5 else 1.0
+    ratios = {}
+    for t, ratio, updates in step_on_scaled_gradients(weights, states, scales,
+                                                      np.random.default_rng(0)):
+        expected = min(1.0, ratio / 0.3) ** 8 if t > 5 else 1.0
         ratios[t] = updates[stopped].numpy() / updates[decayed].numpy()
         np.testing.assert_allclose(ratios[t], expected, rtol=1e-3)
     assert np.all(ratios[25] == 1.0)  # r about 0.6: untouched
