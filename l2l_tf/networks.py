@@ -400,9 +400,7 @@ class TensorwiseLSTM(LSTMNet):
         self.burstiness_gate = float(burstiness_gate)
         if not self.burstiness_gate >= 0:
             raise ValueError(f"burstiness_gate must be at least 0, got {burstiness_gate!r}.")
-        if self.burstiness_gate and not self.gradient_decay:
-            raise ValueError("burstiness_gate scales the gradient decay, and gradient_decay is "
-                             "0: set gradient_decay too, or burstiness_gate=0.")
+        self._require_gradient_decay("burstiness_gate", self.burstiness_gate)
         self.burstiness_threshold = float(burstiness_threshold)
         if not self.burstiness_threshold > 0:
             raise ValueError("burstiness_threshold must be above 0 (1: the burstiness at "
@@ -411,14 +409,19 @@ class TensorwiseLSTM(LSTMNet):
         if not 0 <= self.gradient_stop <= 1:
             raise ValueError("gradient_stop is a ratio of gradient RMS, from 0 (off) to 1, got "
                              f"{gradient_stop!r}.")
-        if self.gradient_stop and not self.gradient_decay:
-            raise ValueError("gradient_stop reads the gradient decay's ratio, and gradient_decay "
-                             "is 0: set gradient_decay too, or gradient_stop=0.")
+        self._require_gradient_decay("gradient_stop", self.gradient_stop)
         self.gradient_stop_exponent = float(gradient_stop_exponent)
         if not self.gradient_stop_exponent > 0:
             raise ValueError("gradient_stop_exponent must be above 0, got "
                              f"{gradient_stop_exponent!r}.")
         self._check_initializer()
+
+    def _require_gradient_decay(self, name, value):
+        """`name` acts on the gradient decay (its exponent or its ratio): set without it, it
+        would silently do nothing."""
+        if value and not self.gradient_decay:
+            raise ValueError(f"{name} acts on the gradient decay, and gradient_decay is 0: set "
+                             f"gradient_decay too, or {name}=0.")
 
     def weight_shapes(self):
         shapes = {}

@@ -375,6 +375,7 @@ def step_on_scaled_gradients(weights, states, scales, rng):
             updates[net], states[net] = net.step(weights, tf.constant(gradient), states[net])
         yield t, 1.0 if reference is None else rms / reference, updates
 
+
 @pytest.mark.parametrize("decay_steps, gradient_decay_steps", [(5, None), (8, 5), (None, 5)])
 def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_its_start(
         decay_steps, gradient_decay_steps):
@@ -413,7 +414,6 @@ def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_its_st
         networks.TensorwiseLSTM(gradient_decay=1)
     with pytest.raises(ValueError, match="gradient_decay_steps must be at least 1"):
         networks.TensorwiseLSTM(decay_steps=5, gradient_decay=1, gradient_decay_steps=0)
-
 
 
 def test_the_gradient_stop_leaves_a_tensor_above_its_ratio_and_stops_one_below():
