@@ -32,7 +32,12 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
     config = default.nets["tensorwise"].get_config()
     assert (config["decay_steps"], config["warmup_steps"], config["gradient_decay"],
             config["gradient_decay_steps"], config["burstiness_gate"],
-            config["burstiness_threshold"]) == (1400, 100, 2.0, 700, 4, 1.4)
+            config["burstiness_threshold"], config["gradient_stop"],
+            config["gradient_stop_exponent"]) == (1400, 100, 2.0, 700, 4, 1.4, 0.3, 8)
+    with open(os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"),
+              "rb") as shipped, open(os.path.join(CANDIDATES, "gradient-stop0.3",
+                                                  "tensorwise.npz"), "rb") as candidate:
+        assert shipped.read() == candidate.read()  # the file its measurements were made with
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
     assert wide.nets["cw"].get_config()["preprocess_options"] == {"k": 20}
     mnist = l2l_tf.LearnedOptimizer.from_pretrained("mnist")
@@ -53,8 +58,9 @@ def state_after(net, steps, shape):
 
 def test_the_readme_s_long_run_recipe_is_the_default_with_later_decays():
     """README, "Small batches and long runs": the shipped weights with both decays from step
-    2000, `gradient_decay=1` and the gate's threshold at 1 (`experiments/candidates/long-run`,
-    measured before the default's became 1.4) step exactly as the default up to step 700,
+    2000, `gradient_decay=1`, the gate's threshold at 1 and no gradient stop
+    (`experiments/candidates/long-run`, measured before the default's threshold became 1.4
+    and its stop 0.3) step exactly as the default up to step 700,
     where the default's gradient decay starts; on gradients that keep their size they take
     the same steps until step 1400, and larger ones once the default's decay in time has
     started."""
@@ -62,7 +68,8 @@ def test_the_readme_s_long_run_recipe_is_the_default_with_later_decays():
     _, options, weights = networks.load_weights(path)
     longer = networks.TensorwiseLSTM(**{**options, "decay_steps": 2000, "gradient_decay": 1.0,
                                         "gradient_decay_steps": 2000,
-                                        "burstiness_threshold": 1.0}, initializer=weights)
+                                        "burstiness_threshold": 1.0, "gradient_stop": 0.0},
+                                     initializer=weights)
     as_file = l2l_tf.LearnedOptimizer.from_pretrained(
         os.path.join(CANDIDATES, "long-run")).nets["tensorwise"]
     assert longer.get_config() == as_file.get_config()  # the recipe is the file measured
@@ -112,9 +119,10 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     15", "Session 18", "Session 19", "Session 20" and "Session 28") change only hand-set
     options of the session-11 default, so their numbers measure those options alone; they
     load by path like any saved nets. The second was the default in sessions 16-18, the
-    third in session 19; the fourth is the default since session 20; the fifth is the
-    README's long-run recipe; the sixth is the default with a steeper gradient decay, the
-    seventh the default with a stop below a gradient ratio of 0.3."""
+    third in session 19; the fourth in sessions 20-28; the fifth is the README's long-run
+    recipe; the sixth is session 28's default with a steeper gradient decay; the seventh,
+    that default with a stop below a gradient ratio of 0.3, is the default since session
+    29."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
@@ -133,7 +141,8 @@ def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
     of the same weights without that (`gradient_decay=0`); 200 steps after they shrink
     100-fold, as a model's do when it has fit its training set, it is a fraction of it."""
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
-    options = {**default.get_config(), "gradient_decay": 0.0, "burstiness_gate": 0.0}
+    options = {**default.get_config(), "gradient_decay": 0.0, "burstiness_gate": 0.0,
+               "gradient_stop": 0.0}
     plain = networks.TensorwiseLSTM(**options, initializer=default.initializer)
     steps = {net: tf.function(net.step) for net in (default, plain)}
     rng = np.random.default_rng(0)
