@@ -337,6 +337,14 @@ class TensorwiseLSTM(LSTMNet):
     stops it, but also slows the models that still fit (`r` 0.4-0.6, bursty too); a wall
     below r0 leaves those alone (BUILD_NOTES.md, "Session 28").
 
+    `gradient_stop_latch` makes the stop read the lowest `r` reached so far instead of the
+    current one: a stopped tensor stays stopped when its gradients grow back. Below r0 the
+    step grows with r as `r ** (gradient_decay + gradient_stop_exponent)`, so gradients that
+    grow with a too-large step enlarge the step further: a burst late in training lifted the
+    stop of a small data set's MLP within seven epochs and its training loss climbed 100-fold
+    (BUILD_NOTES.md, "Session 29"). Latched, the stop leaves that loop only the gradient
+    decay's gain, which recovered from the same burst (BUILD_NOTES.md, "Session 30").
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -353,7 +361,9 @@ class TensorwiseLSTM(LSTMNet):
     before they existed loads as p_ref = 0, which leaves the step as it was), then,
     only with `burstiness_gate`, `(l, b, b_ref)`: the last step's log mean squared gradient, the
     average of its squared changes and that average at `gradient_decay_steps` (b_ref = 0, as
-    in a state saved before they existed, leaves the gradient decay as it was).
+    in a state saved before they existed, leaves the gradient decay as it was), then, only
+    with `gradient_stop_latch`, `(d,)`: 1 minus the lowest `r ** 2` so far (0, as in a state
+    saved before it existed, holds nothing back).
     """
 
     FEATURES = (
@@ -371,7 +381,8 @@ class TensorwiseLSTM(LSTMNet):
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
                  gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
-                 gradient_stop=0.0, gradient_stop_exponent=8.0, initializer=None):
+                 gradient_stop=0.0, gradient_stop_exponent=8.0, gradient_stop_latch=False,
+                 initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -414,6 +425,10 @@ class TensorwiseLSTM(LSTMNet):
         if not self.gradient_stop_exponent > 0:
             raise ValueError("gradient_stop_exponent must be above 0, got "
                              f"{gradient_stop_exponent!r}.")
+        self.gradient_stop_latch = bool(gradient_stop_latch)
+        if self.gradient_stop_latch and not self.gradient_stop:
+            raise ValueError("gradient_stop_latch holds the gradient stop, and gradient_stop is "
+                             "0: set gradient_stop too, or gradient_stop_latch=False.")
         self._check_initializer()
 
     def _require_gradient_decay(self, name, value):
@@ -441,7 +456,7 @@ class TensorwiseLSTM(LSTMNet):
     def state_shapes(self, param_shape):
         lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
         return ((tuple(param_shape), tuple(param_shape), (1,)) + lstm
-                + ((1,),) * (5 if self.burstiness_gate else 2))
+                + ((1,),) * ((5 if self.burstiness_gate else 2) + self.gradient_stop_latch))
 
     def features(self, gradient, m, v, t):
         """`[1, len(FEATURES)]` for one tensor; `t` is the step count (a scalar, so that a
@@ -471,7 +486,8 @@ class TensorwiseLSTM(LSTMNet):
     def step(self, weights, gradient, state):
         m, v, t = state[:3]
         lstm_state = state[3:3 + 2 * len(self.layers)]
-        power, power_reference, *burstiness = state[3 + 2 * len(self.layers):]
+        power, power_reference, *rest = state[3 + 2 * len(self.layers):]
+        burstiness, latch = (rest[:3], rest[3:]) if self.burstiness_gate else ((), rest)
         t = t + 1.0
         m = self.beta1 * m + (1.0 - self.beta1) * gradient
         v = self.beta2 * v + (1.0 - self.beta2) * tf.square(gradient)
@@ -506,11 +522,16 @@ class TensorwiseLSTM(LSTMNet):
             ratio = self._ratio_to_reference(t, power, power_reference)
             step_size *= tf.pow(ratio, self.gradient_decay * gate / 2.0)
             if self.gradient_stop:
-                step_size *= tf.pow(tf.minimum(1.0, ratio / self.gradient_stop ** 2),
+                stop_ratio = ratio
+                if self.gradient_stop_latch:
+                    (depth,) = latch
+                    stop_ratio = tf.minimum(ratio, 1.0 - depth[0])
+                    latch = (tf.maximum(depth, 1.0 - ratio),)
+                step_size *= tf.pow(tf.minimum(1.0, stop_ratio / self.gradient_stop ** 2),
                                     self.gradient_stop_exponent * gate / 2.0)
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
-        return update, (m, v, t, *lstm_state, power, power_reference, *burstiness)
+        return update, (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch)
 
     def decay_rate(self, state):
         """`learning_rate` times the decay in time: the nominal step without the learned factor
@@ -553,6 +574,7 @@ class TensorwiseLSTM(LSTMNet):
             "burstiness_threshold": self.burstiness_threshold,
             "gradient_stop": self.gradient_stop,
             "gradient_stop_exponent": self.gradient_stop_exponent,
+            "gradient_stop_latch": self.gradient_stop_latch,
         }
 
 

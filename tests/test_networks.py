@@ -444,6 +444,33 @@ def test_the_gradient_stop_leaves_a_tensor_above_its_ratio_and_stops_one_below()
     with pytest.raises(ValueError, match="gradient_stop_exponent must be above 0"):
         networks.TensorwiseLSTM(**options, gradient_stop=0.3, gradient_stop_exponent=0)
 
+def test_the_latched_gradient_stop_holds_its_deepest_point_when_the_gradients_grow_back():
+    """With `gradient_stop_latch` the stop reads the lowest ratio r reached so far instead of
+    the current one: gradients that grow back after the stop (a burst sending training uphill,
+    whose larger gradients would lift the stop and enlarge the step) leave the tensor stopped.
+    The gradient decay still reads the current r. Until r first rises the two agree."""
+    _, weights = tensorwise_with_random_outputs()
+    options = dict(layers=(6,), decay_steps=5, gradient_decay=2.0, gradient_stop=0.3)
+    free = networks.TensorwiseLSTM(**options)
+    latched = networks.TensorwiseLSTM(**options, gradient_stop_latch=True)
+    assert latched.get_config()["gradient_stop_latch"] is True
+    assert len(latched.initial_state((5, 4))) == len(free.initial_state((5, 4))) + 1
+    scales = [1.0] * 5 + [0.1] * 300 + [1.0] * 200
+    states = {net: net.initial_state((5, 4)) for net in (free, latched)}
+    lowest, ratios = 1.0, {}
+    for t, ratio, updates in step_on_scaled_gradients(weights, states, scales,
+                                                      np.random.default_rng(0)):
+        lowest = min(lowest, ratio) if t > 5 else 1.0
+        expected = (min(1.0, lowest / 0.3) / min(1.0, ratio / 0.3)) ** 8
+        ratios[t] = updates[latched].numpy() / updates[free].numpy()
+        np.testing.assert_allclose(ratios[t], expected, rtol=2e-3)
+    assert np.all(ratios[305] == 1.0)  # still falling: the same step
+    assert np.all(ratios[505] < 1e-3)  # grown back past 0.3: the free stop has lifted
+    with pytest.raises(ValueError, match="gradient_stop is 0"):
+        networks.TensorwiseLSTM(layers=(6,), decay_steps=5, gradient_decay=2.0,
+                                gradient_stop_latch=True)
+
+
 @pytest.mark.parametrize("threshold", [1.0, 1.4])
 def test_the_burstiness_gate_keeps_the_step_of_a_tensor_whose_gradients_shrink_smoothly(
         threshold):
