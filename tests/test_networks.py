@@ -444,6 +444,7 @@ def test_the_gradient_stop_leaves_a_tensor_above_its_ratio_and_stops_one_below()
     with pytest.raises(ValueError, match="gradient_stop_exponent must be above 0"):
         networks.TensorwiseLSTM(**options, gradient_stop=0.3, gradient_stop_exponent=0)
 
+
 def test_the_latched_gradient_stop_holds_its_deepest_point_when_the_gradients_grow_back():
     """With `gradient_stop_latch` the stop reads the lowest ratio r reached so far instead of
     the current one: gradients that grow back after the stop (a burst sending training uphill,
