@@ -17,6 +17,16 @@ import tensorflow as tf
 from l2l_tf import networks, presets
 
 
+# Below this, a factor on the nets' step is more likely an Adam-style rate by habit
+# (`learning_rate=1e-3`) than a choice: 0.002 is already a step 500x smaller than trained.
+SMALLEST_UNWARNED_FACTOR = 0.002
+
+
+class SmallFactorWarning(UserWarning):
+    """`LearnedOptimizer(learning_rate=...)` got a factor far below 1, as if it were Adam's
+    rate. Silence it with `warnings.filterwarnings("ignore", category=SmallFactorWarning)`."""
+
+
 @keras.saving.register_keras_serializable(package="l2l_tf")
 class LearnedOptimizer(keras.optimizers.Optimizer):
     """Applies `variable += learning_rate * net(gradient, state)` to every model variable.
@@ -39,7 +49,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             With one net it may be omitted: that net updates every variable.
         learning_rate: multiplies the net's output. 1.0 applies the net as trained; schedules
             work as usual. Being a factor, it is often a whole number (`learning_rate=3`),
-            which Keras's base class would refuse: an `int` is taken as a float.
+            which Keras's base class would refuse: an `int` is taken as a float. It is not
+            Adam's rate: at 1.0 the default steps kernels at about 3.5x `Adam()`'s (0.001)
+            and vectors at about 18x, so `Adam(lr)`'s pace is about `learning_rate=lr /
+            0.0035`, and `learning_rate=1e-3` is a thousand times slower than the default.
+            A factor (or a schedule's first value) below 0.002 warns
+            (`SmallFactorWarning`), since it is more often such a habit than a choice;
+            `from_config` does not, as a factor restored from training (lowered by
+            `ReduceLROnPlateau`, say) is the one training left.
         seed: seeds the initial weights of nets not loaded from a file.
         jit_compile: compile each variable's learned update (the net's step, the new value
             and the finiteness check) with XLA on its own, whether or not the train step is
@@ -76,6 +93,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     ):
         if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
             learning_rate = float(learning_rate)
+        _warn_if_small_factor(learning_rate)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.jit_compile = bool(jit_compile)
         if nets is None:
@@ -125,6 +143,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         `net_assignments` in `kwargs`.
         """
         return cls(nets=networks.load_nets(presets.pretrained_path(name_or_path)), **kwargs)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallFactorWarning)
+            return super().from_config(config, custom_objects)
 
     def build(self, variables):
         if self.built:
@@ -268,6 +292,30 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 "not loaded."
             )
             self._pending_values = {}
+
+
+def _warn_if_small_factor(learning_rate):
+    """Warns if `learning_rate` (a number, or a schedule's value at step 0) is a factor
+    below `SMALLEST_UNWARNED_FACTOR`: most likely Adam's rate written by habit."""
+    first = learning_rate
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        first = learning_rate(0)
+    try:
+        first = float(first)
+    except (TypeError, ValueError):  # a callable, or a value the base class will refuse
+        return
+    if 0 < first < SMALLEST_UNWARNED_FACTOR:
+        warnings.warn(
+            f"LearnedOptimizer(learning_rate={first:g}): learning_rate is a factor on the "
+            f"learned step (1.0 = as trained), not Adam's rate, so every step is "
+            f"{1 / first:,.0f}x smaller than the trained one. The default at 1.0 steps "
+            f"kernels at about 3.5x Adam()'s pace; Adam(learning_rate={first:g})'s pace is "
+            f"about learning_rate={first / 0.0035:.2g}. If the small factor is meant, "
+            "silence this with warnings.filterwarnings('ignore', "
+            "category=l2l_tf.optimizer.SmallFactorWarning).",
+            SmallFactorWarning,
+            stacklevel=3,
+        )
 
 
 def learned_update(net, weights, gradient, state, value, learning_rate, weight_decay=None):

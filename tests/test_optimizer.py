@@ -268,6 +268,33 @@ def test_a_whole_number_factor_is_a_float_factor_and_a_bool_is_refused():
         l2l_tf.LearnedOptimizer(learning_rate=True)
 
 
+def test_a_factor_that_looks_like_adam_s_rate_warns_but_a_restored_one_does_not(tmp_path):
+    """`LearnedOptimizer(learning_rate=1e-3)`, Adam's habit, steps a thousand times slower
+    than trained: it warns and names the factor of Adam's pace. So does a schedule that
+    starts there. Factors of 0.002 and up, and a small factor restored by `load_model`
+    (where `ReduceLROnPlateau` may have left it), do not warn."""
+    from l2l_tf.optimizer import SmallFactorWarning
+    with pytest.warns(SmallFactorWarning, match=r"learning_rate=0\.29"):
+        l2l_tf.LearnedOptimizer(learning_rate=1e-3)
+    with pytest.warns(SmallFactorWarning, match=r"10,000x smaller"):
+        l2l_tf.LearnedOptimizer(
+            learning_rate=keras.optimizers.schedules.CosineDecay(1e-4, decay_steps=10))
+    x, y = make_data()
+    model = sequential_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallFactorWarning)
+        for factor in (0.002, 0.3, 3):
+            l2l_tf.LearnedOptimizer(learning_rate=factor)
+        opt = l2l_tf.LearnedOptimizer(learning_rate=0.01)
+        model.compile(optimizer=opt, loss=LOSS)
+        model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)
+        opt.learning_rate = 1e-4  # as ReduceLROnPlateau sets it
+        path = str(tmp_path / "m.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path).optimizer
+    np.testing.assert_allclose(float(loaded.learning_rate.numpy()), 1e-4, rtol=1e-6)
+
+
 @pytest.mark.parametrize("jit_compile", [True, False])
 def test_weight_decay_is_adamw_s_at_the_nets_nominal_rate(jit_compile):
     """Keras's decay multiplies by `learning_rate`, a factor of ~1 here: a thousand times
