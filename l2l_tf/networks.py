@@ -345,6 +345,13 @@ class TensorwiseLSTM(LSTMNet):
     (BUILD_NOTES.md, "Session 29"). Latched, the stop leaves that loop only the gradient
     decay's gain, which recovered from the same burst (BUILD_NOTES.md, "Session 30").
 
+    `gradient_decay_latch` makes the gradient decay read that lowest `r` too, taking the
+    gradients out of the step's loop altogether: once a model has fit its training set, a
+    step a little too large makes the loss, and the gradients, jump, and under the free
+    decay the step then grows as `r ** gradient_decay` with them. On the 8 x 8 digits'
+    dropout MLP that loop kept three seeds of eight bouncing between memorised and 0.1-0.2
+    test loss for the last 30 epochs (BUILD_NOTES.md, "Session 31").
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -362,8 +369,8 @@ class TensorwiseLSTM(LSTMNet):
     only with `burstiness_gate`, `(l, b, b_ref)`: the last step's log mean squared gradient, the
     average of its squared changes and that average at `gradient_decay_steps` (b_ref = 0, as
     in a state saved before they existed, leaves the gradient decay as it was), then, only
-    with `gradient_stop_latch`, `(d,)`: 1 minus the lowest `r ** 2` so far (0, as in a state
-    saved before it existed, holds nothing back).
+    with `gradient_stop_latch` or `gradient_decay_latch`, `(d,)`: 1 minus the lowest `r ** 2`
+    so far (0, as in a state saved before it existed, holds nothing back).
     """
 
     FEATURES = (
@@ -382,7 +389,7 @@ class TensorwiseLSTM(LSTMNet):
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
                  gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
                  gradient_stop=0.0, gradient_stop_exponent=8.0, gradient_stop_latch=False,
-                 initializer=None):
+                 gradient_decay_latch=False, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -429,6 +436,8 @@ class TensorwiseLSTM(LSTMNet):
         if self.gradient_stop_latch and not self.gradient_stop:
             raise ValueError("gradient_stop_latch holds the gradient stop, and gradient_stop is "
                              "0: set gradient_stop too, or gradient_stop_latch=False.")
+        self.gradient_decay_latch = bool(gradient_decay_latch)
+        self._require_gradient_decay("gradient_decay_latch", self.gradient_decay_latch)
         self._check_initializer()
 
     def _require_gradient_decay(self, name, value):
@@ -456,7 +465,12 @@ class TensorwiseLSTM(LSTMNet):
     def state_shapes(self, param_shape):
         lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
         return ((tuple(param_shape), tuple(param_shape), (1,)) + lstm
-                + ((1,),) * ((5 if self.burstiness_gate else 2) + self.gradient_stop_latch))
+                + ((1,),) * ((5 if self.burstiness_gate else 2) + self._holds_lowest_ratio))
+
+    @property
+    def _holds_lowest_ratio(self):
+        """Whether the state keeps the lowest gradient ratio so far (the slot `d`)."""
+        return self.gradient_stop_latch or self.gradient_decay_latch
 
     def features(self, gradient, m, v, t):
         """`[1, len(FEATURES)]` for one tensor; `t` is the step count (a scalar, so that a
@@ -520,13 +534,15 @@ class TensorwiseLSTM(LSTMNet):
                 burst_reference = tf.where(t <= self.gradient_decay_steps, burst, burst_reference)
                 burstiness = (log_power, burst, burst_reference)
             ratio = self._ratio_to_reference(t, power, power_reference)
-            step_size *= tf.pow(ratio, self.gradient_decay * gate / 2.0)
+            lowest = ratio
+            if self._holds_lowest_ratio:
+                (depth,) = latch
+                lowest = tf.minimum(ratio, 1.0 - depth[0])
+                latch = (tf.maximum(depth, 1.0 - ratio),)
+            step_size *= tf.pow(lowest if self.gradient_decay_latch else ratio,
+                                self.gradient_decay * gate / 2.0)
             if self.gradient_stop:
-                stop_ratio = ratio
-                if self.gradient_stop_latch:
-                    (depth,) = latch
-                    stop_ratio = tf.minimum(ratio, 1.0 - depth[0])
-                    latch = (tf.maximum(depth, 1.0 - ratio),)
+                stop_ratio = lowest if self.gradient_stop_latch else ratio
                 step_size *= tf.pow(tf.minimum(1.0, stop_ratio / self.gradient_stop ** 2),
                                     self.gradient_stop_exponent * gate / 2.0)
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
@@ -575,6 +591,7 @@ class TensorwiseLSTM(LSTMNet):
             "gradient_stop": self.gradient_stop,
             "gradient_stop_exponent": self.gradient_stop_exponent,
             "gradient_stop_latch": self.gradient_stop_latch,
+            "gradient_decay_latch": self.gradient_decay_latch,
         }
 
 

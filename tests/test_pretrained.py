@@ -119,16 +119,22 @@ SESSION_11_DEFAULT = {"layers": [16], "learning_rate": 0.001, "beta1": 0.9, "bet
                              "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
                              "burstiness_threshold": 1.4, "gradient_stop": 0.3,
                              "gradient_stop_exponent": 8.0, "gradient_stop_latch": True}),
+    ("gradient-latch", {"decay_steps": 1400.0, "gradient_decay": 2.0,
+                        "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
+                        "burstiness_threshold": 1.4, "gradient_stop": 0.3,
+                        "gradient_stop_exponent": 8.0, "gradient_stop_latch": True,
+                        "gradient_decay_latch": True}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
-    15", "Session 18", "Session 19", "Session 20", "Session 28" and "Session 30") change only
-    hand-set options of the session-11 default, so their numbers measure those options
-    alone; they load by path like any saved nets. The second was the default in sessions 16-18, the
+    15", "Session 18", "Session 19", "Session 20", "Session 28", "Session 30" and "Session
+    31") change only hand-set options of the session-11 default, so their numbers measure
+    those options alone; they load by path like any saved nets. The second was the default in sessions 16-18, the
     third in session 19; the fourth in sessions 20-28; the fifth is the README's long-run
     recipe; the sixth is session 28's default with a steeper gradient decay; the seventh,
     that default with a stop below a gradient ratio of 0.3, was the default in session 29;
-    the eighth, that stop latched at its deepest, is the default since session 30."""
+    the eighth, that stop latched at its deepest, is the default since session 30; the
+    ninth latches the gradient decay too."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
