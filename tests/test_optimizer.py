@@ -111,7 +111,7 @@ def tensorwise_net():
     return networks.TensorwiseLSTM(layers=(5,), warmup_steps=3, decay_steps=3,
                                    gradient_decay=1.0, gradient_decay_steps=2, burstiness_gate=4.0,
                                    gradient_stop=0.9, gradient_stop_exponent=4.0,
-                                   gradient_stop_latch=True, gradient_decay_latch=True,
+                                   gradient_stop_latch=True, gradient_decay_latch=1.2,
                                    initializer=weights)
 
 

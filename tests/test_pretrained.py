@@ -124,6 +124,11 @@ SESSION_11_DEFAULT = {"layers": [16], "learning_rate": 0.001, "beta1": 0.9, "bet
                         "burstiness_threshold": 1.4, "gradient_stop": 0.3,
                         "gradient_stop_exponent": 8.0, "gradient_stop_latch": True,
                         "gradient_decay_latch": True}),
+    ("gradient-latch1.1", {"decay_steps": 1400.0, "gradient_decay": 2.0,
+                           "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
+                           "burstiness_threshold": 1.4, "gradient_stop": 0.3,
+                           "gradient_stop_exponent": 8.0, "gradient_stop_latch": True,
+                           "gradient_decay_latch": 1.1}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
@@ -134,7 +139,7 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     recipe; the sixth is session 28's default with a steeper gradient decay; the seventh,
     that default with a stop below a gradient ratio of 0.3, was the default in session 29;
     the eighth, that stop latched at its deepest, is the default since session 30; the
-    ninth latches the gradient decay too."""
+    ninth latches the gradient decay too, and the tenth lets it rise 1.1x above its lowest."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
