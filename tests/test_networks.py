@@ -376,6 +376,18 @@ def step_on_scaled_gradients(weights, states, scales, rng):
         yield t, 1.0 if reference is None else rms / reference, updates
 
 
+def latched_step_ratios(weights, nets, scales, seed):
+    """Steps the two `nets` on the same scaled gradients (`step_on_scaled_gradients`, from
+    fresh states); yields t, the gradient ratio r, the lowest r since step 5 (1 until then)
+    and the first net's update divided by the second's."""
+    states = {net: net.initial_state((5, 4)) for net in nets}
+    lowest = 1.0
+    for t, ratio, updates in step_on_scaled_gradients(weights, states, scales,
+                                                      np.random.default_rng(seed)):
+        lowest = min(lowest, ratio) if t > 5 else 1.0
+        yield t, ratio, lowest, updates[nets[0]].numpy() / updates[nets[1]].numpy()
+
+
 @pytest.mark.parametrize("decay_steps, gradient_decay_steps", [(5, None), (8, 5), (None, 5)])
 def test_the_gradient_decay_scales_the_step_with_the_gradient_s_rms_after_its_start(
         decay_steps, gradient_decay_steps):
@@ -457,14 +469,11 @@ def test_the_latched_gradient_stop_holds_its_deepest_point_when_the_gradients_gr
     assert latched.get_config()["gradient_stop_latch"] is True
     assert len(latched.initial_state((5, 4))) == len(free.initial_state((5, 4))) + 1
     scales = [1.0] * 5 + [0.1] * 300 + [1.0] * 200
-    states = {net: net.initial_state((5, 4)) for net in (free, latched)}
-    lowest, ratios = 1.0, {}
-    for t, ratio, updates in step_on_scaled_gradients(weights, states, scales,
-                                                      np.random.default_rng(0)):
-        lowest = min(lowest, ratio) if t > 5 else 1.0
+    ratios = {}
+    for t, ratio, lowest, step_ratio in latched_step_ratios(weights, (latched, free), scales, 0):
         expected = (min(1.0, lowest / 0.3) / min(1.0, ratio / 0.3)) ** 8
-        ratios[t] = updates[latched].numpy() / updates[free].numpy()
-        np.testing.assert_allclose(ratios[t], expected, rtol=2e-3)
+        ratios[t] = step_ratio
+        np.testing.assert_allclose(step_ratio, expected, rtol=2e-3)
     assert np.all(ratios[305] == 1.0)  # still falling: the same step
     assert np.all(ratios[505] < 1e-3)  # grown back past 0.3: the free stop has lifted
     with pytest.raises(ValueError, match="gradient_stop is 0"):
@@ -488,14 +497,11 @@ def test_the_latched_gradient_decay_holds_near_its_lowest_ratio_when_the_gradien
     assert latched.get_config()["gradient_decay_latch"] == slack
     assert len(latched.initial_state((5, 4))) == len(free.initial_state((5, 4))) + 1
     scales = [1.0] * 5 + [0.3] * 300 + [1.0] * 200
-    states = {net: net.initial_state((5, 4)) for net in (free, latched)}
-    lowest, ratios = 1.0, {}
-    for t, ratio, updates in step_on_scaled_gradients(weights, states, scales,
-                                                      np.random.default_rng(0)):
-        lowest = min(lowest, ratio) if t > 5 else 1.0
-        ratios[t] = updates[latched].numpy() / updates[free].numpy()
+    ratios = {}
+    for t, ratio, lowest, step_ratio in latched_step_ratios(weights, (latched, free), scales, 0):
         held = min(1.0, ratio, slack * lowest)
-        np.testing.assert_allclose(ratios[t], (held / min(1.0, ratio)) ** 2, rtol=2e-3)
+        ratios[t] = step_ratio
+        np.testing.assert_allclose(step_ratio, (held / min(1.0, ratio)) ** 2, rtol=2e-3)
     assert np.all(ratios[305] > 0.9)  # level at about 0.3: only noise below the lowest
     # Grown back to r = 1 from about 0.3: held at the lowest, or at most `slack` above it.
     assert np.all(ratios[505] < 0.15 * slack ** 2)
@@ -504,14 +510,10 @@ def test_the_latched_gradient_decay_holds_near_its_lowest_ratio_when_the_gradien
                                    gradient_decay_latch=slack)
     stop_only = networks.TensorwiseLSTM(**stop, gradient_stop_latch=True)
     assert len(both.initial_state((5, 4))) == len(stop_only.initial_state((5, 4)))
-    states = {net: net.initial_state((5, 4)) for net in (both, stop_only)}
-    lowest = 1.0
-    for t, ratio, updates in step_on_scaled_gradients(weights, states, scales,
-                                                      np.random.default_rng(1)):
-        lowest = min(lowest, ratio) if t > 5 else 1.0
+    for _, ratio, lowest, step_ratio in latched_step_ratios(weights, (both, stop_only),
+                                                            scales, 1):
         held = min(1.0, ratio, slack * lowest)
-        np.testing.assert_allclose(updates[both].numpy() / updates[stop_only].numpy(),
-                                   (held / min(1.0, ratio)) ** 2, rtol=2e-3)
+        np.testing.assert_allclose(step_ratio, (held / min(1.0, ratio)) ** 2, rtol=2e-3)
     with pytest.raises(ValueError, match="set gradient_decay too"):
         networks.TensorwiseLSTM(layers=(6,), decay_steps=5, gradient_decay_latch=1.0)
     with pytest.raises(ValueError, match="at least 1"):
