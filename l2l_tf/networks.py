@@ -440,8 +440,10 @@ class TensorwiseLSTM(LSTMNet):
         if self.gradient_stop_latch and not self.gradient_stop:
             raise ValueError("gradient_stop_latch holds the gradient stop, and gradient_stop is "
                              "0: set gradient_stop too, or gradient_stop_latch=False.")
-        # True, as a file saved before the slack existed has it, is a slack of 1.
-        self.gradient_decay_latch = (None if gradient_decay_latch in (None, False)
+        # True, as a file saved before the slack existed has it, is a slack of 1. Compared by
+        # identity: 0 == False, and a slack of 0 is an error, not "off".
+        self.gradient_decay_latch = (None if gradient_decay_latch is None
+                                     or gradient_decay_latch is False
                                      else float(gradient_decay_latch))
         if self.gradient_decay_latch is not None and not self.gradient_decay_latch >= 1:
             raise ValueError("gradient_decay_latch is how far above its lowest the gradient "

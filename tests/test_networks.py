@@ -518,6 +518,8 @@ def test_the_latched_gradient_decay_holds_near_its_lowest_ratio_when_the_gradien
         networks.TensorwiseLSTM(layers=(6,), decay_steps=5, gradient_decay_latch=1.0)
     with pytest.raises(ValueError, match="at least 1"):
         networks.TensorwiseLSTM(**options, gradient_decay_latch=0.9)
+    with pytest.raises(ValueError, match="at least 1"):
+        networks.TensorwiseLSTM(**options, gradient_decay_latch=0)
 
 
 @pytest.mark.parametrize("threshold", [1.0, 1.4])
