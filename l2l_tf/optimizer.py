@@ -20,6 +20,9 @@ from l2l_tf import networks, presets
 # Below this, a factor on the nets' step is more likely an Adam-style rate by habit
 # (`learning_rate=1e-3`) than a choice: 0.002 is already a step 500x smaller than trained.
 SMALLEST_UNWARNED_FACTOR = 0.002
+# The default's kernel step per unit of factor, about 3.5x Adam()'s 0.001 (BUILD_NOTES.md,
+# "Session 31"): Adam(lr)'s pace is about `learning_rate=lr / DEFAULT_KERNEL_STEP`.
+DEFAULT_KERNEL_STEP = 0.0035
 
 
 class SmallFactorWarning(UserWarning):
@@ -310,7 +313,7 @@ def _warn_if_small_factor(learning_rate):
             f"learned step (1.0 = as trained), not Adam's rate, so every step is "
             f"{1 / first:,.0f}x smaller than the trained one. The default at 1.0 steps "
             f"kernels at about 3.5x Adam()'s pace; Adam(learning_rate={first:g})'s pace is "
-            f"about learning_rate={first / 0.0035:.2g}. If the small factor is meant, "
+            f"about learning_rate={first / DEFAULT_KERNEL_STEP:.2g}. If the small factor is meant, "
             "silence this with warnings.filterwarnings('ignore', "
             "category=l2l_tf.optimizer.SmallFactorWarning).",
             SmallFactorWarning,
