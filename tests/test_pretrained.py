@@ -33,10 +33,10 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
     assert (config["decay_steps"], config["warmup_steps"], config["gradient_decay"],
             config["gradient_decay_steps"], config["burstiness_gate"],
             config["burstiness_threshold"], config["gradient_stop"],
-            config["gradient_stop_exponent"], config["gradient_stop_latch"]) == (
-                1400, 100, 2.0, 700, 4, 1.4, 0.3, 8, True)
+            config["gradient_stop_exponent"], config["gradient_stop_latch"],
+            config["gradient_decay_latch"]) == (1400, 100, 2.0, 700, 4, 1.4, 0.3, 8, True, 1.1)
     with open(os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"),
-              "rb") as shipped, open(os.path.join(CANDIDATES, "gradient-stop-latch",
+              "rb") as shipped, open(os.path.join(CANDIDATES, "gradient-latch1.1",
                                                   "tensorwise.npz"), "rb") as candidate:
         assert shipped.read() == candidate.read()  # the file its measurements were made with
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
@@ -70,7 +70,8 @@ def test_the_readme_s_long_run_recipe_is_the_default_with_later_decays():
     longer = networks.TensorwiseLSTM(**{**options, "decay_steps": 2000, "gradient_decay": 1.0,
                                         "gradient_decay_steps": 2000,
                                         "burstiness_threshold": 1.0, "gradient_stop": 0.0,
-                                        "gradient_stop_latch": False},
+                                        "gradient_stop_latch": False,
+                                        "gradient_decay_latch": None},
                                      initializer=weights)
     as_file = l2l_tf.LearnedOptimizer.from_pretrained(
         os.path.join(CANDIDATES, "long-run")).nets["tensorwise"]
@@ -138,8 +139,9 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     third in session 19; the fourth in sessions 20-28; the fifth is the README's long-run
     recipe; the sixth is session 28's default with a steeper gradient decay; the seventh,
     that default with a stop below a gradient ratio of 0.3, was the default in session 29;
-    the eighth, that stop latched at its deepest, is the default since session 30; the
-    ninth latches the gradient decay too, and the tenth lets it rise 1.1x above its lowest."""
+    the eighth, that stop latched at its deepest, was the default in sessions 30-31; the
+    ninth latches the gradient decay too, and the tenth, the default since session 32, lets
+    it rise 1.1x above its lowest."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
@@ -159,7 +161,7 @@ def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
     100-fold, as a model's do when it has fit its training set, it is a fraction of it."""
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
     options = {**default.get_config(), "gradient_decay": 0.0, "burstiness_gate": 0.0,
-               "gradient_stop": 0.0, "gradient_stop_latch": False}
+               "gradient_stop": 0.0, "gradient_stop_latch": False, "gradient_decay_latch": None}
     plain = networks.TensorwiseLSTM(**options, initializer=default.initializer)
     steps = {net: tf.function(net.step) for net in (default, plain)}
     rng = np.random.default_rng(0)
