@@ -354,7 +354,7 @@ class TensorwiseLSTM(LSTMNet):
     k = 1. But the lowest of a noisy average is below its typical value, so k = 1 also
     ratchets the decay on noise (1-2% on MNIST's dropout MLP and LSTM); k = 1.1 keeps
     every MNIST model measured within 0.3% of the free decay and half the digits' gain
-    (BUILD_NOTES.md, "Session 31").
+    (BUILD_NOTES.md, "Session 31"); the default has it since session 32.
 
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
