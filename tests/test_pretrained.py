@@ -98,38 +98,27 @@ SESSION_11_DEFAULT = {"layers": [16], "learning_rate": 0.001, "beta1": 0.9, "bet
                       "warmup_steps": 100.0, "gradient_decay": 1.0}
 
 
+# Each default since session 16 is the one before it plus options: the candidates below
+# are named by those steps, so that each entry says only what it adds.
+FROM_700 = {"decay_steps": 1400.0, "gradient_decay": 2.0, "gradient_decay_steps": 700.0}
+GATE = {**FROM_700, "burstiness_gate": 4.0}
+THRESHOLD = {**GATE, "burstiness_threshold": 1.4}
+STOP = {**THRESHOLD, "gradient_stop": 0.3, "gradient_stop_exponent": 8.0}
+STOP_LATCH = {**STOP, "gradient_stop_latch": True}
+
+
 @pytest.mark.parametrize("name, changed", [
     ("decay1400-gd2", {"decay_steps": 1400.0, "gradient_decay": 2.0}),
-    ("decay1400-gd2-from700", {"decay_steps": 1400.0, "gradient_decay": 2.0,
-                               "gradient_decay_steps": 700.0}),
-    ("burstiness-gate4", {"decay_steps": 1400.0, "gradient_decay": 2.0,
-                          "gradient_decay_steps": 700.0, "burstiness_gate": 4.0}),
-    ("burstiness-threshold1.4", {"decay_steps": 1400.0, "gradient_decay": 2.0,
-                                 "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
-                                 "burstiness_threshold": 1.4}),
+    ("decay1400-gd2-from700", FROM_700),
+    ("burstiness-gate4", GATE),
+    ("burstiness-threshold1.4", THRESHOLD),
     ("long-run", {"decay_steps": 2000.0, "gradient_decay_steps": 2000.0,
                   "burstiness_gate": 4.0}),
-    ("gradient-decay5", {"decay_steps": 1400.0, "gradient_decay": 5.0,
-                         "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
-                         "burstiness_threshold": 1.4}),
-    ("gradient-stop0.3", {"decay_steps": 1400.0, "gradient_decay": 2.0,
-                          "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
-                          "burstiness_threshold": 1.4, "gradient_stop": 0.3,
-                          "gradient_stop_exponent": 8.0}),
-    ("gradient-stop-latch", {"decay_steps": 1400.0, "gradient_decay": 2.0,
-                             "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
-                             "burstiness_threshold": 1.4, "gradient_stop": 0.3,
-                             "gradient_stop_exponent": 8.0, "gradient_stop_latch": True}),
-    ("gradient-latch", {"decay_steps": 1400.0, "gradient_decay": 2.0,
-                        "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
-                        "burstiness_threshold": 1.4, "gradient_stop": 0.3,
-                        "gradient_stop_exponent": 8.0, "gradient_stop_latch": True,
-                        "gradient_decay_latch": True}),
-    ("gradient-latch1.1", {"decay_steps": 1400.0, "gradient_decay": 2.0,
-                           "gradient_decay_steps": 700.0, "burstiness_gate": 4.0,
-                           "burstiness_threshold": 1.4, "gradient_stop": 0.3,
-                           "gradient_stop_exponent": 8.0, "gradient_stop_latch": True,
-                           "gradient_decay_latch": 1.1}),
+    ("gradient-decay5", {**THRESHOLD, "gradient_decay": 5.0}),
+    ("gradient-stop0.3", STOP),
+    ("gradient-stop-latch", STOP_LATCH),
+    ("gradient-latch", {**STOP_LATCH, "gradient_decay_latch": True}),
+    ("gradient-latch1.1", {**STOP_LATCH, "gradient_decay_latch": 1.1}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
