@@ -25,6 +25,19 @@ SMALLEST_UNWARNED_FACTOR = 0.002
 DEFAULT_KERNEL_STEP = 0.0035
 
 
+def _require_tensorflow_backend():
+    """The nets' step, its XLA compilation and the skipped-step guard are TensorFlow ops on
+    the optimizer's variables, written for the TensorFlow backend only: say so where the
+    optimizer is made, not somewhere inside the first train step."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"LearnedOptimizer runs on Keras's TensorFlow backend, and Keras is using "
+            f"{backend!r}. Set the environment variable KERAS_BACKEND=tensorflow (or "
+            '"backend": "tensorflow" in ~/.keras/keras.json) before Keras is imported.'
+        )
+
+
 class SmallFactorWarning(UserWarning):
     """`LearnedOptimizer(learning_rate=...)` got a factor far below 1, as if it were Adam's
     rate. Silence it with `warnings.filterwarnings("ignore", category=SmallFactorWarning)`."""
@@ -94,6 +107,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         name="learned_optimizer",
         **kwargs,
     ):
+        _require_tensorflow_backend()
         if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
             learning_rate = float(learning_rate)
         _warn_if_small_factor(learning_rate)

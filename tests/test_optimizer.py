@@ -328,6 +328,17 @@ def test_weight_decay_needs_a_net_with_a_nominal_step_size():
     assert l2l_tf.LearnedOptimizer.from_pretrained("mnist").weight_decay is None
 
 
+def test_another_keras_backend_is_refused_where_the_optimizer_is_made(monkeypatch):
+    # jax and torch are not installed here (Keras's numpy backend imports jax too), so the
+    # backend Keras reports is faked: the check must read it when the optimizer is made.
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError,
+                       match="using 'jax'. Set the environment variable KERAS_BACKEND=tensorflow"):
+        l2l_tf.LearnedOptimizer()
+    monkeypatch.undo()
+    assert l2l_tf.LearnedOptimizer().nets
+
+
 def assert_same_optimizer_values(a, b):
     named_a, named_b = a._named_variables(), b._named_variables()
     assert sorted(named_a) == sorted(named_b)
