@@ -43,7 +43,9 @@ diabetes tables (the last a regression). Their examples are shuffled once (the s
 every seed), the last fifth is the test split, the fifth before it validation, and the
 features (and the regression's target) are standardised with the training examples' mean and
 deviation, as a user would; the models that read a 28 x 28 image (`MNIST_MODELS`) are MNIST's
-alone, the dense ones take any width.
+alone, the dense ones take any width. --label_noise gives a fraction of the training and
+validation examples a wrong class, as labelling mistakes do in real data sets (the test split
+keeps its true labels): a faster optimizer may fit the mistakes sooner.
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine|:plateau]`: `name` is
@@ -96,6 +98,7 @@ MNIST_MODELS = ("cnn", "cnn_augmented", "cnn_bn", "lstm_rows", "keras_cnn", "tra
 BUNDLED_DATASETS = {"digits": "classify", "breast_cancer": "classify", "wine": "classify",
                     "diabetes": "regress"}
 BUNDLED_SPLIT_SEED = 0  # the one shuffle of a bundled data set, whatever --seeds says
+LABEL_NOISE_SEED = 0  # the one draw of --label_noise's wrong labels, whatever --seeds says
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
 SCHEDULES = ("cosine", "plateau")  # besides a constant rate; see the module docstring
 L2_PENALTY = 1e-3  # mlp_l2's, that of TensorFlow's "Overfit and underfit" tutorial
@@ -123,6 +126,9 @@ flags.DEFINE_integer("validation_examples", None,
                      lower_bound=1)
 flags.DEFINE_integer("train_examples", 0, "Train on the first this many examples of the rest "
                      "(0: all of them, 50,000 on MNIST).", lower_bound=0)
+flags.DEFINE_float("label_noise", 0.0, "Fraction of the training and validation examples whose "
+                   "label is replaced by another class, drawn uniformly (the test split keeps "
+                   "its true labels); classifiers only.", lower_bound=0.0, upper_bound=0.9)
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "model.compile's jit_compile; 'auto' is Keras's default (no XLA on CPU).")
 flags.DEFINE_string("output", None, "Markdown file for the tables (.md); the .csv, the run "
@@ -311,6 +317,13 @@ def check_flags():
                 f"--models={','.join(mnist_only)} read MNIST's images or targets, not "
                 f"--dataset={FLAGS.dataset}: use some of "
                 f"{', '.join(name for name in ALL_MODELS if name not in MNIST_MODELS)}.")
+    if FLAGS.label_noise:
+        not_classifiers = [name for name in model_names()
+                           if task_of(name, FLAGS.dataset) != "classify"]
+        if not_classifiers:
+            raise cli.UsageError(
+                f"--label_noise relabels classes, and --models={','.join(not_classifiers)} "
+                "do not classify: leave them out or drop --label_noise.")
     if FLAGS.output is not None and not FLAGS.output.endswith(".md"):
         raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
     try:
@@ -382,9 +395,29 @@ def load_data():
     train, validation = split_train_validation(*arrays["train"], validation_size(),
                                                FLAGS.train_examples)
     data = {"train": train, "validation": validation, "test": arrays["test"]}
+    if FLAGS.label_noise:
+        data = with_label_noise(data, FLAGS.label_noise)
     if FLAGS.dataset == "mnist":
         return data
     return standardised(data, regress=BUNDLED_DATASETS[FLAGS.dataset] == "regress")
+
+
+def with_label_noise(data, fraction):
+    """`data` with `fraction` of the training and of the validation labels (each split's
+    first examples of one fixed shuffle, `LABEL_NOISE_SEED`) replaced by another class drawn
+    uniformly, as labelling mistakes are: a user's validation split is as noisy as the data
+    it was split from. The test split keeps its labels, so its loss measures what the model
+    learnt of the true classes rather than of the mistakes."""
+    rng = np.random.default_rng(LABEL_NOISE_SEED)
+    classes = int(max(y.max() for _, y in data.values())) + 1
+    noisy = dict(data)
+    for split in ("train", "validation"):
+        x, y = data[split]
+        wrong = rng.permutation(len(y))[:round(fraction * len(y))]
+        y = y.copy()
+        y[wrong] = (y[wrong] + rng.integers(1, classes, len(wrong))) % classes
+        noisy[split] = (x, y)
+    return noisy
 
 
 def standardised(data, regress):
@@ -424,6 +457,7 @@ def run_key(model_name, optimizer, seed):
             f"{FLAGS.batch_size}|train {FLAGS.train_examples or 'all'}|validation "
             f"{validation_size()}|jit {FLAGS.jit_compile}"
             + ("" if FLAGS.dataset == "mnist" else f"|data {FLAGS.dataset}")
+            + (f"|label noise {FLAGS.label_noise:g}" if FLAGS.label_noise else "")
             + f"|init {initial_weights_fingerprint(model_name, seed, FLAGS.dataset)}{nets}")
 
 
@@ -529,6 +563,9 @@ def report(results, optimizers, seeds, report_epochs, sizes):
         losses = {"classify": " Loss: cross-entropy.",
                   "regress": " Loss: the squared error of the standardised target (no "
                              "accuracy)."}[BUNDLED_DATASETS[FLAGS.dataset]]
+    if FLAGS.label_noise:
+        data += (f", {100 * FLAGS.label_noise:g}% of its labels and of the validation split's "
+                 "replaced by another class drawn uniformly (the test split's labels are true)")
     if "mlp_l2" in models:
         losses += (" mlp_l2's is the data's alone, without the penalty on its weights that it"
                    " trains on.")

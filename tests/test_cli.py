@@ -539,6 +539,31 @@ def test_keras_fit_holds_out_a_bundled_data_set_s_test_split_and_standardises_wi
     assert tuple(model(data["test"][0]).shape) == (88, 1)
 
 
+def test_keras_fit_label_noise_relabels_training_and_validation_but_not_test():
+    """--label_noise=0.3 on the wine table: 30% of the training and of the validation labels
+    become another class, the same ones whatever the seed; features and the test split are
+    untouched, and the runs are keyed apart from those on true labels."""
+    from absl.testing import flagsaver
+
+    keras_fit = load_experiment("keras_fit")
+    if not keras_fit.FLAGS.is_parsed():
+        keras_fit.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(dataset="wine"):
+        true = keras_fit.load_data()
+        true_key = keras_fit.run_key("quickstart", ("default", 1.0, "constant"), 0)
+    with flagsaver.flagsaver(dataset="wine", label_noise=0.3, seeds=["1"]):
+        noisy = keras_fit.load_data()
+        again = keras_fit.load_data()
+        noisy_key = keras_fit.run_key("quickstart", ("default", 1.0, "constant"), 0)
+    for split, relabelled in [("train", 32), ("validation", 10), ("test", 0)]:  # of 108, 35, 35
+        (x, y), (noisy_x, noisy_y) = true[split], noisy[split]
+        np.testing.assert_array_equal(noisy_x, x)
+        assert np.sum(noisy_y != y) == relabelled, split
+        assert set(noisy_y) <= {0, 1, 2} and noisy_y.dtype == y.dtype
+        np.testing.assert_array_equal(again[split][1], noisy_y)
+    assert noisy_key == true_key.replace("|data wine|", "|data wine|label noise 0.3|")
+
+
 def test_keras_fit_on_a_bundled_regression_reports_its_loss_and_no_accuracy(tmp_path):
     output = tmp_path / "fit.md"
     result = script("keras_fit.py", "--dataset=diabetes", "--models=mlp_relu", "--epochs=2",
@@ -578,6 +603,9 @@ def load_experiment(name):
     (["--optimizers=nope@1"], "No shipped optimizer named 'nope'"),
     (["--output=fit.txt"], "must end in .md"),
     (["--dataset=wine", "--models=mlp_relu,cnn"], "--models=cnn read MNIST's images or targets"),
+    (["--label_noise=0.2", "--models=mlp_relu,autoencoder"],
+     "--models=autoencoder do not classify: leave them out or drop --label_noise"),
+    (["--label_noise=1"], "--label_noise"),
 ])
 def test_bad_keras_fit_flags_give_one_line_and_exit_2(flags, message):
     result = script("keras_fit.py", *flags)
