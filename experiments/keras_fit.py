@@ -55,7 +55,9 @@ the rate to 0 over the whole run; plateau is the README's advice for small data 
 own `ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1)`, driven by hand after
 each epoch (the runs fit one epoch per call, and the callback forgets its best loss at every
 `fit`). Adam at two or more rates with a schedule also gets a "best Adam" column of its own,
-chosen on the validation split as the constant one is.
+chosen on the validation split as the constant one is. --default_nets makes `default` run
+other nets (a candidate default), so that every table can be made with a candidate before
+it ships and found cached after.
 
 Resumable: every finished run (model, optimizer, seed) is stored in `<output>_runs.json`, keyed
 by everything its numbers depend on (the model's initial weights included), and a run found
@@ -113,6 +115,11 @@ flags.DEFINE_list("models", list(MODELS), "Models to train, of "
 flags.DEFINE_list("optimizers", ["default@1"],
                   "Optimizers besides Adam's grid, as name@learning_rate[:cosine|:plateau] (see "
                   "the module docstring).")
+flags.DEFINE_string("default_nets", None,
+                    "What the name `default` runs, if not the shipped default: a shipped name or a "
+                    "directory of nets saved by train.py. For making the tables of a candidate "
+                    "default before it ships: runs are keyed by the nets' contents, so they are "
+                    "found in the cache once the same file ships, and need not run again.")
 flags.DEFINE_list("adam_grid", ["0.0003", "0.001", "0.003", "0.01", "0.03"],
                   "Constant learning rates of Adam; the best on the validation split is the "
                   "'best constant Adam' (0.001, Keras's default, is always run).")
@@ -287,9 +294,16 @@ def build_optimizer(name, rate, schedule, total_steps):
         rate = keras.optimizers.schedules.CosineDecay(rate, total_steps)
     if name == "adam":
         return keras.optimizers.Adam(rate)
-    if name == "default":
+    if name == "default" and FLAGS.default_nets is None:
         return LearnedOptimizer(learning_rate=rate)
-    return LearnedOptimizer.from_pretrained(name, learning_rate=rate)
+    return LearnedOptimizer.from_pretrained(nets_of(name), learning_rate=rate)
+
+
+def nets_of(name):
+    """The shipped name or directory of nets that a learned optimizer's `name` runs."""
+    if name == "default":
+        return FLAGS.default_nets or presets.DEFAULT_PRETRAINED
+    return name
 
 
 def label(optimizer):
@@ -452,7 +466,7 @@ def run_key(model_name, optimizer, seed):
     model's initial weights included."""
     name = optimizer[0]
     nets = "" if name == "adam" else "|nets " + networks.nets_fingerprint(
-        presets.pretrained_path(presets.DEFAULT_PRETRAINED if name == "default" else name))
+        presets.pretrained_path(nets_of(name)))
     return (f"{model_name}|{label(optimizer)}|seed {seed}|epochs {FLAGS.epochs}|batch "
             f"{FLAGS.batch_size}|train {FLAGS.train_examples or 'all'}|validation "
             f"{validation_size()}|jit {FLAGS.jit_compile}"
@@ -580,6 +594,9 @@ def report(results, optimizers, seeds, report_epochs, sizes):
            else f"Seed {seeds[0]} only: no standard error.")
         + losses,
     ]
+    if FLAGS.default_nets:
+        lines += ["", f"`default` here is `{FLAGS.default_nets}` (--default_nets), not the "
+                  "shipped default."]
     columns = (["model", "Adam() (0.001)", "best constant Adam (rate)"]
                + [f"best Adam, {schedule} (rate)" for schedule in tuned[1:]]
                + [label(o) for o in others])

@@ -484,6 +484,35 @@ def test_cached_learned_runs_are_keyed_by_the_contents_of_their_nets_files(tmp_p
     assert fingerprint(shipped) != fingerprint(str(copy))
 
 
+def test_keras_fit_default_nets_runs_a_candidate_as_default_keyed_by_its_contents(tmp_path):
+    """A candidate run as `default` (--default_nets) is keyed by its nets' contents: a copy of
+    the shipped files makes the shipped default's keys (so a candidate's runs are found once
+    its file ships), changed nets another key, and `default` then steps with those nets."""
+    from absl.testing import flagsaver
+
+    keras_fit = load_experiment("keras_fit")
+    if not keras_fit.FLAGS.is_parsed():
+        keras_fit.FLAGS.mark_as_parsed()
+    shipped = l2l_tf.presets.pretrained_path(l2l_tf.presets.DEFAULT_PRETRAINED)
+    copy, changed = tmp_path / "copy", tmp_path / "changed"
+    shutil.copytree(shipped, copy)
+    shutil.copytree(shipped, changed)
+    net_file = next(changed.glob("*.npz"))
+    net_name, options, weights = l2l_tf.networks.load_weights(str(net_file))
+    l2l_tf.networks.save_weights(
+        str(net_file), l2l_tf.networks.factory(net_name, {**options, "max_factor": 10.0}), weights)
+    default = ("default", 1.0, "constant")
+    keys, optimizers = {}, {}
+    for nets in (None, str(copy), str(changed)):
+        with flagsaver.flagsaver(default_nets=nets):
+            keys[nets] = keras_fit.run_key("logistic", default, 0)
+            optimizers[nets] = keras_fit.build_optimizer(*default, total_steps=1)
+    assert keys[str(copy)] == keys[None] != keys[str(changed)]
+    assert keys[str(changed)].startswith("logistic|default 1|")
+    assert [net.max_factor for net in optimizers[str(changed)].nets.values()] == [10.0]
+    assert [net.max_factor for net in optimizers[None].nets.values()] == [options["max_factor"]]
+
+
 def test_keras_fit_states_a_standard_error_only_over_several_seeds():
     keras_fit = load_experiment("keras_fit")
     assert keras_fit.mean_and_error([0.25]) == "0.2500"  # one seed: no "± nan"
