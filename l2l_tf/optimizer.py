@@ -56,7 +56,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             Keras builds them, its learned correction phased in over the first 100 steps,
             its step shrinking with each tensor's gradient after step 700 (less where the
             gradients shrink smoothly rather than in bursts, in full once they are 1.4x as
-            bursty as at step 700) and decaying as 1400 / t after step 1400;
+            bursty as at step 700; following gradients that grow back only to 1.1x their
+            lowest ratio), stopping where that gradient has fallen below 30% of step 700's
+            (and staying stopped), and decaying as 1400 / t after step 1400;
             `l2l_tf/pretrained/mnist-keras/PROVENANCE.md`). The paper's
             coordinatewise LSTM is `from_pretrained("mnist")` or `"mnist-wide"`. An untrained
             net is an explicit choice: `nets=presets.default_nets()`.
