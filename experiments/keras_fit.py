@@ -294,13 +294,13 @@ def build_optimizer(name, rate, schedule, total_steps):
         rate = keras.optimizers.schedules.CosineDecay(rate, total_steps)
     if name == "adam":
         return keras.optimizers.Adam(rate)
-    if name == "default" and FLAGS.default_nets is None:
-        return LearnedOptimizer(learning_rate=rate)
     return LearnedOptimizer.from_pretrained(nets_of(name), learning_rate=rate)
 
 
 def nets_of(name):
-    """The shipped name or directory of nets that a learned optimizer's `name` runs."""
+    """The shipped name or directory of nets that a learned optimizer's `name` runs
+    (`default`: `LearnedOptimizer()`'s, `from_pretrained(DEFAULT_PRETRAINED)`, unless
+    --default_nets names others)."""
     if name == "default":
         return FLAGS.default_nets or presets.DEFAULT_PRETRAINED
     return name

@@ -366,7 +366,7 @@ def test_keras_fit_plateau_lowers_the_rate_after_an_epoch_without_a_new_best_val
     the better the model learns, the worse it does there)."""
     from absl.testing import flagsaver
 
-    keras_fit = load_experiment("keras_fit")
+    keras_fit = keras_fit_with_flags_parsed()
     rng = np.random.default_rng(0)
 
     def examples():
@@ -375,8 +375,6 @@ def test_keras_fit_plateau_lowers_the_rate_after_an_epoch_without_a_new_best_val
 
     train, unlearnable = examples(), examples()
     mislabelled = (train[0], (train[1] + 1) % 10)
-    if not keras_fit.FLAGS.is_parsed():
-        keras_fit.FLAGS.mark_as_parsed()
     with flagsaver.flagsaver(epochs=3, batch_size=16):
         runs = {(case, schedule): keras_fit.run("logistic", ("adam", 0.01, schedule), 0,
                                                 {"train": train, "validation": validation,
@@ -404,7 +402,7 @@ def test_keras_fit_reports_a_penalised_model_s_held_out_loss_without_its_penalty
     import keras
     from absl.testing import flagsaver
 
-    keras_fit = load_experiment("keras_fit")
+    keras_fit = keras_fit_with_flags_parsed()
     rng = np.random.default_rng(0)
     data = {split: (rng.uniform(size=(64, 784)).astype(np.float32),
                     rng.integers(0, 10, 64).astype(np.int32))
@@ -413,8 +411,6 @@ def test_keras_fit_reports_a_penalised_model_s_held_out_loss_without_its_penalty
     model_on_dataset = keras_fit.model_on_dataset
     monkeypatch.setattr(keras_fit, "model_on_dataset",
                         lambda *args: built.append(model_on_dataset(*args)) or built[-1])
-    if not keras_fit.FLAGS.is_parsed():
-        keras_fit.FLAGS.mark_as_parsed()
     with flagsaver.flagsaver(epochs=1, batch_size=16):
         [epoch] = keras_fit.run("mlp_l2", ("adam", 0.01, "constant"), 0, data)
     [model] = built
@@ -473,15 +469,10 @@ def test_cached_learned_runs_are_keyed_by_the_contents_of_their_nets_files(tmp_p
     """keras_fit.py and reproduce.py key a learned optimizer's cached runs by this: a copy
     of the files has the same key, a change of their contents another."""
     shipped = l2l_tf.presets.pretrained_path(l2l_tf.presets.DEFAULT_PRETRAINED)
-    copy = tmp_path / "copy"
-    shutil.copytree(shipped, copy)
     fingerprint = l2l_tf.networks.nets_fingerprint
-    assert fingerprint(shipped) == fingerprint(str(copy))
-    net_file = next(copy.glob("*.npz"))
-    net_name, options, weights = l2l_tf.networks.load_weights(str(net_file))
-    changed = l2l_tf.networks.factory(net_name, {**options, "max_factor": 10.0})
-    l2l_tf.networks.save_weights(str(net_file), changed, weights)
-    assert fingerprint(shipped) != fingerprint(str(copy))
+    assert fingerprint(shipped) == fingerprint(copy_of_the_shipped_default(tmp_path, "copy"))
+    changed = copy_of_the_shipped_default(tmp_path, "changed", max_factor=10.0)
+    assert fingerprint(shipped) != fingerprint(changed)
 
 
 def test_keras_fit_default_nets_runs_a_candidate_as_default_keyed_by_its_contents(tmp_path):
@@ -490,27 +481,21 @@ def test_keras_fit_default_nets_runs_a_candidate_as_default_keyed_by_its_content
     its file ships), changed nets another key, and `default` then steps with those nets."""
     from absl.testing import flagsaver
 
-    keras_fit = load_experiment("keras_fit")
-    if not keras_fit.FLAGS.is_parsed():
-        keras_fit.FLAGS.mark_as_parsed()
-    shipped = l2l_tf.presets.pretrained_path(l2l_tf.presets.DEFAULT_PRETRAINED)
-    copy, changed = tmp_path / "copy", tmp_path / "changed"
-    shutil.copytree(shipped, copy)
-    shutil.copytree(shipped, changed)
-    net_file = next(changed.glob("*.npz"))
-    net_name, options, weights = l2l_tf.networks.load_weights(str(net_file))
-    l2l_tf.networks.save_weights(
-        str(net_file), l2l_tf.networks.factory(net_name, {**options, "max_factor": 10.0}), weights)
+    keras_fit = keras_fit_with_flags_parsed()
+    copy = copy_of_the_shipped_default(tmp_path, "copy")
+    changed = copy_of_the_shipped_default(tmp_path, "changed", max_factor=10.0)
     default = ("default", 1.0, "constant")
     keys, optimizers = {}, {}
-    for nets in (None, str(copy), str(changed)):
+    for nets in (None, copy, changed):
         with flagsaver.flagsaver(default_nets=nets):
             keys[nets] = keras_fit.run_key("logistic", default, 0)
             optimizers[nets] = keras_fit.build_optimizer(*default, total_steps=1)
-    assert keys[str(copy)] == keys[None] != keys[str(changed)]
-    assert keys[str(changed)].startswith("logistic|default 1|")
-    assert [net.max_factor for net in optimizers[str(changed)].nets.values()] == [10.0]
-    assert [net.max_factor for net in optimizers[None].nets.values()] == [options["max_factor"]]
+    assert keys[copy] == keys[None] != keys[changed]
+    assert keys[changed].startswith("logistic|default 1|")
+    assert [net.max_factor for net in optimizers[changed].nets.values()] == [10.0]
+    shipped_options = l2l_tf.LearnedOptimizer().nets["tensorwise"].get_config()
+    assert [net.max_factor for net in optimizers[None].nets.values()] == [
+        shipped_options["max_factor"]]
 
 
 def test_keras_fit_states_a_standard_error_only_over_several_seeds():
@@ -536,9 +521,7 @@ def test_keras_fit_holds_out_a_bundled_data_set_s_test_split_and_standardises_wi
     The diabetes regression's target is standardised the same way."""
     from absl.testing import flagsaver
 
-    keras_fit = load_experiment("keras_fit")
-    if not keras_fit.FLAGS.is_parsed():
-        keras_fit.FLAGS.mark_as_parsed()
+    keras_fit = keras_fit_with_flags_parsed()
     raw_x, raw_y = keras_fit.bundled_splits("wine")["train"]
     raw_test_x, raw_test_y = keras_fit.bundled_splits("wine")["test"]
     assert (len(raw_y), len(raw_test_y)) == (143, 35)
@@ -574,9 +557,7 @@ def test_keras_fit_label_noise_relabels_training_and_validation_but_not_test():
     untouched, and the runs are keyed apart from those on true labels."""
     from absl.testing import flagsaver
 
-    keras_fit = load_experiment("keras_fit")
-    if not keras_fit.FLAGS.is_parsed():
-        keras_fit.FLAGS.mark_as_parsed()
+    keras_fit = keras_fit_with_flags_parsed()
     with flagsaver.flagsaver(dataset="wine"):
         true = keras_fit.load_data()
         true_key = keras_fit.run_key("quickstart", ("default", 1.0, "constant"), 0)
@@ -609,6 +590,28 @@ def test_keras_fit_on_a_bundled_regression_reports_its_loss_and_no_accuracy(tmp_
     assert "%" not in row and len(row.split(" | ")) == 4  # Adam(), best constant Adam, default
     cache = json.loads((tmp_path / "fit_runs.json").read_text())
     assert len(cache) == 2 and all("|data diabetes|" in key for key in cache)
+
+
+def keras_fit_with_flags_parsed():
+    """keras_fit as a module, its flags at their defaults (read by its functions)."""
+    keras_fit = load_experiment("keras_fit")
+    if not keras_fit.FLAGS.is_parsed():
+        keras_fit.FLAGS.mark_as_parsed()
+    return keras_fit
+
+
+def copy_of_the_shipped_default(tmp_path, name, **changed_options):
+    """A copy of the shipped default's directory at `tmp_path / name`, its net re-saved
+    with `changed_options` if any (same weights): a candidate default."""
+    copy = tmp_path / name
+    shutil.copytree(l2l_tf.presets.pretrained_path(l2l_tf.presets.DEFAULT_PRETRAINED), copy)
+    if changed_options:
+        net_file = next(copy.glob("*.npz"))
+        net_name, options, weights = l2l_tf.networks.load_weights(str(net_file))
+        l2l_tf.networks.save_weights(
+            str(net_file), l2l_tf.networks.factory(net_name, {**options, **changed_options}),
+            weights)
+    return str(copy)
 
 
 def load_experiment(name):
