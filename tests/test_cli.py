@@ -637,7 +637,7 @@ def load_experiment(name):
     (["--dataset=wine", "--models=mlp_relu,cnn"], "--models=cnn read MNIST's images or targets"),
     (["--label_noise=0.2", "--models=mlp_relu,autoencoder"],
      "--models=autoencoder do not classify: leave them out or drop --label_noise"),
-    (["--label_noise=1"], "--label_noise"),
+    (["--label_noise=1", "--models=mlp_relu"], "1.0 is not a number in the range [0.0, 0.9]"),
 ])
 def test_bad_keras_fit_flags_give_one_line_and_exit_2(flags, message):
     result = script("keras_fit.py", *flags)
