@@ -45,7 +45,12 @@ features (and the regression's target) are standardised with the training exampl
 deviation, as a user would; the models that read a 28 x 28 image (`MNIST_MODELS`) are MNIST's
 alone, the dense ones take any width. --label_noise gives a fraction of the training and
 validation examples a wrong class, as labelling mistakes do in real data sets (the test split
-keeps its true labels): a faster optimizer may fit the mistakes sooner.
+keeps its true labels): a faster optimizer may fit the mistakes sooner. --pretrain_classes
+measures fine-tuning, the other common way Keras users train: every model is first trained
+with Adam() on some digits (the same weights for every optimizer of a seed), then gets a new
+last layer (its initial draw) and each optimizer trains it on the other digits, with every
+layer trainable or (--fine_tune=head) only the new one, as Keras's transfer-learning guide
+does first; validation and test hold only the new digits.
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine|:plateau]`: `name` is
@@ -105,6 +110,7 @@ DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
 SCHEDULES = ("cosine", "plateau")  # besides a constant rate; see the module docstring
 L2_PENALTY = 1e-3  # mlp_l2's, that of TensorFlow's "Overfit and underfit" tutorial
 PLATEAU = {"monitor": "val_loss", "factor": 0.3, "patience": 1}  # the README's advice
+PRETRAINED_WEIGHTS = {}  # (model, seed): weights after --pretrain_classes, made once a process
 
 flags.DEFINE_enum("dataset", "mnist", ["mnist", *BUNDLED_DATASETS],
                   "MNIST (from TFDS_DATA_DIR), or one of scikit-learn's bundled data sets (see "
@@ -136,6 +142,16 @@ flags.DEFINE_integer("train_examples", 0, "Train on the first this many examples
 flags.DEFINE_float("label_noise", 0.0, "Fraction of the training and validation examples whose "
                    "label is replaced by another class, drawn uniformly (the test split keeps "
                    "its true labels); classifiers only.", lower_bound=0.0, upper_bound=0.9)
+flags.DEFINE_list("pretrain_classes", [],
+                  "Fine-tuning (MNIST classifiers): every model is first trained with Adam() "
+                  "for --pretrain_epochs on the training images of these digits, its last layer "
+                  "is then drawn anew (a new head), and each optimizer trains it on the other "
+                  "digits alone; validation and test hold only those too.")
+flags.DEFINE_integer("pretrain_epochs", 5, "Epochs of Adam() on --pretrain_classes.",
+                     lower_bound=1)
+flags.DEFINE_enum("fine_tune", "all", ["all", "head"],
+                  "With --pretrain_classes: train every layer, or only the new head with the "
+                  "rest frozen (the first phase of Keras's transfer-learning guide).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "model.compile's jit_compile; 'auto' is Keras's default (no XLA on CPU).")
 flags.DEFINE_string("output", None, "Markdown file for the tables (.md); the .csv, the run "
@@ -338,6 +354,8 @@ def check_flags():
             raise cli.UsageError(
                 f"--label_noise relabels classes, and --models={','.join(not_classifiers)} "
                 "do not classify: leave them out or drop --label_noise.")
+    if FLAGS.pretrain_classes:
+        check_pretrain_flags()
     if FLAGS.output is not None and not FLAGS.output.endswith(".md"):
         raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
     try:
@@ -357,6 +375,29 @@ def check_flags():
             with cli.configuration_errors():
                 build_optimizer(name, rate, schedule, 1)
     return optimizers, seeds, report_epochs
+
+
+def check_pretrain_flags():
+    """--pretrain_classes: some of MNIST's digits, not all, for classifiers, without
+    --label_noise (whose wrong classes would mix the two tasks)."""
+    if FLAGS.dataset != "mnist" or FLAGS.label_noise:
+        raise cli.UsageError("--pretrain_classes fine-tunes on MNIST's other digits: drop "
+                             "--dataset and --label_noise, or drop --pretrain_classes.")
+    if not set(FLAGS.pretrain_classes) < set("0123456789"):
+        raise cli.UsageError(f"--pretrain_classes={','.join(FLAGS.pretrain_classes)} must be "
+                             "some of the digits 0-9, leaving at least one to fine-tune on, "
+                             "e.g. --pretrain_classes=0,1,2,3,4.")
+    not_classifiers = [name for name in model_names() if task_of(name, "mnist") != "classify"]
+    if not_classifiers:
+        raise cli.UsageError(f"--pretrain_classes fine-tunes classifiers, and "
+                             f"--models={','.join(not_classifiers)} do not classify: leave them "
+                             "out or drop --pretrain_classes.")
+
+
+def fine_tune_classes():
+    """(the digits pretrained on, the digits fine-tuned on), each sorted."""
+    source = sorted({int(digit) for digit in FLAGS.pretrain_classes})
+    return source, [digit for digit in range(10) if digit not in source]
 
 
 def split_train_validation(images, labels, validation_examples, train_examples=0):
@@ -406,6 +447,8 @@ def load_data():
             arrays[mode] = (images.reshape(-1, 784).astype(np.float32) / 255.0, labels)
     else:
         arrays = bundled_splits(FLAGS.dataset)
+    if FLAGS.pretrain_classes:
+        return fine_tuning_splits(arrays)
     train, validation = split_train_validation(*arrays["train"], validation_size(),
                                                FLAGS.train_examples)
     data = {"train": train, "validation": validation, "test": arrays["test"]}
@@ -414,6 +457,24 @@ def load_data():
     if FLAGS.dataset == "mnist":
         return data
     return standardised(data, regress=BUNDLED_DATASETS[FLAGS.dataset] == "regress")
+
+
+def fine_tuning_splits(arrays):
+    """For --pretrain_classes: "pretrain", every image of those digits in the training part;
+    "train", the first --train_examples images of the other digits there (0: all); the
+    validation and test splits' images of the other digits."""
+    source, target = fine_tune_classes()
+    train, validation = split_train_validation(*arrays["train"], validation_size())
+
+    def of_digits(split, digits, first=None):
+        x, y = split
+        keep = np.flatnonzero(np.isin(y, digits))[:first]
+        return x[keep], y[keep]
+
+    return {"pretrain": of_digits(train, source),
+            "train": of_digits(train, target, FLAGS.train_examples or None),
+            "validation": of_digits(validation, target),
+            "test": of_digits(arrays["test"], target)}
 
 
 def with_label_noise(data, fraction):
@@ -472,6 +533,8 @@ def run_key(model_name, optimizer, seed):
             f"{validation_size()}|jit {FLAGS.jit_compile}"
             + ("" if FLAGS.dataset == "mnist" else f"|data {FLAGS.dataset}")
             + (f"|label noise {FLAGS.label_noise:g}" if FLAGS.label_noise else "")
+            + (f"|pretrain {''.join(map(str, fine_tune_classes()[0]))} x{FLAGS.pretrain_epochs}"
+               f" then {FLAGS.fine_tune}" if FLAGS.pretrain_classes else "")
             + f"|init {initial_weights_fingerprint(model_name, seed, FLAGS.dataset)}{nets}")
 
 
@@ -492,6 +555,9 @@ def run(model_name, optimizer, seed, data):
     x, y = data["train"]
     keras.utils.set_random_seed(seed)
     model = model_on_dataset(model_name, FLAGS.dataset)
+    if FLAGS.pretrain_classes:
+        start_from_pretrained(model, model_name, seed, data["pretrain"])
+        keras.utils.set_random_seed(seed)  # the same batches whether or not it pretrained now
     total_steps = FLAGS.epochs * -(-len(x) // FLAGS.batch_size)
     task = task_of(model_name, FLAGS.dataset)
     loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True) if task == "classify"
@@ -530,6 +596,29 @@ def run(model_name, optimizer, seed, data):
             plateau.on_epoch_end(epoch, {"val_loss": record["validation_loss"]})
         epochs.append({k: float(v) for k, v in record.items()})
     return epochs
+
+
+def start_from_pretrained(model, model_name, seed, pretrain):
+    """Gives `model` (as `run` makes it for `seed`) the weights that Adam() leaves after
+    --pretrain_epochs on `pretrain`, except its last layer, which keeps its initial draw:
+    a new head, as in Keras's transfer-learning guide (one of ten logits, the pretrained
+    digits' left unused). With --fine_tune=head every other layer is frozen."""
+    key = (model_name, seed)
+    if key not in PRETRAINED_WEIGHTS:
+        keras.utils.set_random_seed(seed)
+        pretrained = model_on_dataset(model_name, "mnist")
+        pretrained.compile(optimizer=keras.optimizers.Adam(DEFAULT_ADAM_RATE),
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        pretrained.fit(*pretrain, batch_size=FLAGS.batch_size, epochs=FLAGS.pretrain_epochs,
+                       verbose=0)
+        PRETRAINED_WEIGHTS[key] = pretrained.get_weights()
+    head = model.layers[-1]
+    new_head = head.get_weights()
+    model.set_weights(PRETRAINED_WEIGHTS[key])
+    head.set_weights(new_head)
+    if FLAGS.fine_tune == "head":
+        for layer in model.layers[:-1]:
+            layer.trainable = False
 
 
 def best_adam_rate(results, model_name, seeds, epoch, schedule="constant"):
@@ -577,6 +666,15 @@ def report(results, optimizers, seeds, report_epochs, sizes):
         losses = {"classify": " Loss: cross-entropy.",
                   "regress": " Loss: the squared error of the standardised target (no "
                              "accuracy)."}[BUNDLED_DATASETS[FLAGS.dataset]]
+    if FLAGS.pretrain_classes:
+        source, target = fine_tune_classes()
+        data = (f"MNIST's digits {digits(target)} only (training, validation and test), "
+                f"fine-tuned from Adam() after {FLAGS.pretrain_epochs} epochs on the train "
+                f"split's {sizes['pretrain']:,} images of digits {digits(source)}, with a new "
+                "last layer"
+                + (" and the rest frozen" if FLAGS.fine_tune == "head" else "")
+                + f"; trained on the first {sizes['train']:,} images of the train split's "
+                f"digits {digits(target)}")
     if FLAGS.label_noise:
         data += (f", {100 * FLAGS.label_noise:g}% of its labels and of the validation split's "
                  "replaced by another class drawn uniformly (the test split's labels are true)")
@@ -587,7 +685,9 @@ def report(results, optimizers, seeds, report_epochs, sizes):
         f"Command: `python experiments/keras_fit.py {' '.join(sys.argv[1:])}`",
         "",
         f"{data} (batch {FLAGS.batch_size}, jit_compile={FLAGS.jit_compile}); Adam's rate "
-        f"chosen on the last {sizes['validation']:,} (validation); every number below is on "
+        f"chosen on the {'' if FLAGS.pretrain_classes else 'last '}{sizes['validation']:,} "
+        + ("of those digits among the train split's last ones " if FLAGS.pretrain_classes
+           else "") + "(validation); every number below is on "
         f"the {sizes['test']:,} {'images' if FLAGS.dataset == 'mnist' else 'examples'} of the "
         "test split, which no run trained on or chose by. "
         + (f"Mean ± standard error over seeds {', '.join(map(str, seeds))}." if len(seeds) > 1
@@ -641,6 +741,13 @@ def report(results, optimizers, seeds, report_epochs, sizes):
         "epoch, which compiles, left out when there are more):", results, models, optimizers,
         lambda runs: f"{np.median([r['seconds'] for s in seeds for r in runs[s][first:]]):.2f}")
     return "\n".join(lines) + "\n"
+
+
+def digits(numbers):
+    """"0-4" for a run of digits, else "0, 2, 5"."""
+    if numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 2:
+        return f"{numbers[0]}-{numbers[-1]}"
+    return ", ".join(map(str, numbers))
 
 
 def optimizer_table(title, results, models, optimizers, cell):

@@ -574,6 +574,67 @@ def test_keras_fit_label_noise_relabels_training_and_validation_but_not_test():
     assert noisy_key == true_key.replace("|data wine|", "|data wine|label noise 0.3|")
 
 
+def test_keras_fit_fine_tuning_splits_the_digits_and_starts_from_pretrained_weights(
+        mnist_data_dir):
+    """--pretrain_classes=0,1,2,3,4: pretraining sees only those digits of the training
+    part; training, validation and test only the others (training: the first
+    --train_examples of them). A fine-tuned model starts from the pretrained weights but its
+    own initial last layer; with --fine_tune=head only that layer trains."""
+    import keras
+    from absl.testing import flagsaver
+
+    keras_fit = keras_fit_with_flags_parsed()
+    with flagsaver.flagsaver(pretrain_classes=["4", "0", "1", "2", "3"], train_examples=300,
+                             pretrain_epochs=1, fine_tune="head"):
+        data = keras_fit.load_data()
+        key = keras_fit.run_key("mlp_relu", ("adam", 0.001, "constant"), 0)
+        (images, labels), (test_images, test_labels) = [
+            l2l_tf.problems.load_tfds("mnist", mode) for mode in ("train", "test")]
+        part = labels[:50000]
+        assert set(data["pretrain"][1]) == {0, 1, 2, 3, 4}
+        assert len(data["pretrain"][1]) == np.sum(part < 5)
+        for split, count in [("train", 300), ("validation", np.sum(labels[50000:] >= 5)),
+                             ("test", np.sum(test_labels >= 5))]:
+            assert set(data[split][1]) == {5, 6, 7, 8, 9} and len(data[split][1]) == count
+        first = np.flatnonzero(part >= 5)[:300]
+        np.testing.assert_array_equal(data["train"][0],
+                                      images[first].reshape(-1, 784).astype(np.float32) / 255)
+        np.testing.assert_array_equal(data["test"][0],
+                                      test_images[test_labels >= 5].reshape(-1, 784).astype(np.float32) / 255)
+
+        keras.utils.set_random_seed(0)
+        model = keras_fit.build_model("mlp_relu")
+        initial = model.get_weights()
+        keras_fit.start_from_pretrained(model, "mlp_relu", 0, (data["pretrain"][0][:512],
+                                                              data["pretrain"][1][:512]))
+    assert "|pretrain 01234 x1 then head|" in key
+    *base, kernel, bias = model.get_weights()
+    np.testing.assert_array_equal(kernel, initial[-2])  # a new head: its initial draw
+    np.testing.assert_array_equal(bias, initial[-1])
+    np.testing.assert_array_equal(base[0], keras_fit.PRETRAINED_WEIGHTS[("mlp_relu", 0)][0])
+    assert not np.allclose(base[0], initial[0])  # the base was pretrained
+    assert [w.path for w in model.trainable_weights] == [w.path for w in model.layers[-1].weights]
+
+
+def test_keras_fit_fine_tuning_table_names_its_digits(tmp_path, mnist_data_dir):
+    output = tmp_path / "fit.md"
+    result = script("keras_fit.py", "--models=quickstart", "--pretrain_classes=0,1,2,3,4",
+                    "--pretrain_epochs=1", "--train_examples=512", "--epochs=2", "--seeds=0",
+                    "--adam_grid=0.001", "--optimizers=default@1", f"--output={output}")
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert ("MNIST's digits 5-9 only (training, validation and test), fine-tuned from Adam() "
+            "after 1 epochs on the train split's 25,") in text
+    assert "trained on the first 512 images of the train split's digits 5-9" in text
+    assert "every number below is on the 4,861 images of the test split" in text
+    rows = [line.split(" | ") for line in text.split("Test loss after each epoch")[1]
+            .split("\n\n")[1].splitlines()[2:]]
+    assert [row[1] for row in rows] == ["adam 0.001", "default 1"]
+    for row in rows:  # the new head learns the new digits
+        first, second = float(row[2]), float(row[3].rstrip(" |"))
+        assert 0 < second < first, row
+
+
 def test_keras_fit_on_a_bundled_regression_reports_its_loss_and_no_accuracy(tmp_path):
     output = tmp_path / "fit.md"
     result = script("keras_fit.py", "--dataset=diabetes", "--models=mlp_relu", "--epochs=2",
@@ -638,6 +699,11 @@ def load_experiment(name):
     (["--label_noise=0.2", "--models=mlp_relu,autoencoder"],
      "--models=autoencoder do not classify: leave them out or drop --label_noise"),
     (["--label_noise=1", "--models=mlp_relu"], "1.0 is not a number in the range [0.0, 0.9]"),
+    (["--pretrain_classes=0,1,2,3,4,5,6,7,8,9"], "must be some of the digits 0-9, leaving"),
+    (["--pretrain_classes=0,x"], "--pretrain_classes=0,x must be some of the digits 0-9"),
+    (["--pretrain_classes=0", "--models=cnn,autoencoder"],
+     "--models=autoencoder do not classify: leave them out or drop --pretrain_classes"),
+    (["--pretrain_classes=0", "--label_noise=0.2"], "drop --dataset and --label_noise"),
 ])
 def test_bad_keras_fit_flags_give_one_line_and_exit_2(flags, message):
     result = script("keras_fit.py", *flags)
