@@ -685,9 +685,10 @@ def report(results, optimizers, seeds, report_epochs, sizes):
         f"Command: `python experiments/keras_fit.py {' '.join(sys.argv[1:])}`",
         "",
         f"{data} (batch {FLAGS.batch_size}, jit_compile={FLAGS.jit_compile}); Adam's rate "
-        f"chosen on the {'' if FLAGS.pretrain_classes else 'last '}{sizes['validation']:,} "
-        + ("of those digits among the train split's last ones " if FLAGS.pretrain_classes
-           else "") + "(validation); every number below is on "
+        + (f"chosen on the {sizes['validation']:,} images of those digits among the train "
+           f"split's last {validation_size():,} " if FLAGS.pretrain_classes
+           else f"chosen on the last {sizes['validation']:,} ")
+        + "(validation); every number below is on "
         f"the {sizes['test']:,} {'images' if FLAGS.dataset == 'mnist' else 'examples'} of the "
         "test split, which no run trained on or chose by. "
         + (f"Mean ± standard error over seeds {', '.join(map(str, seeds))}." if len(seeds) > 1

@@ -626,6 +626,8 @@ def test_keras_fit_fine_tuning_table_names_its_digits(tmp_path, mnist_data_dir):
     assert ("MNIST's digits 5-9 only (training, validation and test), fine-tuned from Adam() "
             "after 1 epochs on the train split's 25,") in text
     assert "trained on the first 512 images of the train split's digits 5-9" in text
+    assert ("Adam's rate chosen on the 4,909 images of those digits among the train split's "
+            "last 10,000 (validation)") in text
     assert "every number below is on the 4,861 images of the test split" in text
     rows = [line.split(" | ") for line in text.split("Test loss after each epoch")[1]
             .split("\n\n")[1].splitlines()[2:]]
