@@ -600,7 +600,7 @@ def run(model_name, optimizer, seed, data):
 
 def start_from_pretrained(model, model_name, seed, pretrain):
     """Gives `model` (as `run` makes it for `seed`) the weights that Adam() leaves after
-    --pretrain_epochs on `pretrain`, except its last layer, which keeps its initial draw:
+    --pretrain_epochs on `pretrain` at --batch_size, except its last layer, which keeps its initial draw:
     a new head, as in Keras's transfer-learning guide (one of ten logits, the pretrained
     digits' left unused). With --fine_tune=head every other layer is frozen."""
     key = (model_name, seed)
