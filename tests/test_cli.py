@@ -705,7 +705,8 @@ def load_experiment(name):
     (["--pretrain_classes=0,x"], "--pretrain_classes=0,x must be some of the digits 0-9"),
     (["--pretrain_classes=0", "--models=cnn,autoencoder"],
      "--models=autoencoder do not classify: leave them out or drop --pretrain_classes"),
-    (["--pretrain_classes=0", "--label_noise=0.2"], "drop --dataset and --label_noise"),
+    (["--pretrain_classes=0", "--label_noise=0.2", "--models=cnn"],
+     "drop --dataset and --label_noise"),
 ])
 def test_bad_keras_fit_flags_give_one_line_and_exit_2(flags, message):
     result = script("keras_fit.py", *flags)
