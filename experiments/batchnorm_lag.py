@@ -123,6 +123,9 @@ def describe(model_name, optimizer, seed, epochs):
 
 def main(argv):
     optimizers, seeds, _ = keras_fit.check_flags()
+    if FLAGS.pretrain_classes:
+        raise cli.UsageError("--pretrain_classes: this script trains from Keras's "
+                             "initialisation only; measure fine-tuning with keras_fit.py.")
     for model_name in FLAGS.models:
         if model_name in keras_fit.TASKS:
             raise cli.UsageError(f"--models: {model_name} is not a classifier; this script "

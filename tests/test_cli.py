@@ -335,6 +335,9 @@ def test_batchnorm_lag_recomputes_the_statistics_restores_them_and_resumes(
     assert again.returncode == 0 and "seed 0: test loss" not in again.stdout
     refused = script("batchnorm_lag.py", "--models=autoencoder", f"--output={output}")
     assert refused.returncode == 2 and "is not a classifier" in refused.stderr
+    refused = script("batchnorm_lag.py", "--models=cnn_bn", "--pretrain_classes=0,1",
+                     f"--output={output}")
+    assert refused.returncode == 2 and "measure fine-tuning with keras_fit.py" in refused.stderr
 
 
 def test_recomputing_batch_normalisation_statistics_leaves_the_model_as_it_was():
