@@ -348,12 +348,7 @@ def check_flags():
                 f"--dataset={FLAGS.dataset}: use some of "
                 f"{', '.join(name for name in ALL_MODELS if name not in MNIST_MODELS)}.")
     if FLAGS.label_noise:
-        not_classifiers = [name for name in model_names()
-                           if task_of(name, FLAGS.dataset) != "classify"]
-        if not_classifiers:
-            raise cli.UsageError(
-                f"--label_noise relabels classes, and --models={','.join(not_classifiers)} "
-                "do not classify: leave them out or drop --label_noise.")
+        require_classifiers("--label_noise", "relabels classes")
     if FLAGS.pretrain_classes:
         check_pretrain_flags()
     if FLAGS.output is not None and not FLAGS.output.endswith(".md"):
@@ -387,11 +382,17 @@ def check_pretrain_flags():
         raise cli.UsageError(f"--pretrain_classes={','.join(FLAGS.pretrain_classes)} must be "
                              "some of the digits 0-9, leaving at least one to fine-tune on, "
                              "e.g. --pretrain_classes=0,1,2,3,4.")
-    not_classifiers = [name for name in model_names() if task_of(name, "mnist") != "classify"]
+    require_classifiers("--pretrain_classes", "fine-tunes classifiers")
+
+
+def require_classifiers(flag, what_it_does):
+    """Refuses --models that do not classify (on --dataset) for `flag`, which `what_it_does`."""
+    not_classifiers = [name for name in model_names()
+                       if task_of(name, FLAGS.dataset) != "classify"]
     if not_classifiers:
-        raise cli.UsageError(f"--pretrain_classes fine-tunes classifiers, and "
-                             f"--models={','.join(not_classifiers)} do not classify: leave them "
-                             "out or drop --pretrain_classes.")
+        raise cli.UsageError(
+            f"{flag} {what_it_does}, and --models={','.join(not_classifiers)} do not classify: "
+            f"leave them out or drop {flag}.")
 
 
 def fine_tune_classes():

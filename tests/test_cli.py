@@ -602,8 +602,8 @@ def test_keras_fit_fine_tuning_splits_the_digits_and_starts_from_pretrained_weig
         first = np.flatnonzero(part >= 5)[:300]
         np.testing.assert_array_equal(data["train"][0],
                                       images[first].reshape(-1, 784).astype(np.float32) / 255)
-        np.testing.assert_array_equal(data["test"][0],
-                                      test_images[test_labels >= 5].reshape(-1, 784).astype(np.float32) / 255)
+        test_digits = test_images[test_labels >= 5].reshape(-1, 784).astype(np.float32)
+        np.testing.assert_array_equal(data["test"][0], test_digits / 255)
 
         keras.utils.set_random_seed(0)
         model = keras_fit.build_model("mlp_relu")
