@@ -143,6 +143,41 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     assert {key: net.get_config()[key] for key in changed} == changed
 
 
+def test_the_candidate_without_the_gradient_term_steps_along_adam_s_direction():
+    """`experiments/candidates/no-gradient-term` (BUILD_NOTES.md, "Session 36") is the
+    default's file with the output that weighs the normalised gradient zeroed: its update is
+    Adam's direction times one step size per tensor, while the default's adds about 0.2 of
+    the normalised current gradient and so points elsewhere."""
+    candidate = os.path.join(CANDIDATES, "no-gradient-term")
+    _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
+    default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
+    assert options == default.get_config()
+    for module, fields in default.initializer.items():
+        for field, value in fields.items():
+            expected = np.array(value)
+            if module == "linear":
+                expected[..., 1] = 0.0  # the column of the gradient weight
+            np.testing.assert_array_equal(weights[module][field], expected)
+    net = l2l_tf.LearnedOptimizer.from_pretrained(candidate).nets["tensorwise"]
+    rng = np.random.default_rng(0)
+    spread = {}
+    for name, stepped in (("candidate", net), ("default", default)):
+        step, net_weights = tf.function(stepped.step), stepped.initial_weights()
+        state, m, v = stepped.initial_state((50, 20)), 0.0, 0.0
+        for t in range(1, 201):
+            gradient = rng.normal(size=(50, 20)).astype(np.float32)
+            update, state = step(net_weights, tf.constant(gradient), state)
+            m, v = 0.9 * m + 0.1 * gradient, 0.999 * v + 0.001 * gradient ** 2
+        # Adam's direction, m_hat / (sqrt(v_hat) + epsilon), in Keras's form.
+        direction = m / (1 - 0.9 ** t) / (np.sqrt(v) + 1e-7 * np.sqrt(1 - 0.999 ** t))
+        ratio = update.numpy() / direction
+        spread[name] = ratio.std() / abs(ratio.mean())
+        if name == "candidate":
+            assert np.all(ratio < 0)  # a descent step
+    assert spread["candidate"] < 1e-4, spread
+    assert spread["default"] > 0.5, spread
+
+
 def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
     """After its `gradient_decay_steps` (700) the default's step also scales with the
     gradient's RMS relative to step 700's: on gradients that keep their size it is the step
