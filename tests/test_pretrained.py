@@ -119,18 +119,20 @@ STOP_LATCH = {**STOP, "gradient_stop_latch": True}
     ("gradient-stop-latch", STOP_LATCH),
     ("gradient-latch", {**STOP_LATCH, "gradient_decay_latch": True}),
     ("gradient-latch1.1", {**STOP_LATCH, "gradient_decay_latch": 1.1}),
+    ("warmup400", {**STOP_LATCH, "gradient_decay_latch": 1.1, "warmup_steps": 400.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
-    15", "Session 18", "Session 19", "Session 20", "Session 28", "Session 30" and "Session
-    31") change only hand-set options of the session-11 default, so their numbers measure
-    those options alone; they load by path like any saved nets. The second was the default in sessions 16-18, the
-    third in session 19; the fourth in sessions 20-28; the fifth is the README's long-run
-    recipe; the sixth is session 28's default with a steeper gradient decay; the seventh,
-    that default with a stop below a gradient ratio of 0.3, was the default in session 29;
-    the eighth, that stop latched at its deepest, was the default in sessions 30-31; the
-    ninth latches the gradient decay too, and the tenth, the default since session 32, lets
-    it rise 1.1x above its lowest."""
+    15", "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session 31"
+    and "Session 36") change only hand-set options of the session-11 default, so their
+    numbers measure those options alone; they load by path like any saved nets. The second
+    was the default in sessions 16-18, the third in session 19; the fourth in sessions
+    20-28; the fifth is the README's long-run recipe; the sixth is session 28's default with
+    a steeper gradient decay; the seventh, that default with a stop below a gradient ratio
+    of 0.3, was the default in session 29; the eighth, that stop latched at its deepest, was
+    the default in sessions 30-31; the ninth latches the gradient decay too, and the tenth,
+    the default since session 32, lets it rise 1.1x above its lowest; the eleventh is that
+    default with a warm-up of 400 steps instead of 100."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
