@@ -73,6 +73,31 @@ def test_fit_runs_and_changes_every_variable(make_model, jit_compile):
     assert len(opt.states) == len(model.trainable_variables)
 
 
+def test_optimizers_with_the_same_net_share_one_compiled_update_and_its_traces():
+    """A fresh `LearnedOptimizer` on a second model (a seed, a fold, a rate in a search)
+    reuses the compiled update of the first: no new trace, so no new XLA compile, while
+    each keeps its own state; a net with other options gets a function of its own."""
+    x, y = make_data()
+    first, second = l2l_tf.LearnedOptimizer(), l2l_tf.LearnedOptimizer(learning_rate=0.5)
+    update = first._learned_updates["tensorwise"]
+    assert second._learned_updates["tensorwise"] is update
+    models = []
+    for optimizer in (first, second):
+        model = sequential_model(seed=len(models), features=6)
+        model.compile(optimizer=optimizer, loss=LOSS)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        models.append(model)
+        if optimizer is first:
+            traces = update.experimental_get_tracing_count()
+    assert update.experimental_get_tracing_count() == traces > 0
+    assert int(first.iterations.numpy()) == int(second.iterations.numpy()) == 4
+    assert not np.array_equal(first.states[0][1].numpy(), second.states[0][1].numpy())
+    options = {**first.nets["tensorwise"].get_config(), "warmup_steps": None}
+    other = l2l_tf.LearnedOptimizer(nets={"tensorwise": networks.TensorwiseLSTM(**options)})
+    assert other._learned_updates["tensorwise"] is not update
+    assert l2l_tf.LearnedOptimizer(jit_compile=False)._learned_updates["tensorwise"] is not update
+
+
 def test_a_dense_layer_on_sequences_trains_through_a_partial_last_batch():
     """A Dense kernel applied to [batch, time, features] (every transformer block) gets a
     gradient of static shape [None, units] in the train step Keras traces for a partial last
