@@ -207,16 +207,16 @@ def test_evaluate_reports_held_out_test_numbers_of_runs_on_the_train_split(tmp_p
 def test_benchmark_prints_its_tables_and_refuses_unknown_sections():
     """Structure only: timings are the benchmark's output, never asserted."""
     result = script("benchmark.py", "--sections=fit,lstm", "--repeats=1", "--fit_steps=2",
-                    "--fit_optimizers=default,mnist")
+                    "--fit_models=quickstart", "--fit_optimizers=default,mnist")
     assert result.returncode == 0, result.stderr
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert [row[:2] for row in rows[:6]] == [
-        ["| model", "jit_compile"], ["| ---", "---"], ["| mlp", "auto"], ["| mlp", "True"],
-        ["| quickstart", "auto"], ["| quickstart", "True"]]
+    assert [row[:2] for row in rows[:4]] == [
+        ["| model", "jit_compile"], ["| ---", "---"], ["| quickstart", "auto"],
+        ["| quickstart", "True"]]
     assert rows[0][3:] == ["default", "ratio", "mnist", "ratio |"]
-    ratios = [float(row[i].rstrip(" |")) for row in rows[2:6] for i in (4, 6)]
+    ratios = [float(row[i].rstrip(" |")) for row in rows[2:4] for i in (4, 6)]
     assert all(ratio > 0 for ratio in ratios)
-    assert [row[0] for row in rows[6:]] == [
+    assert [row[0] for row in rows[4:]] == [
         "| part", "| ---", "| whole step", "| its two matmuls", "| one layer's elementwise part"]
     bad = script("benchmark.py", "--sections=fit,speed")
     assert bad.returncode == 2 and "unknown --sections ['speed']" in bad.stderr
@@ -229,7 +229,7 @@ def test_benchmark_prints_its_tables_and_refuses_unknown_sections():
 def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes(
         tmp_path, mnist_data_dir):
     output = tmp_path / "fit.md"
-    args = ["--models=mlp_sigmoid,cnn_bn", "--epochs=2", "--report_epochs=1,2", "--seeds=0,1",
+    args = ["--models=mlp_sigmoid,mlp_relu", "--epochs=2", "--report_epochs=1,2", "--seeds=0,1",
             "--adam_grid=0.001,0.03",
             "--optimizers=default@2:cosine,adam@0.001:cosine,adam@0.03:cosine",
             "--train_examples=1280", "--validation_examples=2000", f"--output={output}"]
@@ -253,7 +253,7 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
     for epoch, section in zip((1, 2), tables):
         table = section.split("\n\n")[1]
         rows = [line.split(" | ") for line in table.splitlines()[2:]]
-        assert [r[0] for r in rows] == ["| mlp_sigmoid", "| cnn_bn"]
+        assert [r[0] for r in rows] == ["| mlp_sigmoid", "| mlp_relu"]
         for row in rows:
             model = row[0].lstrip("| ")
             # The best constant Adam is the grid's rate with the lowest validation loss, and
@@ -270,10 +270,8 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
                                                  "default 2, cosine"], strict=True):
                 want = mean(model, optimizer, epoch, "test_loss")
                 assert abs(float(cell.split(" ± ")[0]) - want) < 6e-5, (cell, want)
-    for r in records:  # 1280 examples are 10 steps an epoch: the MLP learns (ln 10 = 2.30);
-        # the batch-normalised CNN's moving statistics are not settled after 20 steps
-        assert np.isfinite(float(r[column["test_loss"]])) and float(r[column["seconds"]]) > 0
-        assert r[0] != "mlp_sigmoid" or float(r[column["test_loss"]]) < 2.3
+    for r in records:  # 1280 examples are 10 steps an epoch: the MLPs learn (ln 10 = 2.30)
+        assert float(r[column["test_loss"]]) < 2.3 and float(r[column["seconds"]]) > 0
     assert (tmp_path / "fit.png").stat().st_size > 0
 
     again = script("keras_fit.py", *args)  # every run is in the cache: none runs again
@@ -282,7 +280,7 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
     with open(tmp_path / "fit_runs.json") as f:  # each run is keyed by its initial weights
         keys = list(json.load(f))
     keras_fit = load_experiment("keras_fit")
-    for model in ("mlp_sigmoid", "cnn_bn"):
+    for model in ("mlp_sigmoid", "mlp_relu"):
         for seed in (0, 1):
             init = f"|init {keras_fit.initial_weights_fingerprint(model, seed)}"
             assert sum(k.startswith(f"{model}|") and init in k for k in keys) == 5, init
@@ -290,11 +288,11 @@ def test_keras_fit_writes_held_out_tables_chooses_adam_on_validation_and_resumes
 
 def test_keras_fit_scores_models_without_accuracy_and_the_extra_models(tmp_path, mnist_data_dir):
     """The autoencoder and the regression have a mean squared error and no accuracy; the
-    transformer's Dense kernels on [batch, tokens, width] inputs get shape-less gradients in
-    the partial last batch (1,000 examples at batch 128), which the default must still step."""
+    transformer has both. (That the default steps the transformer's Dense kernels through a
+    partial last batch is test_optimizer's; its compile would triple this test's time.)"""
     output = tmp_path / "fit.md"
     result = script("keras_fit.py", "--models=autoencoder,regression,transformer", "--epochs=1",
-                    "--seeds=0", "--adam_grid=0.001", "--optimizers=default@1",
+                    "--seeds=0", "--adam_grid=0.001", "--optimizers=",
                     "--train_examples=1000", "--validation_examples=2000", f"--output={output}")
     assert result.returncode == 0, result.stderr
     text = output.read_text()
@@ -303,10 +301,10 @@ def test_keras_fit_scores_models_without_accuracy_and_the_extra_models(tmp_path,
     table = text.split("Test loss (accuracy) after epoch 1:")[1].split("\n\n")[1]
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
     assert "%" not in rows["autoencoder"] and "%" not in rows["regression"]
-    assert rows["transformer"].count("%") == 3  # Adam(), best constant Adam, default
+    assert rows["transformer"].count("%") == 2  # Adam() and the best constant Adam
     with open(tmp_path / "fit.csv", newline="") as f:
         records = list(csv.DictReader(f))
-    assert len(records) == 3 * 2
+    assert len(records) == 3
     for r in records:
         assert np.isfinite(float(r["test_loss"])), r
         assert (r["test_accuracy"] == "nan") == (r["model"] != "transformer"), r
@@ -691,6 +689,16 @@ def load_experiment(name):
         sys.path.pop(0)
 
 
+def test_bad_keras_fit_flags_give_one_line_and_exit_2():
+    """The command line's side of a refusal, once for a flag absl rejects and once for one
+    the script rejects; the messages are the next test's, in this process."""
+    for flag, message in [("--label_noise=1", "1.0 is not a number in the range [0.0, 0.9]"),
+                          ("--models=vgg16", "unknown --models ['vgg16']")]:
+        result = script("keras_fit.py", flag)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--models=vgg16"], "unknown --models ['vgg16']"),
     (["--optimizers=adam"], "is not name@learning_rate[:cosine|:plateau]"),
@@ -711,10 +719,24 @@ def load_experiment(name):
     (["--pretrain_classes=0", "--label_noise=0.2", "--models=cnn"],
      "drop --dataset and --label_noise"),
 ])
-def test_bad_keras_fit_flags_give_one_line_and_exit_2(flags, message):
-    result = script("keras_fit.py", *flags)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+def test_bad_keras_fit_flags_are_refused_before_any_run(flags, message, monkeypatch,
+                                                        mnist_data_dir):
+    """Parsed and checked in this process as `cli.run` does (a flag error, or a `UsageError`
+    or `FileNotFoundError` from `main`), which then prints the message as the one line (the
+    test above); a run started instead fails the test at once."""
+    from absl import flags as absl_flags
+    from absl.testing import flagsaver
+
+    from l2l_tf import cli
+
+    keras_fit = load_experiment("keras_fit")
+    monkeypatch.setattr(keras_fit, "cached_runs",
+                        lambda *args: pytest.fail(f"{flags} started runs"))
+    with flagsaver.flagsaver(), pytest.raises(
+            (absl_flags.Error, cli.UsageError, FileNotFoundError)) as refusal:
+        absl_flags.FLAGS(["keras_fit.py", *flags])
+        keras_fit.main([])
+    assert message in str(refusal.value)
 
 
 def test_a_missing_optional_dependency_is_one_line_naming_the_extra(tmp_path):

@@ -364,6 +364,7 @@ def step_on_scaled_gradients(weights, states, scales, rng):
     the mean square with weight 0.99, debiased) relative to step 5's (1 before step 5), as
     the gradient decay reads it, and each net's update."""
     power, reference = 0.0, None
+    steps = {net: tf.function(net.step) for net in states}  # traced once: ~10x eager's pace
     for t, scale in enumerate(scales, start=1):
         gradient = (scale * rng.normal(size=(5, 4))).astype(np.float32)
         power = 0.99 * power + 0.01 * np.mean(np.square(gradient.astype(np.float64)))
@@ -372,7 +373,7 @@ def step_on_scaled_gradients(weights, states, scales, rng):
             reference = rms
         updates = {}
         for net in states:
-            updates[net], states[net] = net.step(weights, tf.constant(gradient), states[net])
+            updates[net], states[net] = steps[net](weights, tf.constant(gradient), states[net])
         yield t, 1.0 if reference is None else rms / reference, updates
 
 
