@@ -367,8 +367,12 @@ def compiled_learned_update(net):
     shared by every optimizer in the process. Its traces and compiled programs (0.5-1 s per
     variable shape) are then made once: a second model, or the same model fit again with a
     fresh optimizer, starts at once. Sharing is sound because the function reads the net's
-    options only; the weights, state and value come in as arguments."""
-    key = (type(net).__name__, json.dumps(net.get_config(), sort_keys=True))
+    options only; the weights, state and value come in as arguments. A net of one's own
+    without `get_config` shares its function only with itself."""
+    try:
+        key = (type(net), json.dumps(net.get_config(), sort_keys=True, default=repr))
+    except NotImplementedError:
+        key = (type(net), id(net))
     if key not in _COMPILED_LEARNED_UPDATES:
         _COMPILED_LEARNED_UPDATES[key] = tf.function(functools.partial(learned_update, net),
                                                      jit_compile=True)

@@ -76,7 +76,8 @@ def test_fit_runs_and_changes_every_variable(make_model, jit_compile):
 def test_optimizers_with_the_same_net_share_one_compiled_update_and_its_traces():
     """A fresh `LearnedOptimizer` on a second model (a seed, a fold, a rate in a search)
     reuses the compiled update of the first: no new trace, so no new XLA compile, while
-    each keeps its own state; a net with other options gets a function of its own."""
+    each keeps its own state; a net with other options gets a function of its own, and so
+    does a net of one's own that has no `get_config` (it still trains)."""
     x, y = make_data()
     first, second = l2l_tf.LearnedOptimizer(), l2l_tf.LearnedOptimizer(learning_rate=0.5)
     update = first._learned_updates["tensorwise"]
@@ -96,6 +97,22 @@ def test_optimizers_with_the_same_net_share_one_compiled_update_and_its_traces()
     other = l2l_tf.LearnedOptimizer(nets={"tensorwise": networks.TensorwiseLSTM(**options)})
     assert other._learned_updates["tensorwise"] is not update
     assert l2l_tf.LearnedOptimizer(jit_compile=False)._learned_updates["tensorwise"] is not update
+
+    class Halving(networks.Net):  # a net of one's own, without get_config
+        def step(self, weights, gradient, state):
+            return -0.5 * gradient, state
+
+    nets = [Halving(), Halving()]
+    updates = [l2l_tf.LearnedOptimizer(nets={"halving": net})._learned_updates["halving"]
+               for net in nets]
+    assert updates[0] is not updates[1]
+    assert l2l_tf.LearnedOptimizer(nets={"halving": nets[0]})._learned_updates["halving"] \
+        is updates[0]
+    model = sequential_model()
+    model.compile(optimizer=l2l_tf.LearnedOptimizer(nets={"halving": nets[1]}), loss=LOSS)
+    before = model.trainable_variables[0].numpy().copy()
+    model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)
+    assert not np.array_equal(before, model.trainable_variables[0].numpy())
 
 
 def test_a_dense_layer_on_sequences_trains_through_a_partial_last_batch():
