@@ -82,15 +82,13 @@ def test_optimizers_with_the_same_net_share_one_compiled_update_and_its_traces()
     first, second = l2l_tf.LearnedOptimizer(), l2l_tf.LearnedOptimizer(learning_rate=0.5)
     update = first._learned_updates["tensorwise"]
     assert second._learned_updates["tensorwise"] is update
-    models = []
-    for optimizer in (first, second):
-        model = sequential_model(seed=len(models), features=6)
+    traces = []
+    for seed, optimizer in enumerate((first, second)):
+        model = sequential_model(seed=seed)
         model.compile(optimizer=optimizer, loss=LOSS)
         model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-        models.append(model)
-        if optimizer is first:
-            traces = update.experimental_get_tracing_count()
-    assert update.experimental_get_tracing_count() == traces > 0
+        traces.append(update.experimental_get_tracing_count())
+    assert traces[1] == traces[0] > 0
     assert int(first.iterations.numpy()) == int(second.iterations.numpy()) == 4
     assert not np.array_equal(first.states[0][1].numpy(), second.states[0][1].numpy())
     options = {**first.nets["tensorwise"].get_config(), "warmup_steps": None}
