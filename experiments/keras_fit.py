@@ -50,7 +50,11 @@ measures fine-tuning, the other common way Keras users train: every model is fir
 with Adam() on some digits (the same weights for every optimizer of a seed), then gets a new
 last layer (its initial draw) and each optimizer trains it on the other digits, with every
 layer trainable or (--fine_tune=head) only the new one, as Keras's transfer-learning guide
-does first; validation and test hold only the new digits.
+does first; validation and test hold only the new digits. --fine_tune=continue measures a
+second task instead: each optimizer first trains the model itself on those digits, then goes
+on to the others with the same optimizer (its states and step count carried over) and the
+same last layer, as calling `fit` again on new data does; --fine_tune=renew gives the second
+task a new optimizer of the same kind.
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine|:plateau]`: `name` is
@@ -149,9 +153,12 @@ flags.DEFINE_list("pretrain_classes", [],
                   "digits alone; validation and test hold only those too.")
 flags.DEFINE_integer("pretrain_epochs", 5, "Epochs of Adam() on --pretrain_classes.",
                      lower_bound=1)
-flags.DEFINE_enum("fine_tune", "all", ["all", "head"],
+flags.DEFINE_enum("fine_tune", "all", ["all", "head", "continue", "renew"],
                   "With --pretrain_classes: train every layer, or only the new head with the "
-                  "rest frozen (the first phase of Keras's transfer-learning guide).")
+                  "rest frozen (the first phase of Keras's transfer-learning guide); or "
+                  "(continue) let each optimizer pretrain the model itself and go on to the "
+                  "other digits with the same optimizer and last layer, a second task, or "
+                  "(renew) the same with a new optimizer for the second task.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "model.compile's jit_compile; 'auto' is Keras's default (no XLA on CPU).")
 flags.DEFINE_string("output", None, "Markdown file for the tables (.md); the .csv, the run "
@@ -351,6 +358,10 @@ def check_flags():
         require_classifiers("--label_noise", "relabels classes")
     if FLAGS.pretrain_classes:
         check_pretrain_flags()
+    elif FLAGS["fine_tune"].present:
+        raise cli.UsageError(f"--fine_tune={FLAGS.fine_tune} says how to train after "
+                             "--pretrain_classes, which is not given: add it (e.g. "
+                             "--pretrain_classes=0,1,2,3,4) or drop --fine_tune.")
     if FLAGS.output is not None and not FLAGS.output.endswith(".md"):
         raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
     try:
@@ -556,7 +567,7 @@ def run(model_name, optimizer, seed, data):
     x, y = data["train"]
     keras.utils.set_random_seed(seed)
     model = model_on_dataset(model_name, FLAGS.dataset)
-    if FLAGS.pretrain_classes:
+    if FLAGS.pretrain_classes and not second_task():
         start_from_pretrained(model, model_name, seed, data["pretrain"])
         keras.utils.set_random_seed(seed)  # the same batches whether or not it pretrained now
     total_steps = FLAGS.epochs * -(-len(x) // FLAGS.batch_size)
@@ -566,12 +577,21 @@ def run(model_name, optimizer, seed, data):
     metrics = ["accuracy"] if task == "classify" else []
     if model.losses:  # evaluate's "loss" adds the weights' penalty (mlp_l2's): report the data's
         metrics.append(keras.metrics.MeanMetricWrapper(loss.call, name="data_loss"))
-    model.compile(
-        optimizer=build_optimizer(*optimizer, total_steps),
-        loss=loss,
-        metrics=metrics,
-        jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
-    )
+    def compile_with_a_new_optimizer():
+        model.compile(
+            optimizer=build_optimizer(*optimizer, total_steps),
+            loss=loss,
+            metrics=metrics,
+            jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
+        )
+
+    compile_with_a_new_optimizer()
+    if second_task():
+        model.fit(*data["pretrain"], batch_size=FLAGS.batch_size, epochs=FLAGS.pretrain_epochs,
+                  verbose=0)
+        if FLAGS.fine_tune == "renew":
+            compile_with_a_new_optimizer()
+        keras.utils.set_random_seed(seed)  # the second task's batches as in the other modes
 
     def target(x, y):
         return {"classify": y, "reconstruct": x, "regress": y.astype(np.float32)}[task]
@@ -597,6 +617,11 @@ def run(model_name, optimizer, seed, data):
             plateau.on_epoch_end(epoch, {"val_loss": record["validation_loss"]})
         epochs.append({k: float(v) for k, v in record.items()})
     return epochs
+
+
+def second_task():
+    """Whether each optimizer pretrains the model itself (--fine_tune=continue or renew)."""
+    return bool(FLAGS.pretrain_classes) and FLAGS.fine_tune in ("continue", "renew")
 
 
 def start_from_pretrained(model, model_name, seed, pretrain):
@@ -669,11 +694,16 @@ def report(results, optimizers, seeds, report_epochs, sizes):
                              "accuracy)."}[BUNDLED_DATASETS[FLAGS.dataset]]
     if FLAGS.pretrain_classes:
         source, target = fine_tune_classes()
+        first_task = (f"{FLAGS.pretrain_epochs} epochs on the train split's "
+                      f"{sizes['pretrain']:,} images of digits {digits(source)}")
         data = (f"MNIST's digits {digits(target)} only (training, validation and test), "
-                f"fine-tuned from Adam() after {FLAGS.pretrain_epochs} epochs on the train "
-                f"split's {sizes['pretrain']:,} images of digits {digits(source)}, with a new "
-                "last layer"
-                + (" and the rest frozen" if FLAGS.fine_tune == "head" else "")
+                + (f"a second task: each optimizer first trained the model for {first_task} "
+                   + ("and went on with the same optimizer and last layer"
+                      if FLAGS.fine_tune == "continue" else
+                      "and a new optimizer of the same kind went on, with the same last layer")
+                   if second_task() else
+                   f"fine-tuned from Adam() after {first_task}, with a new last layer"
+                   + (" and the rest frozen" if FLAGS.fine_tune == "head" else ""))
                 + f"; trained on the first {sizes['train']:,} images of the train split's "
                 f"digits {digits(target)}")
     if FLAGS.label_noise:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -620,6 +621,44 @@ def test_keras_fit_fine_tuning_splits_the_digits_and_starts_from_pretrained_weig
     assert [w.path for w in model.trainable_weights] == [w.path for w in model.layers[-1].weights]
 
 
+def test_keras_fit_second_task_carries_the_optimizer_over_or_renews_it(mnist_data_dir):
+    """--fine_tune=continue: the optimizer that trained the model on the first digits goes on
+    to the others (its step count carried over, the last layer kept, nothing from Adam());
+    renew: a new optimizer of the same kind takes the second task."""
+    import keras
+    from absl.testing import flagsaver
+
+    keras_fit = keras_fit_with_flags_parsed()
+    seen = []
+    real_fit = keras.Model.fit
+
+    def recording_fit(model, x, *args, **kwargs):
+        seen.append((model.optimizer, len(x), int(model.optimizer.iterations)))
+        return real_fit(model, x, *args, **kwargs)
+
+    for mode in ("continue", "renew"):
+        seen.clear()
+        with flagsaver.flagsaver(pretrain_classes=["0", "1"], train_examples=256, epochs=1,
+                                 pretrain_epochs=1, batch_size=128, fine_tune=mode), \
+                mock.patch.object(keras.Model, "fit", recording_fit), \
+                mock.patch.object(keras_fit, "start_from_pretrained",
+                                  side_effect=AssertionError("pretrained with Adam()")):
+            data = keras_fit.load_data()
+            data["pretrain"] = tuple(part[:384] for part in data["pretrain"])
+            epochs = keras_fit.run("mlp_relu", ("default", 1.0, "constant"), 0, data)
+            key = keras_fit.run_key("mlp_relu", ("default", 1.0, "constant"), 0)
+        assert f"then {mode}|" in key
+        (first, first_size, first_start), (second, second_size, second_start) = seen
+        assert (first_size, second_size) == (384, 256)
+        assert first_start == 0
+        if mode == "continue":
+            assert second is first and second_start == 3  # 384 images: three steps
+        else:
+            assert second is not first and second_start == 0
+        assert isinstance(second, l2l_tf.LearnedOptimizer)
+        assert np.isfinite(epochs[0]["test_loss"])
+
+
 def test_keras_fit_fine_tuning_table_names_its_digits(tmp_path, mnist_data_dir):
     output = tmp_path / "fit.md"
     result = script("keras_fit.py", "--models=quickstart", "--pretrain_classes=0,1,2,3,4",
@@ -721,6 +760,7 @@ def test_bad_keras_fit_flags_give_one_line_and_exit_2():
      "--models=autoencoder do not classify: leave them out or drop --pretrain_classes"),
     (["--pretrain_classes=0", "--label_noise=0.2", "--models=cnn"],
      "drop --dataset and --label_noise"),
+    (["--fine_tune=continue"], "--fine_tune=continue says how to train after --pretrain_classes"),
 ])
 def test_bad_keras_fit_flags_are_refused_before_any_run(flags, message, monkeypatch,
                                                         mnist_data_dir):
