@@ -356,6 +356,17 @@ class TensorwiseLSTM(LSTMNet):
     every MNIST model measured within 0.3% of the free decay and half the digits' gain
     (BUILD_NOTES.md, "Session 31"); the default has it since session 32.
 
+    `restart_ratio` (R, or None), with the gradient decay: a tensor whose gradient power p
+    rises above `R ** 2` times p_ref (its RMS R-fold above step `gradient_decay_steps`'s)
+    starts afresh: every entry of its state returns to zero, as a new optimizer's would,
+    warm-up and decays included. Its rules count steps and hold their lowest ratio, which
+    is right within one task; but when `fit` goes on to new data with the same optimizer (a
+    second task), the decays and the stop that the first task left slowed the new one: after
+    7,200 steps on digits 0-4, 5 epochs on digits 5-9 ended 29% behind `Adam()`, and 35%
+    behind a new `LearnedOptimizer()` (BUILD_NOTES.md, "Session 38"). A new task's first
+    gradients are many times those of a fitted model; within one task the gradient power
+    stays below step `gradient_decay_steps`'s or close to it.
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -393,7 +404,7 @@ class TensorwiseLSTM(LSTMNet):
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
                  gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
                  gradient_stop=0.0, gradient_stop_exponent=8.0, gradient_stop_latch=False,
-                 gradient_decay_latch=None, initializer=None):
+                 gradient_decay_latch=None, restart_ratio=None, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -451,6 +462,12 @@ class TensorwiseLSTM(LSTMNet):
                              f"lowest) or None (off), got {gradient_decay_latch!r}.")
         self._require_gradient_decay("gradient_decay_latch",
                                      self.gradient_decay_latch is not None)
+        self.restart_ratio = None if restart_ratio is None else float(restart_ratio)
+        if self.restart_ratio is not None and not self.restart_ratio > 1:
+            raise ValueError("restart_ratio is how many times step gradient_decay_steps's "
+                             "gradient RMS starts a tensor afresh, above 1, or None (off), got "
+                             f"{restart_ratio!r}.")
+        self._require_gradient_decay("restart_ratio", self.restart_ratio is not None)
         self._check_initializer()
 
     def _require_gradient_decay(self, name, value):
@@ -562,7 +579,13 @@ class TensorwiseLSTM(LSTMNet):
                                     self.gradient_stop_exponent * gate / 2.0)
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
-        return update, (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch)
+        new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch)
+        if self.restart_ratio is not None:
+            ratio_of_powers = self._unclamped_ratio(t, power, power_reference)[0]
+            restart = ratio_of_powers > self.restart_ratio ** 2
+            new_state = tuple(tf.where(restart, tf.zeros_like(entry), entry)
+                              for entry in new_state)
+        return update, new_state
 
     def decay_rate(self, state):
         """`learning_rate` times the decay in time: the nominal step without the learned factor
@@ -582,12 +605,16 @@ class TensorwiseLSTM(LSTMNet):
         `lag` steps after step 1 (the gradient power at step 1, its step-to-step change at
         step 2), and both are debiased. 1 up to `gradient_decay_steps` and while no
         reference exists (0: a state saved before it existed)."""
+        return tf.minimum(1.0, self._unclamped_ratio(t, average, reference, lag)[0])
+
+    def _unclamped_ratio(self, t, average, reference, lag=0.0):
+        """`average / reference`, both debiased as `_ratio_to_reference` says, as `[1]`; 1
+        up to `gradient_decay_steps` and while no reference exists."""
         unbiased = average / (1.0 - tf.pow(self.POWER_DECAY, tf.maximum(t - lag, 1.0)))
         unbiased_reference = reference / (
             1.0 - self.POWER_DECAY ** max(self.gradient_decay_steps - lag, 1.0))
-        ratio = tf.where((t > self.gradient_decay_steps) & (reference > 0),
-                         unbiased / tf.maximum(unbiased_reference, 1e-30), 1.0)
-        return tf.minimum(1.0, ratio[0])
+        return tf.where((t > self.gradient_decay_steps) & (reference > 0),
+                        unbiased / tf.maximum(unbiased_reference, 1e-30), 1.0)
 
     def get_config(self):
         return {
@@ -607,6 +634,7 @@ class TensorwiseLSTM(LSTMNet):
             "gradient_stop_exponent": self.gradient_stop_exponent,
             "gradient_stop_latch": self.gradient_stop_latch,
             "gradient_decay_latch": self.gradient_decay_latch,
+            "restart_ratio": self.restart_ratio,
         }
 
 

@@ -482,6 +482,53 @@ def test_the_latched_gradient_stop_holds_its_deepest_point_when_the_gradients_gr
                                 gradient_stop_latch=True)
 
 
+def test_a_tensor_whose_gradients_rise_restart_ratio_fold_starts_afresh():
+    """With `restart_ratio=R` a tensor whose gradient RMS (over ~100 steps) rises R-fold above
+    its reference at `gradient_decay_steps` gets a zero state, as a new optimizer's: from
+    then on it steps as a fresh net does on the same gradients, whereas without it the
+    latched stop keeps it stopped (a second task). Gradients that only grow back to the
+    reference's size (a burst within a task, which the latches hold back) restart nothing."""
+    _, weights = tensorwise_with_random_outputs()
+    options = dict(layers=(6,), warmup_steps=3, decay_steps=5, gradient_decay=2.0,
+                   gradient_stop=0.3, gradient_stop_latch=True, gradient_decay_latch=1.1)
+    plain = networks.TensorwiseLSTM(**options)
+    restarting = networks.TensorwiseLSTM(**options, restart_ratio=10)
+    assert restarting.get_config()["restart_ratio"] == 10.0
+    assert len(restarting.initial_state((5, 4))) == len(plain.initial_state((5, 4)))
+    steps = {net: tf.function(net.step) for net in (plain, restarting)}
+    for later_scale, restarts in ((1.0, False), (30.0, True)):
+        rng = np.random.default_rng(0)
+        states = {net: net.initial_state((5, 4)) for net in steps}
+        fresh_state = None
+        restarted_at = []
+        for t, scale in enumerate([1.0] * 5 + [0.1] * 300 + [later_scale] * 60, start=1):
+            gradient = tf.constant((scale * rng.normal(size=(5, 4))).astype(np.float32))
+            updates = {}
+            for net in steps:
+                updates[net], states[net] = steps[net](weights, gradient, states[net])
+            if fresh_state is not None:
+                fresh_update, fresh_state = steps[restarting](weights, gradient, fresh_state)
+                np.testing.assert_allclose(updates[restarting].numpy(), fresh_update.numpy(),
+                                           rtol=1e-6)
+            elif not restarted_at:
+                np.testing.assert_allclose(updates[restarting].numpy(),
+                                           updates[plain].numpy(), rtol=1e-6)
+            if states[restarting][2].numpy()[0] == 0:
+                assert all(not np.any(entry.numpy()) for entry in states[restarting])
+                restarted_at.append(t)
+                fresh_state = restarting.initial_state((5, 4))
+        if restarts:
+            assert len(restarted_at) == 1 and 306 < restarted_at[0] < 330, restarted_at
+            # The plain net stays stopped; the restarted one takes a fresh net's steps.
+            assert np.abs(updates[plain].numpy()).max() < 1e-2 * np.abs(fresh_update.numpy()).max()
+        else:
+            assert restarted_at == []
+    with pytest.raises(ValueError, match="restart_ratio .* above 1"):
+        networks.TensorwiseLSTM(**options, restart_ratio=1.0)
+    with pytest.raises(ValueError, match="set gradient_decay too"):
+        networks.TensorwiseLSTM(layers=(6,), decay_steps=5, restart_ratio=10)
+
+
 @pytest.mark.parametrize("slack", [1.0, 1.5])
 def test_the_latched_gradient_decay_holds_near_its_lowest_ratio_when_the_gradients_grow_back(
         slack):

@@ -121,19 +121,23 @@ DECAY_LATCH = {**STOP_LATCH, "gradient_decay_latch": 1.1}
     ("gradient-latch", {**STOP_LATCH, "gradient_decay_latch": True}),
     ("gradient-latch1.1", DECAY_LATCH),
     ("warmup400", {**DECAY_LATCH, "warmup_steps": 400.0}),
+    ("restart10", {**DECAY_LATCH, "restart_ratio": 10.0}),
+    ("restart4", {**DECAY_LATCH, "restart_ratio": 4.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
-    15", "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session 31"
-    and "Session 36") change only hand-set options of the session-11 default, so their
-    numbers measure those options alone; they load by path like any saved nets. The second
+    15", "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session
+    31", "Session 36" and "Session 38") change only hand-set options of the session-11
+    default, so their numbers measure those options alone; they load by path like any saved nets. The second
     was the default in sessions 16-18, the third in session 19; the fourth in sessions
     20-28; the fifth is the README's long-run recipe; the sixth is session 28's default with
     a steeper gradient decay; the seventh, that default with a stop below a gradient ratio
     of 0.3, was the default in session 29; the eighth, that stop latched at its deepest, was
     the default in sessions 30-31; the ninth latches the gradient decay too, and the tenth,
     the default since session 32, lets it rise 1.1x above its lowest; the eleventh is that
-    default with a warm-up of 400 steps instead of 100."""
+    default with a warm-up of 400 steps instead of 100; the twelfth and thirteenth are that default
+    with a restart where a tensor's gradients grow tenfold or fourfold past step 700's
+    (session 38)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
@@ -154,7 +158,7 @@ def test_the_candidate_without_the_gradient_term_steps_along_adam_s_direction():
     candidate = os.path.join(CANDIDATES, "no-gradient-term")
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
-    assert options == default.get_config()
+    assert networks.TensorwiseLSTM(**options).get_config() == default.get_config()
     for module, fields in default.initializer.items():
         for field, value in fields.items():
             expected = np.array(value)
