@@ -376,6 +376,9 @@ def check_flags():
                   | {DEFAULT_ADAM_RATE})
     optimizers = [("adam", rate, "constant") for rate in grid]
     optimizers += [o for o in map(parse_optimizer, FLAGS.optimizers) if o not in optimizers]
+    if second_task() and any(schedule == "cosine" for _, _, schedule in optimizers):
+        raise cli.UsageError(f"--fine_tune={FLAGS.fine_tune} trains twice, and :cosine decays "
+                             "the rate over one run: drop :cosine (or use --fine_tune=all).")
     for name, rate, schedule in optimizers:  # a wrong name fails now, not after an hour
         if name != "adam":
             with cli.configuration_errors():

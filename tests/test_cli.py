@@ -761,6 +761,9 @@ def test_bad_keras_fit_flags_give_one_line_and_exit_2():
     (["--pretrain_classes=0", "--label_noise=0.2", "--models=cnn"],
      "drop --dataset and --label_noise"),
     (["--fine_tune=continue"], "--fine_tune=continue says how to train after --pretrain_classes"),
+    (["--pretrain_classes=0", "--fine_tune=renew", "--models=cnn",
+      "--optimizers=adam@0.01:cosine"],
+     "--fine_tune=renew trains twice, and :cosine decays the rate over one run"),
 ])
 def test_bad_keras_fit_flags_are_refused_before_any_run(flags, message, monkeypatch,
                                                         mnist_data_dir):
