@@ -150,9 +150,11 @@ flags.DEFINE_list("pretrain_classes", [],
                   "Fine-tuning (MNIST classifiers): every model is first trained with Adam() "
                   "for --pretrain_epochs on the training images of these digits, its last layer "
                   "is then drawn anew (a new head), and each optimizer trains it on the other "
-                  "digits alone; validation and test hold only those too.")
-flags.DEFINE_integer("pretrain_epochs", 5, "Epochs of Adam() on --pretrain_classes.",
-                     lower_bound=1)
+                  "digits alone; validation and test hold only those too. With "
+                  "--fine_tune=continue or renew each optimizer trains the model on these "
+                  "digits itself and the last layer is kept (a second task).")
+flags.DEFINE_integer("pretrain_epochs", 5, "Epochs on --pretrain_classes: of Adam() (--fine_tune "
+                     "all, head) or of each optimizer itself (continue, renew).", lower_bound=1)
 flags.DEFINE_enum("fine_tune", "all", ["all", "head", "continue", "renew"],
                   "With --pretrain_classes: train every layer, or only the new head with the "
                   "rest frozen (the first phase of Keras's transfer-learning guide); or "
