@@ -563,7 +563,8 @@ class TensorwiseLSTM(LSTMNet):
                     self.burstiness_gate / 2.0)
                 burst_reference = tf.where(t <= self.gradient_decay_steps, burst, burst_reference)
                 burstiness = (log_power, burst, burst_reference)
-            ratio = self._ratio_to_reference(t, power, power_reference)
+            ratio_of_powers = self._unclamped_ratio(t, power, power_reference)[0]
+            ratio = tf.minimum(1.0, ratio_of_powers)
             lowest = ratio
             if self._holds_lowest_ratio:
                 (depth,) = latch
@@ -580,8 +581,7 @@ class TensorwiseLSTM(LSTMNet):
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
         new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch)
-        if self.restart_ratio is not None:
-            ratio_of_powers = self._unclamped_ratio(t, power, power_reference)[0]
+        if self.restart_ratio is not None:  # validated: only with the gradient decay
             restart = ratio_of_powers > self.restart_ratio ** 2
             new_state = tuple(tf.where(restart, tf.zeros_like(entry), entry)
                               for entry in new_state)
