@@ -68,6 +68,10 @@ chosen on the validation split as the constant one is. --default_nets makes `def
 other nets (a candidate default), so that every table can be made with a candidate before
 it ships and found cached after.
 
+--gradient_ratio also records, per epoch, the largest gradient RMS ratio a learned optimizer's
+tensors reached (`TensorwiseLSTM.gradient_rms_ratio`), the quantity a `restart_ratio` reads:
+one run of a net without a restart tells whether any threshold would have fired in it.
+
 Resumable: every finished run (model, optimizer, seed) is stored in `<output>_runs.json`, keyed
 by everything its numbers depend on (the model's initial weights included), and a run found
 there is not run again, so the same command continues where it was stopped (losing
@@ -89,6 +93,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import flags
 
 from l2l_tf import LearnedOptimizer, cli, networks, presets, problems
@@ -161,6 +166,11 @@ flags.DEFINE_enum("fine_tune", "all", ["all", "head", "continue", "renew"],
                   "(continue) let each optimizer pretrain the model itself and go on to the "
                   "other digits with the same optimizer and last layer, a second task, or "
                   "(renew) the same with a new optimizer for the second task.")
+flags.DEFINE_bool("gradient_ratio", False,
+                  "Also record, per epoch, the largest gradient RMS ratio of the learned "
+                  "optimizers (TensorwiseLSTM.gradient_rms_ratio over every tensor and step): a "
+                  "restart_ratio R fires in a run exactly where it exceeds R. Read after every "
+                  "step, which slows the fit a little (the wall times include it).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "model.compile's jit_compile; 'auto' is Keras's default (no XLA on CPU).")
 flags.DEFINE_string("output", None, "Markdown file for the tables (.md); the .csv, the run "
@@ -606,12 +616,16 @@ def run(model_name, optimizer, seed, data):
         plateau = keras.callbacks.ReduceLROnPlateau(**PLATEAU)
         plateau.set_model(model)
         plateau.on_train_begin()
+    ratio = LargestGradientRatio() if FLAGS.gradient_ratio and optimizer[0] != "adam" else None
     epochs = []
     for epoch in range(FLAGS.epochs):
         start = time.perf_counter()
-        history = model.fit(x, target(x, y), batch_size=FLAGS.batch_size, epochs=1, verbose=0)
+        history = model.fit(x, target(x, y), batch_size=FLAGS.batch_size, epochs=1, verbose=0,
+                            callbacks=[ratio] if ratio else None)
         record = {"seconds": time.perf_counter() - start,
                   "train_loss": history.history["loss"][-1]}
+        if ratio:
+            record["largest_gradient_ratio"] = ratio.take()
         for split in ("validation", "test"):
             split_x, split_y = data[split]
             scores = model.evaluate(split_x, target(split_x, split_y), batch_size=1000,
@@ -622,6 +636,42 @@ def run(model_name, optimizer, seed, data):
             plateau.on_epoch_end(epoch, {"val_loss": record["validation_loss"]})
         epochs.append({k: float(v) for k, v in record.items()})
     return epochs
+
+
+class LargestGradientRatio(keras.callbacks.Callback):
+    """The largest `gradient_rms_ratio` over a learned optimizer's tensors (those whose net
+    keeps the gradient decay's averages) and the training steps since the last `take()`,
+    read after every step (--gradient_ratio): a run in which it stays below R is a run in
+    which `restart_ratio=R` would not have fired. NaN where no tensor's net keeps them."""
+
+    def __init__(self):
+        super().__init__()
+        self._optimizer = self._read = None
+        self._largest = -np.inf
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.model.optimizer is not self._optimizer:  # built by the first step
+            self._optimizer = self.model.optimizer
+            self._read = self._reader(self._optimizer)
+        if self._read is not None:
+            self._largest = max(self._largest, float(self._read()))
+
+    @staticmethod
+    def _reader(optimizer):
+        """A `tf.function` of the largest ratio of `optimizer`'s tensors now, or None."""
+        tensors = [(optimizer.nets[name], states)
+                   for name, states in zip(optimizer.variable_nets, optimizer.states)
+                   if getattr(optimizer.nets[name], "gradient_decay", 0)]
+        if not tensors:
+            return None
+        return tf.function(lambda: tf.reduce_max(tf.stack([
+            net.gradient_rms_ratio([state.value for state in states])
+            for net, states in tensors])))
+
+    def take(self):
+        """The largest ratio since the last call (NaN if none was read), and forget it."""
+        largest, self._largest = self._largest, -np.inf
+        return largest if np.isfinite(largest) else np.nan
 
 
 def second_task():
@@ -772,6 +822,17 @@ def report(results, optimizers, seeds, report_epochs, sizes):
         "Stability: the last epoch's test loss over the run's best epoch's, minus 1 (mean over "
         "seeds; worst seed), and runs with a non-finite loss:", results, models, optimizers,
         lambda runs: stability(runs, seeds))
+    learned = [o for o in optimizers if o[0] != "adam"]
+    if learned and any("largest_gradient_ratio" in record for (_, optimizer), runs
+                       in results.items() if optimizer in learned for record in runs[seeds[0]]):
+        lines += optimizer_table(
+            "Largest gradient RMS ratio (`gradient_rms_ratio`: a tensor's ~100-step gradient "
+            "RMS over its own at step `gradient_decay_steps`, 700 in the default) over every "
+            "tensor and training step (mean over seeds; largest seed): `restart_ratio=R` "
+            "would have fired in a run of a net without it exactly where this exceeds R (a "
+            "restart zeroes the averages, so a restarting net's own restarts do not show). "
+            "--gradient_ratio; \"-\": not recorded, or a net without the gradient decay:", results, models, learned,
+            lambda runs: largest_ratio(runs, seeds))
     first = 1 if FLAGS.epochs > 1 else 0
     lines += optimizer_table(
         "Wall time of one epoch's `fit`, seconds (median over seeds and epochs; the first "
@@ -804,6 +865,15 @@ def stability(runs, seeds):
     failed = sum(not np.all(np.isfinite(curve)) for curve in curves)
     return (f"{100 * np.mean(rises):+.1f}% ({100 * np.max(rises):+.1f}%)"
             + (f", {failed} non-finite" if failed else ""))
+
+
+def largest_ratio(runs, seeds):
+    """The largest gradient ratio over each run's epochs: mean over seeds (largest seed)."""
+    largest = [np.max([r.get("largest_gradient_ratio", np.nan) for r in runs[s]])
+               for s in seeds]
+    if not np.all(np.isfinite(largest)):
+        return "-"
+    return f"{np.mean(largest):.2f} ({np.max(largest):.2f})"
 
 
 def csv_text(results, seeds):

@@ -587,6 +587,19 @@ class TensorwiseLSTM(LSTMNet):
                               for entry in new_state)
         return update, new_state
 
+    def gradient_rms_ratio(self, state):
+        """The tensor's gradient RMS (its mean square averaged over about 100 steps) over its
+        value at step `gradient_decay_steps`, as the last step that made `state` read it,
+        unclamped: the gradient rules read it capped at 1, and `restart_ratio` R restarts the
+        tensor where it exceeds R. 1 up to step `gradient_decay_steps`. A diagnostic: the
+        largest value a run reached says whether a restart threshold would have fired in it,
+        without running each threshold (keras_fit.py reports it)."""
+        if not self.gradient_decay:
+            raise ValueError("gradient_rms_ratio reads the averages of the gradient decay, "
+                             "which a net with gradient_decay=0 does not keep.")
+        power, power_reference = state[3 + 2 * len(self.layers):][:2]
+        return tf.sqrt(self._unclamped_ratio(state[2], power, power_reference)[0])
+
     def decay_rate(self, state):
         """`learning_rate` times the decay in time: the nominal step without the learned factor
         (about 3.5x on kernels) or the gradient decay, so that a weight decay shrinks variables

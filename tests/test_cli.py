@@ -659,6 +659,42 @@ def test_keras_fit_second_task_carries_the_optimizer_over_or_renews_it(mnist_dat
         assert np.isfinite(epochs[0]["test_loss"])
 
 
+def test_keras_fit_gradient_ratio_is_the_largest_over_every_step_and_tensor():
+    """--gradient_ratio's callback reads `gradient_rms_ratio` after every step of `fit`: what
+    it reports is the largest over the steps and tensors as read step by step (a burst of
+    large gradients mid-run, not the last step's), and `take()` then forgets it."""
+    import keras
+    import tensorflow as tf
+
+    keras_fit = keras_fit_with_flags_parsed()
+    net = l2l_tf.networks.TensorwiseLSTM(layers=(4,), decay_steps=3, gradient_decay=2.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 5)).astype(np.float32)
+    scale = np.repeat([1.0] * 5 + [30.0] * 3 + [1.0] * 8, 8).astype(np.float32)
+    y = (scale * x.sum(axis=1))[:, None]
+
+    def fresh_model():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3),
+                                  keras.layers.Dense(1)])
+        model.compile(optimizer=l2l_tf.LearnedOptimizer(nets={"n": net}, seed=0), loss="mse")
+        return model
+
+    monitor = keras_fit.LargestGradientRatio()
+    fresh_model().fit(x, y, batch_size=8, shuffle=False, epochs=1, verbose=0,
+                      callbacks=[monitor])
+    reported = monitor.take()
+    model = fresh_model()
+    read = []
+    for batch in range(16):
+        model.train_on_batch(x[8 * batch:8 * batch + 8], y[8 * batch:8 * batch + 8])
+        read.append(max(float(net.gradient_rms_ratio([tf.convert_to_tensor(s) for s in states]))
+                        for states in model.optimizer.states))
+    assert read[:3] == [1.0] * 3 and max(read) > 1.2 * read[-1] > 2
+    np.testing.assert_allclose(reported, max(read), rtol=1e-5)
+    assert np.isnan(monitor.take())
+
+
 def test_keras_fit_fine_tuning_table_names_its_digits(tmp_path, mnist_data_dir):
     output = tmp_path / "fit.md"
     result = script("keras_fit.py", "--models=quickstart", "--pretrain_classes=0,1,2,3,4",

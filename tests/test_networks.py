@@ -501,11 +501,13 @@ def test_a_tensor_whose_gradients_rise_restart_ratio_fold_starts_afresh():
         states = {net: net.initial_state((5, 4)) for net in steps}
         fresh_state = None
         restarted_at = []
+        plain_ratios = []  # what the plain net's step read: the restart's test, unclamped
         for t, scale in enumerate([1.0] * 5 + [0.1] * 300 + [later_scale] * 60, start=1):
             gradient = tf.constant((scale * rng.normal(size=(5, 4))).astype(np.float32))
             updates = {}
             for net in steps:
                 updates[net], states[net] = steps[net](weights, gradient, states[net])
+            plain_ratios.append(float(plain.gradient_rms_ratio(states[plain])))
             if fresh_state is not None:
                 fresh_update, fresh_state = steps[restarting](weights, gradient, fresh_state)
                 np.testing.assert_allclose(updates[restarting].numpy(), fresh_update.numpy(),
@@ -517,16 +519,23 @@ def test_a_tensor_whose_gradients_rise_restart_ratio_fold_starts_afresh():
                 assert all(not np.any(entry.numpy()) for entry in states[restarting])
                 restarted_at.append(t)
                 fresh_state = restarting.initial_state((5, 4))
+        # The diagnostic reads the restart's test off the state: the restart comes at the
+        # first step whose ratio exceeds R (until then both nets have the same state).
+        exceeds = [t for t, ratio in enumerate(plain_ratios, start=1) if ratio > 10]
+        assert restarted_at[:1] == exceeds[:1]
         if restarts:
             assert len(restarted_at) == 1 and 306 < restarted_at[0] < 330, restarted_at
             # The plain net stays stopped; the restarted one takes a fresh net's steps.
             assert np.abs(updates[plain].numpy()).max() < 1e-2 * np.abs(fresh_update.numpy()).max()
         else:
-            assert restarted_at == []
+            assert restarted_at == [] and 0.5 < max(plain_ratios) < 10
     with pytest.raises(ValueError, match="restart_ratio .* above 1"):
         networks.TensorwiseLSTM(**options, restart_ratio=1.0)
     with pytest.raises(ValueError, match="set gradient_decay too"):
         networks.TensorwiseLSTM(layers=(6,), decay_steps=5, restart_ratio=10)
+    without_decay = networks.TensorwiseLSTM(layers=(6,))
+    with pytest.raises(ValueError, match="gradient_decay=0 does not keep"):
+        without_decay.gradient_rms_ratio(without_decay.initial_state((5, 4)))
 
 
 @pytest.mark.parametrize("slack", [1.0, 1.5])
