@@ -582,13 +582,9 @@ class TensorwiseLSTM(LSTMNet):
         update = -step_size * (adam_step + gradient_weight * normalised)
         new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch)
         if self.restart_ratio is not None:  # validated: only with the gradient decay
-            # A `tf.cond`, not a select on every entry: a select changed how XLA fuses the
-            # step, and its updates drifted from the net without a restart by rounding from
-            # step 3 on (up to 4% of test loss after 20 epochs); with the cond a restart that
-            # does not fire changes no bit (BUILD_NOTES.md, "Session 39").
-            new_state = tf.cond(ratio_of_powers > self.restart_ratio ** 2,
-                                lambda: tuple(tf.zeros_like(entry) for entry in new_state),
-                                lambda: new_state)
+            restart = ratio_of_powers > self.restart_ratio ** 2
+            new_state = tuple(tf.where(restart, tf.zeros_like(entry), entry)
+                              for entry in new_state)
         return update, new_state
 
     def gradient_rms_ratio(self, state):
