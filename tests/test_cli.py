@@ -699,9 +699,13 @@ def test_keras_fit_fine_tuning_table_names_its_digits(tmp_path, mnist_data_dir):
     output = tmp_path / "fit.md"
     result = script("keras_fit.py", "--models=quickstart", "--pretrain_classes=0,1,2,3,4",
                     "--pretrain_epochs=1", "--train_examples=512", "--epochs=2", "--seeds=0",
-                    "--adam_grid=0.001", "--optimizers=default@1", f"--output={output}")
+                    "--adam_grid=0.001", "--optimizers=default@1", "--gradient_ratio",
+                    f"--output={output}")
     assert result.returncode == 0, result.stderr
     text = output.read_text()
+    # 8 steps, all before the default's reference step 700: the ratio is 1 by definition.
+    ratios = text.split("Largest gradient RMS ratio")[1].split("\n\n")[1].splitlines()
+    assert ratios == ["| model | default 1 |", "| --- | --- |", "| quickstart | 1.00 (1.00) |"]
     assert ("MNIST's digits 5-9 only (training, validation and test), fine-tuned from Adam() "
             "after 1 epochs on the train split's 25,") in text
     assert "trained on the first 512 images of the train split's digits 5-9" in text
