@@ -498,6 +498,11 @@ class TensorwiseLSTM(LSTMNet):
                 + ((1,),) * ((5 if self.burstiness_gate else 2) + self._holds_lowest_ratio))
 
     @property
+    def _power_slot(self):
+        """Where p (then p_ref) sits in the state: after m, v, t and the LSTM's h, c."""
+        return 3 + 2 * len(self.layers)
+
+    @property
     def _holds_lowest_ratio(self):
         """Whether the state keeps the lowest gradient ratio so far (the slot `d`)."""
         return self.gradient_stop_latch or self.gradient_decay_latch is not None
@@ -529,8 +534,8 @@ class TensorwiseLSTM(LSTMNet):
 
     def step(self, weights, gradient, state):
         m, v, t = state[:3]
-        lstm_state = state[3:3 + 2 * len(self.layers)]
-        power, power_reference, *rest = state[3 + 2 * len(self.layers):]
+        lstm_state = state[3:self._power_slot]
+        power, power_reference, *rest = state[self._power_slot:]
         burstiness, latch = (rest[:3], rest[3:]) if self.burstiness_gate else ((), rest)
         t = t + 1.0
         m = self.beta1 * m + (1.0 - self.beta1) * gradient
@@ -597,7 +602,7 @@ class TensorwiseLSTM(LSTMNet):
         if not self.gradient_decay:
             raise ValueError("gradient_rms_ratio reads the averages of the gradient decay, "
                              "which a net with gradient_decay=0 does not keep.")
-        power, power_reference = state[3 + 2 * len(self.layers):][:2]
+        power, power_reference = state[self._power_slot:self._power_slot + 2]
         return tf.sqrt(self._unclamped_ratio(state[2], power, power_reference)[0])
 
     def decay_rate(self, state):
