@@ -831,8 +831,8 @@ def report(results, optimizers, seeds, report_epochs, sizes):
             "tensor and training step (mean over seeds; largest seed): `restart_ratio=R` "
             "would have fired in a run of a net without it exactly where this exceeds R (a "
             "restart zeroes the averages, so a restarting net's own restarts do not show). "
-            "--gradient_ratio; \"-\": not recorded, or a net without the gradient decay:", results, models, learned,
-            lambda runs: largest_ratio(runs, seeds))
+            "--gradient_ratio; \"-\": not recorded, or a net without the gradient decay:",
+            results, models, learned, lambda runs: largest_ratio(runs, seeds))
     first = 1 if FLAGS.epochs > 1 else 0
     lines += optimizer_table(
         "Wall time of one epoch's `fit`, seconds (median over seeds and epochs; the first "
