@@ -64,6 +64,19 @@ class Net:
         """Returns `(update, new_state)` for `gradient` (float32, the parameter's shape)."""
         raise NotImplementedError
 
+    def restarted(self, state):
+        """`state` as the net's restart rule leaves it after a step (`TensorwiseLSTM`'s
+        `restart_ratio`): as it is, for nets without one."""
+        return state
+
+    def without_restart(self):
+        """This net without its restart rule: its `step` followed by `restarted` is this
+        net's `step`. `LearnedOptimizer` compiles the first with XLA and runs the second
+        after it: in the same XLA program the restart's selects change how XLA fuses and
+        rounds the rest of the step, and runs drifted from the net without it from the
+        third step on, though no restart fired (BUILD_NOTES.md, "Session 40")."""
+        return self
+
     def decay_rate(self, state):
         """The step size that scales a decoupled weight decay (AdamW's learning rate) at the
         step after `state`, or None for a net without a nominal step size (the paper's LSTMs,
@@ -586,11 +599,20 @@ class TensorwiseLSTM(LSTMNet):
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
         new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch)
-        if self.restart_ratio is not None:  # validated: only with the gradient decay
-            restart = ratio_of_powers > self.restart_ratio ** 2
-            new_state = tuple(tf.where(restart, tf.zeros_like(entry), entry)
-                              for entry in new_state)
-        return update, new_state
+        return update, self.restarted(new_state)
+
+    def restarted(self, state):
+        """`state`, or zeros where `gradient_rms_ratio(state)` exceeds `restart_ratio`: after
+        step `gradient_decay_steps` the state's p_ref no longer changes, so that is the ratio
+        the step read."""
+        if self.restart_ratio is None:
+            return state
+        restart = self.gradient_rms_ratio(state) > self.restart_ratio
+        return tuple(tf.where(restart, tf.zeros_like(entry), entry) for entry in state)
+
+    def without_restart(self):
+        return type(self)(**{**self.get_config(), "restart_ratio": None,
+                             "initializer": self.initializer})
 
     def gradient_rms_ratio(self, state):
         """The tensor's gradient RMS (its mean square averaged over about 100 steps) over its

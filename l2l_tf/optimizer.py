@@ -142,9 +142,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                         "kernel_regularizer=keras.regularizers.L2(...))."
                     )
         self._pending_values = {}
+        # Each net's step without its restart rule, which `update_step` applies after it
+        # (`Net.without_restart` says why).
         self._learned_updates = {
-            net_name: (compiled_learned_update(net) if self.jit_compile
-                       else functools.partial(learned_update, net))
+            net_name: (compiled_learned_update(net.without_restart()) if self.jit_compile
+                       else functools.partial(learned_update, net.without_restart()))
             for net_name, net in self.nets.items()}
 
     @classmethod
@@ -217,6 +219,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             tf.cast(learning_rate, tf.float32),
             weight_decay,
         )
+        new_state = self.nets[net_name].restarted(new_state)
 
         # Non-finite steps were undone inside the compiled update (a select there costs no
         # measurable time); a `tf.cond` here took ~23 ms per variable to trace.

@@ -113,6 +113,31 @@ def test_optimizers_with_the_same_net_share_one_compiled_update_and_its_traces()
     assert not np.array_equal(before, model.trainable_variables[0].numpy())
 
 
+def test_a_restart_rule_that_never_fires_changes_no_bit_of_a_fit():
+    """The default's net with a `restart_ratio` that no gradient reaches fits a model to the
+    same bits as the default: the restart runs after the XLA-compiled step, which is the
+    default's own (compiled in the same program, it drifted from the third step on)."""
+    default = l2l_tf.LearnedOptimizer()
+    net = default.nets["tensorwise"]
+    never = type(net)(**{**net.get_config(), "restart_ratio": 1e6,
+                         "initializer": net.initializer})
+    rng = np.random.default_rng(0)
+    x = rng.random((128 * 8, 784), np.float32)
+    y = rng.integers(0, 10, 128 * 8)
+    with_rule = l2l_tf.LearnedOptimizer(nets={"tensorwise": never})
+    assert with_rule._learned_updates["tensorwise"] is default._learned_updates["tensorwise"]
+    weights = []
+    for optimizer in (default, with_rule):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(20, activation="relu"),
+                                  keras.layers.Dense(10)])
+        model.compile(optimizer=optimizer, loss=LOSS)
+        model.fit(x, y, batch_size=128, epochs=1, shuffle=False, verbose=0)
+        weights.append([v.numpy() for v in model.trainable_variables])
+    for with_rule, without in zip(*weights):
+        np.testing.assert_array_equal(with_rule, without)
+
+
 def test_a_dense_layer_on_sequences_trains_through_a_partial_last_batch():
     """A Dense kernel applied to [batch, time, features] (every transformer block) gets a
     gradient of static shape [None, units] in the train step Keras traces for a partial last
