@@ -134,8 +134,8 @@ def test_a_restart_rule_that_never_fires_changes_no_bit_of_a_fit():
         model.compile(optimizer=optimizer, loss=LOSS)
         model.fit(x, y, batch_size=128, epochs=1, shuffle=False, verbose=0)
         weights.append([v.numpy() for v in model.trainable_variables])
-    for with_rule, without in zip(*weights):
-        np.testing.assert_array_equal(with_rule, without)
+    for default_weight, with_rule_weight in zip(*weights):
+        np.testing.assert_array_equal(with_rule_weight, default_weight)
 
 
 def test_a_dense_layer_on_sequences_trains_through_a_partial_last_batch():
