@@ -607,8 +607,11 @@ class TensorwiseLSTM(LSTMNet):
         the step read."""
         if self.restart_ratio is None:
             return state
+        # A product with 0 or 1: one op per entry where a select took two (its zeros), and
+        # outside XLA every op counts; exact where the state is finite, as it always is.
         restart = self.gradient_rms_ratio(state) > self.restart_ratio
-        return tuple(tf.where(restart, tf.zeros_like(entry), entry) for entry in state)
+        keep = tf.cast(tf.logical_not(restart), tf.float32)
+        return tuple(entry * keep for entry in state)
 
     def without_restart(self):
         return type(self)(**{**self.get_config(), "restart_ratio": None,
