@@ -836,7 +836,10 @@ def report(results, optimizers, seeds, report_epochs, sizes):
     first = 1 if FLAGS.epochs > 1 else 0
     lines += optimizer_table(
         "Wall time of one epoch's `fit`, seconds (median over seeds and epochs; the first "
-        "epoch, which compiles, left out when there are more):", results, models, optimizers,
+        "epoch, which compiles, left out when there are more). Each run is timed as it was "
+        "made, often with other jobs sharing the machine, so columns made in different "
+        "sessions do not compare; `experiments/benchmark.py` times steps on an idle "
+        "machine:", results, models, optimizers,
         lambda runs: f"{np.median([r['seconds'] for s in seeds for r in runs[s][first:]]):.2f}")
     return "\n".join(lines) + "\n"
 
