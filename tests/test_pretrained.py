@@ -34,9 +34,10 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
             config["gradient_decay_steps"], config["burstiness_gate"],
             config["burstiness_threshold"], config["gradient_stop"],
             config["gradient_stop_exponent"], config["gradient_stop_latch"],
-            config["gradient_decay_latch"]) == (1400, 100, 2.0, 700, 4, 1.4, 0.3, 8, True, 1.1)
+            config["gradient_decay_latch"], config["restart_ratio"]) == (
+                1400, 100, 2.0, 700, 4, 1.4, 0.3, 8, True, 1.1, 4.0)
     with open(os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"),
-              "rb") as shipped, open(os.path.join(CANDIDATES, "gradient-latch1.1",
+              "rb") as shipped, open(os.path.join(CANDIDATES, "restart4",
                                                   "tensorwise.npz"), "rb") as candidate:
         assert shipped.read() == candidate.read()  # the file its measurements were made with
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
@@ -71,7 +72,7 @@ def test_the_readme_s_long_run_recipe_is_the_default_with_later_decays():
                                         "gradient_decay_steps": 2000,
                                         "burstiness_threshold": 1.0, "gradient_stop": 0.0,
                                         "gradient_stop_latch": False,
-                                        "gradient_decay_latch": None},
+                                        "gradient_decay_latch": None, "restart_ratio": None},
                                      initializer=weights)
     as_file = l2l_tf.LearnedOptimizer.from_pretrained(
         os.path.join(CANDIDATES, "long-run")).nets["tensorwise"]
@@ -158,7 +159,9 @@ def test_the_candidate_without_the_gradient_term_steps_along_adam_s_direction():
     candidate = os.path.join(CANDIDATES, "no-gradient-term")
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
-    assert networks.TensorwiseLSTM(**options).get_config() == default.get_config()
+    # made from the default of its time (session 36), before the restart shipped
+    assert networks.TensorwiseLSTM(**options).get_config() == {
+        **default.get_config(), "restart_ratio": None}
     for module, fields in default.initializer.items():
         for field, value in fields.items():
             expected = np.array(value)
@@ -192,7 +195,8 @@ def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
     100-fold, as a model's do when it has fit its training set, it is a fraction of it."""
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
     options = {**default.get_config(), "gradient_decay": 0.0, "burstiness_gate": 0.0,
-               "gradient_stop": 0.0, "gradient_stop_latch": False, "gradient_decay_latch": None}
+               "gradient_stop": 0.0, "gradient_stop_latch": False, "gradient_decay_latch": None,
+               "restart_ratio": None}
     plain = networks.TensorwiseLSTM(**options, initializer=default.initializer)
     steps = {net: tf.function(net.step) for net in (default, plain)}
     rng = np.random.default_rng(0)
