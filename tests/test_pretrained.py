@@ -135,10 +135,10 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     a steeper gradient decay; the seventh, that default with a stop below a gradient ratio
     of 0.3, was the default in session 29; the eighth, that stop latched at its deepest, was
     the default in sessions 30-31; the ninth latches the gradient decay too, and the tenth,
-    the default since session 32, lets it rise 1.1x above its lowest; the eleventh is that
-    default with a warm-up of 400 steps instead of 100; the twelfth and thirteenth are that default
-    with a restart where a tensor's gradients grow tenfold or fourfold past step 700's
-    (session 38)."""
+    the default in sessions 32-43, lets it rise 1.1x above its lowest; the eleventh is that
+    default with a warm-up of 400 steps instead of 100; the twelfth and thirteenth are that
+    default with a restart where a tensor's gradients grow tenfold or fourfold past step
+    700's (session 38), and the thirteenth is the default since session 44."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
