@@ -37,24 +37,27 @@ kernel (whose reported losses are the data's alone, without the penalty it train
 Data: --train_examples keeps only the first images of the training part, for the small-data
 regime, where a model memorises its training set within fewer steps than the default's decays
 count on (the README's "Small datasets" table trains on 5,000). --dataset trains on a data set
-other than MNIST, one that scikit-learn ships (no download; the `experiments` extra installs
-it), for what no optimizer here was made on: the 8 x 8 digits, or the breast cancer, wine and
-diabetes tables (the last a regression). Their examples are shuffled once (the same split for
-every seed), the last fifth is the test split, the fifth before it validation, and the
-features (and the regression's target) are standardised with the training examples' mean and
-deviation, as a user would; the models that read a 28 x 28 image (`MNIST_MODELS`) are MNIST's
-alone, the dense ones take any width. --label_noise gives a fraction of the training and
-validation examples a wrong class, as labelling mistakes do in real data sets (the test split
-keeps its true labels): a faster optimizer may fit the mistakes sooner. --pretrain_classes
-measures fine-tuning, the other common way Keras users train: every model is first trained
-with Adam() on some digits (the same weights for every optimizer of a seed), then gets a new
-last layer (its initial draw) and each optimizer trains it on the other digits, with every
-layer trainable or (--fine_tune=head) only the new one, as Keras's transfer-learning guide
-does first; validation and test hold only the new digits. --fine_tune=continue measures a
-second task instead: each optimizer first trains the model itself on those digits, then goes
-on to the others with the same optimizer (its states and step count carried over) and the
-same last layer, as calling `fit` again on new data does; --fine_tune=renew gives the second
-task a new optimizer of the same kind.
+other than MNIST, one that scikit-learn ships or generates (no download; the `experiments`
+extra installs it), for what no optimizer here was made on: the 8 x 8 digits, the breast
+cancer, wine and diabetes tables (the last a regression), or two generated data sets of
+MNIST's size (60,000 examples) and nothing else of it, drawn once (`GENERATED_DATASETS`):
+`classification`, 40 Gaussian features for 10 classes (`make_classification`), and
+`friedman1`, a nonlinear regression of 10 uniform features (`make_friedman1`). Their examples
+are shuffled once (the same split for every seed), the last fifth is the test split, the fifth
+before it validation, and the features (and the regression's target) are standardised with the
+training examples' mean and deviation, as a user would; the models that read a 28 x 28 image
+(`MNIST_MODELS`) are MNIST's alone, the dense ones take any width. --label_noise gives a
+fraction of the training and validation examples a wrong class, as labelling mistakes do in
+real data sets (the test split keeps its true labels): a faster optimizer may fit the mistakes
+sooner. --pretrain_classes measures fine-tuning, the other common way Keras users train: every
+model is first trained with Adam() on some digits (the same weights for every optimizer of a
+seed), then gets a new last layer (its initial draw) and each optimizer trains it on the other
+digits, with every layer trainable or (--fine_tune=head) only the new one, as Keras's
+transfer-learning guide does first; validation and test hold only the new digits.
+--fine_tune=continue measures a second task instead: each optimizer first trains the model
+itself on those digits, then goes on to the others with the same optimizer (its states and
+step count carried over) and the same last layer, as calling `fit` again on new data does;
+--fine_tune=renew gives the second task a new optimizer of the same kind.
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine|:plateau]`: `name` is
@@ -110,10 +113,22 @@ TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "clas
 MNIST_MODELS = ("cnn", "cnn_augmented", "cnn_bn", "lstm_rows", "keras_cnn", "transformer",
                 "resnet", "pixel_bag", "autoencoder", "regression", "gru_rows", "conv1d_rows",
                 "separable_cnn")
-# scikit-learn's bundled data sets (its `load_<name>`) and the task each is.
-BUNDLED_DATASETS = {"digits": "classify", "breast_cancer": "classify", "wine": "classify",
-                    "diabetes": "regress"}
-BUNDLED_SPLIT_SEED = 0  # the one shuffle of a bundled data set, whatever --seeds says
+# scikit-learn's data sets, to be had offline: tables it ships (its `load_<name>`) and data it
+# generates (its `make_<name>`, with `GENERATED_DATASETS`'s arguments), and the task each is.
+SKLEARN_DATASETS = {"digits": "classify", "breast_cancer": "classify", "wine": "classify",
+                    "diabetes": "regress", "classification": "classify", "friedman1": "regress"}
+# MNIST's size, nothing else of it: 40 Gaussian features, 20 of them informative, for 10
+# classes of 2 clusters each, 2% of the labels random; and Friedman's smooth nonlinear
+# regression of 10 uniform features, 5 of them used, with noise.
+GENERATED_DATASETS = {
+    "classification": {"n_samples": 60000, "n_features": 40, "n_informative": 20,
+                       "n_redundant": 10, "n_classes": 10, "n_clusters_per_class": 2,
+                       "flip_y": 0.02},
+    "friedman1": {"n_samples": 60000, "n_features": 10, "noise": 1.0},
+}
+# The one draw and shuffle of a scikit-learn data set, whatever --seeds says. Cached runs are
+# keyed by a data set's name: other arguments or another seed need another name.
+SKLEARN_SPLIT_SEED = 0
 LABEL_NOISE_SEED = 0  # the one draw of --label_noise's wrong labels, whatever --seeds says
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
 SCHEDULES = ("cosine", "plateau")  # besides a constant rate; see the module docstring
@@ -121,9 +136,9 @@ L2_PENALTY = 1e-3  # mlp_l2's, that of TensorFlow's "Overfit and underfit" tutor
 PLATEAU = {"monitor": "val_loss", "factor": 0.3, "patience": 1}  # the README's advice
 PRETRAINED_WEIGHTS = {}  # (model, seed): weights after --pretrain_classes, made once a process
 
-flags.DEFINE_enum("dataset", "mnist", ["mnist", *BUNDLED_DATASETS],
-                  "MNIST (from TFDS_DATA_DIR), or one of scikit-learn's bundled data sets (see "
-                  "the module docstring).")
+flags.DEFINE_enum("dataset", "mnist", ["mnist", *SKLEARN_DATASETS],
+                  "MNIST (from TFDS_DATA_DIR), or a data set scikit-learn ships or generates "
+                  "(see the module docstring).")
 flags.DEFINE_list("models", list(MODELS), "Models to train, of "
                   f"{', '.join(ALL_MODELS)} (on a --dataset other than mnist: "
                   "those not in MNIST_MODELS, by default the dense ones among the first eight).")
@@ -347,7 +362,7 @@ def label(optimizer):
 
 
 def model_names():
-    """--models; on a bundled data set, unless given, the dense ones among `MODELS`."""
+    """--models; on a scikit-learn data set, unless given, the dense ones among `MODELS`."""
     if FLAGS.dataset == "mnist" or FLAGS["models"].present:
         return FLAGS.models
     return [name for name in MODELS if name not in MNIST_MODELS]
@@ -439,33 +454,37 @@ def split_train_validation(images, labels, validation_examples, train_examples=0
 
 
 @functools.cache
-def bundled_splits(dataset):
-    """`{"train", "test"}: (x float32, y)` of scikit-learn's `load_<dataset>`, shuffled once
-    (`BUNDLED_SPLIT_SEED`), its last fifth the test split; y is int32, or float32 for a
-    regression."""
+def sklearn_splits(dataset):
+    """`{"train", "test"}: (x float32, y)` of scikit-learn's `load_<dataset>` or (drawn with
+    `SKLEARN_SPLIT_SEED`) `make_<dataset>`, shuffled once (`SKLEARN_SPLIT_SEED`), its last
+    fifth the test split; y is int32, or float32 for a regression."""
     from sklearn import datasets
 
-    x, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
-    order = np.random.default_rng(BUNDLED_SPLIT_SEED).permutation(len(y))
+    if dataset in GENERATED_DATASETS:
+        x, y = getattr(datasets, f"make_{dataset}")(random_state=SKLEARN_SPLIT_SEED,
+                                                    **GENERATED_DATASETS[dataset])
+    else:
+        x, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
+    order = np.random.default_rng(SKLEARN_SPLIT_SEED).permutation(len(y))
     x = x[order].astype(np.float32)
-    y = y[order].astype(np.float32 if BUNDLED_DATASETS[dataset] == "regress" else np.int32)
+    y = y[order].astype(np.float32 if SKLEARN_DATASETS[dataset] == "regress" else np.int32)
     end = len(y) - len(y) // 5
     return {"train": (x[:end], y[:end]), "test": (x[end:], y[end:])}
 
 
 def validation_size():
-    """--validation_examples, or its default: 10,000 on MNIST, a quarter of a bundled data
-    set's train split."""
+    """--validation_examples, or its default: 10,000 on MNIST, a quarter of a scikit-learn
+    data set's train split."""
     if FLAGS.validation_examples:
         return FLAGS.validation_examples
     if FLAGS.dataset == "mnist":
         return 10000
-    return len(bundled_splits(FLAGS.dataset)["train"][1]) // 4
+    return len(sklearn_splits(FLAGS.dataset)["train"][1]) // 4
 
 
 def load_data():
     """`{"train", "validation", "test"}: (x [n, width] float32, y)`: MNIST's pixels in [0, 1],
-    or a bundled data set's features (and a regression's target) standardised with the
+    or a scikit-learn data set's features (and a regression's target) standardised with the
     training examples' mean and deviation."""
     if FLAGS.dataset == "mnist":
         arrays = {}
@@ -473,7 +492,7 @@ def load_data():
             images, labels = problems.load_tfds("mnist", mode)
             arrays[mode] = (images.reshape(-1, 784).astype(np.float32) / 255.0, labels)
     else:
-        arrays = bundled_splits(FLAGS.dataset)
+        arrays = sklearn_splits(FLAGS.dataset)
     if FLAGS.pretrain_classes:
         return fine_tuning_splits(arrays)
     train, validation = split_train_validation(*arrays["train"], validation_size(),
@@ -483,7 +502,7 @@ def load_data():
         data = with_label_noise(data, FLAGS.label_noise)
     if FLAGS.dataset == "mnist":
         return data
-    return standardised(data, regress=BUNDLED_DATASETS[FLAGS.dataset] == "regress")
+    return standardised(data, regress=SKLEARN_DATASETS[FLAGS.dataset] == "regress")
 
 
 def fine_tuning_splits(arrays):
@@ -535,16 +554,16 @@ def standardised(data, regress):
 
 
 def task_of(model_name, dataset):
-    """The task ("classify", "reconstruct" or "regress"): a bundled data set's own, else the
-    model's on MNIST (`TASKS`)."""
-    return BUNDLED_DATASETS.get(dataset) or TASKS.get(model_name, "classify")
+    """The task ("classify", "reconstruct" or "regress"): a scikit-learn data set's own, else
+    the model's on MNIST (`TASKS`)."""
+    return SKLEARN_DATASETS.get(dataset) or TASKS.get(model_name, "classify")
 
 
 def model_on_dataset(model_name, dataset):
-    """`build_model(model_name)` for `dataset`: a bundled one sets its width, task and classes."""
+    """`build_model(model_name)` for `dataset`: scikit-learn's set its width, task and classes."""
     if dataset == "mnist":
         return build_model(model_name)
-    x, y = bundled_splits(dataset)["train"]
+    x, y = sklearn_splits(dataset)["train"]
     task = task_of(model_name, dataset)
     return build_model(model_name, x.shape[1], task, int(y.max()) + 1 if task == "classify" else 1)
 
@@ -741,12 +760,16 @@ def report(results, optimizers, seeds, report_epochs, sizes):
                   + ("; the regression's squared error of the digit's value (no accuracy)"
                      if "regression" in models else "") + ".")
     else:
-        data = (f"scikit-learn's {FLAGS.dataset} data set, shuffled once, its features "
-                "standardised with the training examples' mean and deviation; trained on the "
-                f"first {sizes['train']:,} examples of its train split")
+        generated = GENERATED_DATASETS.get(FLAGS.dataset, {})
+        drawn = "".join(f"{name}={value}, " for name, value in generated.items())
+        data = (f"scikit-learn's {FLAGS.dataset} data set"
+                + (f" ({drawn}seed {SKLEARN_SPLIT_SEED})" if generated else "")
+                + ", shuffled once, its features standardised with the training examples' "
+                f"mean and deviation; trained on the first {sizes['train']:,} examples of its "
+                "train split")
         losses = {"classify": " Loss: cross-entropy.",
                   "regress": " Loss: the squared error of the standardised target (no "
-                             "accuracy)."}[BUNDLED_DATASETS[FLAGS.dataset]]
+                             "accuracy)."}[SKLEARN_DATASETS[FLAGS.dataset]]
     if FLAGS.pretrain_classes:
         source, target = fine_tune_classes()
         first_task = (f"{FLAGS.pretrain_epochs} epochs on the train split's "

@@ -527,8 +527,8 @@ def test_keras_fit_holds_out_a_bundled_data_set_s_test_split_and_standardises_wi
     from absl.testing import flagsaver
 
     keras_fit = keras_fit_with_flags_parsed()
-    raw_x, raw_y = keras_fit.bundled_splits("wine")["train"]
-    raw_test_x, raw_test_y = keras_fit.bundled_splits("wine")["test"]
+    raw_x, raw_y = keras_fit.sklearn_splits("wine")["train"]
+    raw_test_x, raw_test_y = keras_fit.sklearn_splits("wine")["test"]
     assert (len(raw_y), len(raw_test_y)) == (143, 35)
     with flagsaver.flagsaver(dataset="wine"):
         data = keras_fit.load_data()
@@ -547,13 +547,45 @@ def test_keras_fit_holds_out_a_bundled_data_set_s_test_split_and_standardises_wi
     with flagsaver.flagsaver(dataset="diabetes", train_examples=100):
         data = keras_fit.load_data()
         model = keras_fit.model_on_dataset("mlp_relu", "diabetes")
-    raw_y = keras_fit.bundled_splits("diabetes")["train"][1]
+    raw_y = keras_fit.sklearn_splits("diabetes")["train"][1]
     assert data["train"][1].dtype == np.float32 and len(data["train"][1]) == 100
     np.testing.assert_allclose(data["train"][1].mean(), 0, atol=1e-5)
-    np.testing.assert_allclose(data["test"][1], (keras_fit.bundled_splits("diabetes")["test"][1]
+    np.testing.assert_allclose(data["test"][1], (keras_fit.sklearn_splits("diabetes")["test"][1]
                                                  - raw_y[:100].mean()) / raw_y[:100].std(),
                                rtol=1e-5, atol=1e-5)
     assert tuple(model(data["test"][0]).shape) == (88, 1)
+
+
+def test_keras_fit_generates_its_two_data_sets_once_at_mnist_s_size():
+    """--dataset=classification and friedman1: scikit-learn's generators with the arguments
+    the module names, drawn with the one seed whatever --seeds says (the same examples in
+    every process), split as the shipped tables are and standardised on training alone."""
+    from absl.testing import flagsaver
+    from sklearn import datasets
+
+    keras_fit = keras_fit_with_flags_parsed()
+    for name, width, classes in [("classification", 40, 10), ("friedman1", 10, None)]:
+        keras_fit.sklearn_splits.cache_clear()  # a second draw, as another process makes
+        (x, y), (test_x, test_y) = keras_fit.sklearn_splits(name).values()
+        drawn_x, drawn_y = getattr(datasets, f"make_{name}")(
+            random_state=0, **keras_fit.GENERATED_DATASETS[name])
+        order = np.random.default_rng(0).permutation(60000)
+        np.testing.assert_array_equal(np.concatenate([x, test_x]),
+                                      drawn_x[order].astype(np.float32))
+        np.testing.assert_array_equal(np.concatenate([y, test_y]), drawn_y[order].astype(y.dtype))
+        with flagsaver.flagsaver(dataset=name, seeds=["3"]):
+            data = keras_fit.load_data()
+            model = keras_fit.model_on_dataset("mlp_relu", name)
+        assert {split: len(y) for split, (_, y) in data.items()} == {
+            "train": 36000, "validation": 12000, "test": 12000}
+        np.testing.assert_allclose(data["train"][0].std(0), 1, rtol=1e-3)
+        assert np.abs(data["test"][0].mean(0)).max() > 1e-3  # not standardised on itself
+        if classes:
+            assert y.dtype == np.int32 and set(y) == set(range(classes))
+        else:
+            assert data["train"][1].dtype == np.float32
+            np.testing.assert_allclose(data["train"][1].std(), 1, rtol=1e-3)
+        assert tuple(model(data["test"][0][:5]).shape) == (5, classes or 1)
 
 
 def test_keras_fit_label_noise_relabels_training_and_validation_but_not_test():
