@@ -560,7 +560,8 @@ def task_of(model_name, dataset):
 
 
 def model_on_dataset(model_name, dataset):
-    """`build_model(model_name)` for `dataset`: scikit-learn's set its width, task and classes."""
+    """`build_model(model_name)` for `dataset`: a scikit-learn data set sets its width,
+    task and classes."""
     if dataset == "mnist":
         return build_model(model_name)
     x, y = sklearn_splits(dataset)["train"]

@@ -564,7 +564,7 @@ def test_keras_fit_generates_its_two_data_sets_once_at_mnist_s_size():
     from sklearn import datasets
 
     keras_fit = keras_fit_with_flags_parsed()
-    for name, width, classes in [("classification", 40, 10), ("friedman1", 10, None)]:
+    for name, classes in [("classification", 10), ("friedman1", None)]:
         keras_fit.sklearn_splits.cache_clear()  # a second draw, as another process makes
         (x, y), (test_x, test_y) = keras_fit.sklearn_splits(name).values()
         drawn_x, drawn_y = getattr(datasets, f"make_{name}")(

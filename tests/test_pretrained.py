@@ -107,6 +107,7 @@ THRESHOLD = {**GATE, "burstiness_threshold": 1.4}
 STOP = {**THRESHOLD, "gradient_stop": 0.3, "gradient_stop_exponent": 8.0}
 STOP_LATCH = {**STOP, "gradient_stop_latch": True}
 DECAY_LATCH = {**STOP_LATCH, "gradient_decay_latch": 1.1}
+RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
 
 
 @pytest.mark.parametrize("name, changed", [
@@ -123,14 +124,15 @@ DECAY_LATCH = {**STOP_LATCH, "gradient_decay_latch": 1.1}
     ("gradient-latch1.1", DECAY_LATCH),
     ("warmup400", {**DECAY_LATCH, "warmup_steps": 400.0}),
     ("restart10", {**DECAY_LATCH, "restart_ratio": 10.0}),
-    ("restart4", {**DECAY_LATCH, "restart_ratio": 4.0}),
-    ("decay700", {**DECAY_LATCH, "restart_ratio": 4.0, "decay_steps": 700.0}),
+    ("restart4", RESTART),
+    ("decay700", {**RESTART, "decay_steps": 700.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
     15", "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session
-    31", "Session 36", "Session 38" and "Session 45") change only hand-set options of the session-11
-    default, so their numbers measure those options alone; they load by path like any saved nets. The second
+    31", "Session 36", "Session 38" and "Session 45") change only hand-set options of the
+    session-11 default, so their numbers measure those options alone; they load by path like
+    any saved nets. The second
     was the default in sessions 16-18, the third in session 19; the fourth in sessions
     20-28; the fifth is the README's long-run recipe; the sixth is session 28's default with
     a steeper gradient decay; the seventh, that default with a stop below a gradient ratio
