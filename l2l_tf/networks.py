@@ -380,6 +380,23 @@ class TensorwiseLSTM(LSTMNet):
     gradients are many times those of a fitted model; within one task the gradient power
     stays below step `gradient_decay_steps`'s or close to it.
 
+    `drift_brake` (q0, or 0: off) slows a tensor whose parameters have stopped drifting and
+    only jitter: after step `drift_brake_steps` its step is multiplied by `clip(q / q0,
+    DRIFT_BRAKE_FLOOR, 1)`, `q` the average over about the last 100 steps of `<D, u>` over
+    that of `|u|^2 / 2`, u the tensor's update and D its displacement from the average of
+    its last ~100 values (kept from the updates alone: `D <- 0.99 (D + u)`), both as the
+    last step left them. While a tensor moves one way its updates follow its displacement
+    and q is large (6-140 on MNIST's and generated classifiers, and on regressions that
+    still fit; 3-12 on MNIST's autoencoder). Where the loss has reached the floor that
+    minibatch noise leaves, the updates go back and forth about a point and q falls to
+    about 1 or below, the regime in which a smaller step gives a smaller loss (a
+    stationarity test, as in Lang et al. 2019 and Zhang et al. 2020). A noisy regression's
+    gradients keep their size there, so the gradient rules never act on it: its step
+    stayed at ~3.5x `Adam()`'s and its held-out loss 7-20% above `Adam()`'s after 5 epochs
+    (BUILD_NOTES.md, "Session 46"). A smaller step makes q rise again (the jitter relaxes
+    more slowly), so the brake settles where q is about q0. It keeps D, one more float per
+    coordinate: 3 in all, against Adam's 2.
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -398,7 +415,9 @@ class TensorwiseLSTM(LSTMNet):
     average of its squared changes and that average at `gradient_decay_steps` (b_ref = 0, as
     in a state saved before they existed, leaves the gradient decay as it was), then, only
     with `gradient_stop_latch` or `gradient_decay_latch`, `(d,)`: 1 minus the lowest `r ** 2`
-    so far (0, as in a state saved before it existed, holds nothing back).
+    so far (0, as in a state saved before it existed, holds nothing back), then, only with
+    `drift_brake`, `(D, s)`: the displacement, of the tensor's shape, and `[<D, u>, |u|^2 /
+    2]` averaged.
     """
 
     FEATURES = (
@@ -412,12 +431,16 @@ class TensorwiseLSTM(LSTMNet):
     )
     OUTPUTS = ("log step-size factor", "gradient weight")
     POWER_DECAY = 0.99  # of the gradient power average p: about the last 100 steps
+    DRIFT_DECAY = 0.99  # of the displacement D and the drift brake's averages: ~100 steps
+    DRIFT_BRAKE_FLOOR = 0.1  # the least the drift brake leaves of a step: Adam()'s kernel step
+                             # is ~0.3 of the default's, a noisy regression's best ~0.1
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
                  max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
                  gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
                  gradient_stop=0.0, gradient_stop_exponent=8.0, gradient_stop_latch=False,
-                 gradient_decay_latch=None, restart_ratio=None, initializer=None):
+                 gradient_decay_latch=None, restart_ratio=None, drift_brake=0.0,
+                 drift_brake_steps=200, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -481,6 +504,14 @@ class TensorwiseLSTM(LSTMNet):
                              "gradient RMS starts a tensor afresh, above 1, or None (off), got "
                              f"{restart_ratio!r}.")
         self._require_gradient_decay("restart_ratio", self.restart_ratio is not None)
+        self.drift_brake = float(drift_brake)
+        if not self.drift_brake >= 0:
+            raise ValueError("drift_brake is the drift ratio below which a tensor's step "
+                             f"shrinks, above 0 (or 0: off), got {drift_brake!r}.")
+        self.drift_brake_steps = float(drift_brake_steps)
+        if not self.drift_brake_steps >= 1:
+            raise ValueError("drift_brake_steps is the step after which the drift brake acts, "
+                             f"at least 1, got {drift_brake_steps!r}.")
         self._check_initializer()
 
     def _require_gradient_decay(self, name, value):
@@ -507,8 +538,10 @@ class TensorwiseLSTM(LSTMNet):
 
     def state_shapes(self, param_shape):
         lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
+        drift = ((tuple(param_shape), (2,)) if self.drift_brake else ())
         return ((tuple(param_shape), tuple(param_shape), (1,)) + lstm
-                + ((1,),) * ((5 if self.burstiness_gate else 2) + self._holds_lowest_ratio))
+                + ((1,),) * ((5 if self.burstiness_gate else 2) + self._holds_lowest_ratio)
+                + drift)
 
     @property
     def _power_slot(self):
@@ -549,6 +582,9 @@ class TensorwiseLSTM(LSTMNet):
         m, v, t = state[:3]
         lstm_state = state[3:self._power_slot]
         power, power_reference, *rest = state[self._power_slot:]
+        drift = ()
+        if self.drift_brake:
+            rest, drift = rest[:-2], rest[-2:]
         burstiness, latch = (rest[:3], rest[3:]) if self.burstiness_gate else ((), rest)
         t = t + 1.0
         m = self.beta1 * m + (1.0 - self.beta1) * gradient
@@ -598,8 +634,23 @@ class TensorwiseLSTM(LSTMNet):
                                     self.gradient_stop_exponent * gate / 2.0)
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
-        new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch)
+        if self.drift_brake:
+            update, drift = self._drift_braked(update, t, *drift)
+        new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch,
+                     *drift)
         return update, self.restarted(new_state)
+
+    def _drift_braked(self, update, t, displacement, sums):
+        """`update` times the drift brake, and the brake's new `(D, s)` (class docstring)."""
+        drift_ratio = sums[0] / (sums[1] + 1e-30)
+        brake = tf.where(t[0] > self.drift_brake_steps,
+                         tf.clip_by_value(drift_ratio / self.drift_brake,
+                                          self.DRIFT_BRAKE_FLOOR, 1.0), 1.0)
+        update = brake * update
+        rho = self.DRIFT_DECAY
+        sums = rho * sums + (1.0 - rho) * tf.stack([
+            tf.reduce_sum(displacement * update), 0.5 * tf.reduce_sum(tf.square(update))])
+        return update, (rho * (displacement + update), sums)
 
     def restarted(self, state):
         """`state`, or zeros where `gradient_rms_ratio(state)` exceeds `restart_ratio`: after
@@ -678,6 +729,8 @@ class TensorwiseLSTM(LSTMNet):
             "gradient_stop_latch": self.gradient_stop_latch,
             "gradient_decay_latch": self.gradient_decay_latch,
             "restart_ratio": self.restart_ratio,
+            "drift_brake": self.drift_brake,
+            "drift_brake_steps": self.drift_brake_steps,
         }
 
 

@@ -538,6 +538,68 @@ def test_a_tensor_whose_gradients_rise_restart_ratio_fold_starts_afresh():
         without_decay.gradient_rms_ratio(without_decay.initial_state((5, 4)))
 
 
+def drift_brake_run(curvature, steps, drift_brake_steps, slope=0.0):
+    """Runs an untrained `TensorwiseLSTM` (Adam's step) with `drift_brake=2` on a noisy
+    quadratic, `gradient = curvature * x + slope + noise` (unit noise) from x = 0, and
+    returns the updates it took, the updates the same net without the brake would take from
+    the same states, and the last x."""
+    braked = networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0,
+                                     drift_brake_steps=drift_brake_steps)
+    unbraked = networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0, drift_brake_steps=1e9)
+    weights = braked.initial_weights()
+    steps_of = {net: tf.function(net.step) for net in (braked, unbraked)}
+    rng = np.random.default_rng(0)
+    x = np.zeros((5, 4), np.float32)
+    state = braked.initial_state(x.shape)
+    taken, unbraked_updates = [], []
+    for _ in range(steps):
+        gradient = tf.constant((curvature * x + slope + rng.normal(size=x.shape))
+                               .astype(np.float32))
+        unbraked_updates.append(steps_of[unbraked](weights, gradient, state)[0].numpy())
+        update, state = steps_of[braked](weights, gradient, state)
+        taken.append(update.numpy())
+        x = x + taken[-1]
+    return np.array(taken), np.array(unbraked_updates), x
+
+
+def test_the_drift_brake_slows_a_tensor_that_jitters_about_a_point_and_not_one_that_drifts():
+    """`drift_brake=q0` multiplies a tensor's step after step `drift_brake_steps` by
+    clip(q / q0, 0.1, 1), q = avg <D, u> / avg |u|^2 / 2 over ~100 steps, D the displacement
+    from the average of the last ~100 values (D <- 0.99 (D + u)), as the last step left
+    them: checked against a NumPy reference from the updates taken. On a noisy slope the
+    parameters drift and the brake stays off; where a strong curvature holds them about the
+    minimum (q near -1, the value of a stationary process) it brakes, and the parameters
+    sit closer to the minimum than the unbraked net's."""
+    taken, unbraked, _ = drift_brake_run(curvature=1000.0, steps=400, drift_brake_steps=150)
+    displacement = np.zeros_like(taken[0])
+    sums = np.zeros(2)
+    expected = []
+    for t, update in enumerate(taken, start=1):
+        ratio = sums[0] / (sums[1] + 1e-30)
+        expected.append(np.clip(ratio / 2.0, 0.1, 1.0) if t > 150 else 1.0)
+        sums = 0.99 * sums + 0.01 * np.array([np.sum(displacement * update),
+                                              0.5 * np.sum(update ** 2)])
+        displacement = 0.99 * (displacement + update)
+    expected = np.array(expected)
+    np.testing.assert_allclose(taken, expected[:, None, None] * unbraked, rtol=1e-4, atol=1e-12)
+    assert np.all(expected[:150] == 1) and expected[200:].mean() < 0.5, expected[200:].mean()
+
+    # On a noisy slope the parameters drift: the brake never acts.
+    drifting, drifting_unbraked, _ = drift_brake_run(curvature=0.0, steps=400,
+                                                     drift_brake_steps=150, slope=0.3)
+    np.testing.assert_array_equal(drifting, drifting_unbraked)
+
+    # Jittering about the minimum, the braked parameters end closer to it.
+    _, _, braked_x = drift_brake_run(curvature=1000.0, steps=600, drift_brake_steps=150)
+    _, _, unbraked_x = drift_brake_run(curvature=1000.0, steps=600, drift_brake_steps=1e9)
+    assert np.mean(braked_x ** 2) < 0.5 * np.mean(unbraked_x ** 2)
+
+    with pytest.raises(ValueError, match="drift_brake is the drift ratio"):
+        networks.TensorwiseLSTM(layers=(6,), drift_brake=-1)
+    with pytest.raises(ValueError, match="drift_brake_steps is the step after which"):
+        networks.TensorwiseLSTM(layers=(6,), drift_brake=2, drift_brake_steps=0)
+
+
 @pytest.mark.parametrize("slack", [1.0, 1.5])
 def test_the_latched_gradient_decay_holds_near_its_lowest_ratio_when_the_gradients_grow_back(
         slack):

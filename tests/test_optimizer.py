@@ -168,9 +168,9 @@ def conv_model(seed=0):
 def tensorwise_net():
     """A TensorwiseLSTM whose output layer is not zero, so that it is not plain Adam, with a
     warm-up and decays (with the gradient from step 3, gated by its burstiness and stopped
-    below a ratio of 0.9, both latched, in time from step 4, and a restart where the
-    gradients grow past the reference) short enough to act within a test's four steps (the
-    default has all of them but the restart, later)."""
+    below a ratio of 0.9, both latched, in time from step 4, a restart where the gradients
+    grow past the reference, and a drift brake from step 3) short enough to act within a
+    test's four steps (the default has all of them but the drift brake, later)."""
     net = networks.TensorwiseLSTM(layers=(5,))
     weights = networks.weights_to_numpy(net.initial_weights(seed=1))
     weights["linear"]["w"] = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
@@ -178,7 +178,8 @@ def tensorwise_net():
                                    gradient_decay=1.0, gradient_decay_steps=2, burstiness_gate=4.0,
                                    gradient_stop=0.9, gradient_stop_exponent=4.0,
                                    gradient_stop_latch=True, gradient_decay_latch=1.2,
-                                   restart_ratio=1.01, initializer=weights)
+                                   restart_ratio=1.01, drift_brake=2.0, drift_brake_steps=2,
+                                   initializer=weights)
 
 
 # Every net class, each with the model it can update (`nets`, `net_assignments`).
