@@ -126,6 +126,7 @@ RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
     ("restart10", {**DECAY_LATCH, "restart_ratio": 10.0}),
     ("restart4", RESTART),
     ("decay700", {**RESTART, "decay_steps": 700.0}),
+    ("drift-brake2", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0}),
     ("drift-brake4", {**RESTART, "drift_brake": 4.0, "drift_brake_steps": 200.0}),
     ("drift-brake8", {**RESTART, "drift_brake": 8.0, "drift_brake_steps": 200.0}),
 ])
@@ -145,8 +146,8 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     default with a restart where a tensor's gradients grow tenfold or fourfold past step
     700's (session 38), and the thirteenth is the default since session 44; the fourteenth
     is that default with its decay in time from step 700 instead of 1400 (session 45); the
-    last two are that default with a drift brake below a drift ratio of 4 or 8 (session
-    46)."""
+    last three are that default with a drift brake below a drift ratio of 2, 4 or 8
+    (session 46)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
