@@ -133,9 +133,9 @@ RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session
     15", "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session
-    31", "Session 36", "Session 38", "Session 45" and "Session 46") change only hand-set options of the
-    session-11 default, so their numbers measure those options alone; they load by path like
-    any saved nets. The second
+    31", "Session 36", "Session 38", "Session 45" and "Session 46") change only hand-set
+    options of the session-11 default, so their numbers measure those options alone; they
+    load by path like any saved nets. The second
     was the default in sessions 16-18, the third in session 19; the fourth in sessions
     20-28; the fifth is the README's long-run recipe; the sixth is session 28's default with
     a steeper gradient decay; the seventh, that default with a stop below a gradient ratio
