@@ -628,9 +628,10 @@ def test_the_drift_brake_per_unit_slows_the_units_that_jitter_and_not_those_that
                                                          drift_brake_steps=150, slope=slope)
     np.testing.assert_array_equal(per_tensor, per_tensor_unbraked)
 
-    # A scalar has one unit: its sums are the tensor's.
+    # A bias's units are its entries; a scalar has one unit, its sums are the tensor's.
     net = networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0, drift_brake_per_unit=True)
-    assert net.state_shapes(())[-1] == (2,) and net.state_shapes((3, 5))[-1] == (2, 5)
+    assert [net.state_shapes(shape)[-1] for shape in [(3, 5), (5,), ()]] == [
+        (2, 5), (2, 5), (2,)]
     with pytest.raises(ValueError, match="drift_brake is 0: set drift_brake too"):
         networks.TensorwiseLSTM(layers=(6,), drift_brake_per_unit=True)
 
