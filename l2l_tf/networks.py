@@ -397,12 +397,6 @@ class TensorwiseLSTM(LSTMNet):
     more slowly), so the brake settles where q is about q0. It keeps D, one more float per
     coordinate: 3 in all, against Adam's 2.
 
-    `drift_brake_per_unit` reads q per output unit (the last axis; its sums run over the
-    others) instead of once per tensor. One q for a tensor part of whose units still descend
-    while the rest jitter is the descent's: it left such tensors unbraked, or braked them
-    whole, and cost MNIST's autoencoder and dropout MLP 2-4% after 20 epochs (BUILD_NOTES.md,
-    "Session 46" and "Session 47").
-
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -423,7 +417,7 @@ class TensorwiseLSTM(LSTMNet):
     with `gradient_stop_latch` or `gradient_decay_latch`, `(d,)`: 1 minus the lowest `r ** 2`
     so far (0, as in a state saved before it existed, holds nothing back), then, only with
     `drift_brake`, `(D, s)`: the displacement, of the tensor's shape, and `[<D, u>, |u|^2 /
-    2]` averaged, `[2]`, or `[2, units]` with `drift_brake_per_unit`.
+    2]` averaged.
     """
 
     FEATURES = (
@@ -446,7 +440,7 @@ class TensorwiseLSTM(LSTMNet):
                  gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
                  gradient_stop=0.0, gradient_stop_exponent=8.0, gradient_stop_latch=False,
                  gradient_decay_latch=None, restart_ratio=None, drift_brake=0.0,
-                 drift_brake_steps=200, drift_brake_per_unit=False, initializer=None):
+                 drift_brake_steps=200, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -518,11 +512,6 @@ class TensorwiseLSTM(LSTMNet):
         if not self.drift_brake_steps >= 1:
             raise ValueError("drift_brake_steps is the step after which the drift brake acts, "
                              f"at least 1, got {drift_brake_steps!r}.")
-        self.drift_brake_per_unit = bool(drift_brake_per_unit)
-        if self.drift_brake_per_unit and not self.drift_brake:
-            raise ValueError("drift_brake_per_unit reads the drift brake's ratio per output "
-                             "unit, and drift_brake is 0: set drift_brake too, or "
-                             "drift_brake_per_unit=False.")
         self._check_initializer()
 
     def _require_gradient_decay(self, name, value):
@@ -549,8 +538,7 @@ class TensorwiseLSTM(LSTMNet):
 
     def state_shapes(self, param_shape):
         lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
-        drift = ((tuple(param_shape), (2,) + self._drift_units(param_shape))
-                 if self.drift_brake else ())
+        drift = ((tuple(param_shape), (2,)) if self.drift_brake else ())
         return ((tuple(param_shape), tuple(param_shape), (1,)) + lstm
                 + ((1,),) * ((5 if self.burstiness_gate else 2) + self._holds_lowest_ratio)
                 + drift)
@@ -564,13 +552,6 @@ class TensorwiseLSTM(LSTMNet):
     def _holds_lowest_ratio(self):
         """Whether the state keeps the lowest gradient ratio so far (the slot `d`)."""
         return self.gradient_stop_latch or self.gradient_decay_latch is not None
-
-    def _drift_units(self, param_shape):
-        """The shape of one of the drift brake's sums: `(n,)`, the last axis of the tensor
-        (its output units), with `drift_brake_per_unit`; else `()`, one for the tensor."""
-        if self.drift_brake_per_unit and len(param_shape):
-            return (param_shape[-1],)
-        return ()
 
     def features(self, gradient, m, v, t):
         """`[1, len(FEATURES)]` for one tensor; `t` is the step count (a scalar, so that a
@@ -667,12 +648,8 @@ class TensorwiseLSTM(LSTMNet):
                                           self.DRIFT_BRAKE_FLOOR, 1.0), 1.0)
         update = brake * update
         rho = self.DRIFT_DECAY
-        # Over every axis but the last (the output units), or over all.
-        axes = (list(range(update.shape.rank - 1))
-                if self._drift_units(update.shape) else None)
         sums = rho * sums + (1.0 - rho) * tf.stack([
-            tf.reduce_sum(displacement * update, axis=axes),
-            0.5 * tf.reduce_sum(tf.square(update), axis=axes)])
+            tf.reduce_sum(displacement * update), 0.5 * tf.reduce_sum(tf.square(update))])
         return update, (rho * (displacement + update), sums)
 
     def restarted(self, state):
@@ -754,7 +731,6 @@ class TensorwiseLSTM(LSTMNet):
             "restart_ratio": self.restart_ratio,
             "drift_brake": self.drift_brake,
             "drift_brake_steps": self.drift_brake_steps,
-            "drift_brake_per_unit": self.drift_brake_per_unit,
         }
 
 

@@ -538,15 +538,14 @@ def test_a_tensor_whose_gradients_rise_restart_ratio_fold_starts_afresh():
         without_decay.gradient_rms_ratio(without_decay.initial_state((5, 4)))
 
 
-def drift_brake_run(curvature, steps, drift_brake_steps, slope=0.0, per_unit=False):
+def drift_brake_run(curvature, steps, drift_brake_steps, slope=0.0):
     """Runs an untrained `TensorwiseLSTM` (Adam's step) with `drift_brake=2` on a noisy
-    quadratic, `gradient = curvature * x + slope + noise` (unit noise; curvature and slope
-    may differ per column, the output units) from x = 0, and returns the updates it took,
-    the updates the same net without the brake would take from the same states, and the
-    last x."""
-    options = {"layers": (6,), "drift_brake": 2.0, "drift_brake_per_unit": per_unit}
-    braked = networks.TensorwiseLSTM(**options, drift_brake_steps=drift_brake_steps)
-    unbraked = networks.TensorwiseLSTM(**options, drift_brake_steps=1e9)
+    quadratic, `gradient = curvature * x + slope + noise` (unit noise) from x = 0, and
+    returns the updates it took, the updates the same net without the brake would take from
+    the same states, and the last x."""
+    braked = networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0,
+                                     drift_brake_steps=drift_brake_steps)
+    unbraked = networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0, drift_brake_steps=1e9)
     weights = braked.initial_weights()
     steps_of = {net: tf.function(net.step) for net in (braked, unbraked)}
     rng = np.random.default_rng(0)
@@ -563,22 +562,6 @@ def drift_brake_run(curvature, steps, drift_brake_steps, slope=0.0, per_unit=Fal
     return np.array(taken), np.array(unbraked_updates), x
 
 
-def drift_brake_reference(taken, drift_brake_steps, axis=None):
-    """The brake each step applied, `[steps, ...]`, from the updates taken: NumPy's account
-    of the drift brake at q0 = 2 (`TensorwiseLSTM`'s docstring), its sums over `axis`."""
-    displacement = np.zeros_like(taken[0])
-    sums = np.zeros((2,) + np.sum(taken[0], axis=axis).shape)
-    brakes = []
-    for t, update in enumerate(taken, start=1):
-        ratio = sums[0] / (sums[1] + 1e-30)
-        brakes.append(np.clip(ratio / 2.0, 0.1, 1.0) if t > drift_brake_steps
-                      else np.ones_like(ratio))
-        sums = 0.99 * sums + 0.01 * np.array([np.sum(displacement * update, axis=axis),
-                                              0.5 * np.sum(update ** 2, axis=axis)])
-        displacement = 0.99 * (displacement + update)
-    return np.array(brakes)
-
-
 def test_the_drift_brake_slows_a_tensor_that_jitters_about_a_point_and_not_one_that_drifts():
     """`drift_brake=q0` multiplies a tensor's step after step `drift_brake_steps` by
     clip(q / q0, 0.1, 1), q = avg <D, u> / avg |u|^2 / 2 over ~100 steps, D the displacement
@@ -589,7 +572,16 @@ def test_the_drift_brake_slows_a_tensor_that_jitters_about_a_point_and_not_one_t
     sit closer to the minimum than the unbraked net's."""
     taken, unbraked, braked_x = drift_brake_run(curvature=1000.0, steps=600,
                                                 drift_brake_steps=150)
-    expected = drift_brake_reference(taken, drift_brake_steps=150)
+    displacement = np.zeros_like(taken[0])
+    sums = np.zeros(2)
+    expected = []
+    for t, update in enumerate(taken, start=1):
+        ratio = sums[0] / (sums[1] + 1e-30)
+        expected.append(np.clip(ratio / 2.0, 0.1, 1.0) if t > 150 else 1.0)
+        sums = 0.99 * sums + 0.01 * np.array([np.sum(displacement * update),
+                                              0.5 * np.sum(update ** 2)])
+        displacement = 0.99 * (displacement + update)
+    expected = np.array(expected)
     np.testing.assert_allclose(taken, expected[:, None, None] * unbraked, rtol=1e-4, atol=1e-12)
     assert np.all(expected[:150] == 1) and expected[200:].mean() < 0.5, expected[200:].mean()
 
@@ -606,34 +598,6 @@ def test_the_drift_brake_slows_a_tensor_that_jitters_about_a_point_and_not_one_t
         networks.TensorwiseLSTM(layers=(6,), drift_brake=-1)
     with pytest.raises(ValueError, match="drift_brake_steps is the step after which"):
         networks.TensorwiseLSTM(layers=(6,), drift_brake=2, drift_brake_steps=0)
-
-
-def test_the_drift_brake_per_unit_slows_the_units_that_jitter_and_not_those_that_drift():
-    """With `drift_brake_per_unit`, q is one number per output unit (the sums run over
-    every axis but the last), checked against the NumPy reference. In a tensor whose first
-    two units jitter about a minimum and last two drift down a slope, one q for the tensor
-    is the drift's and leaves all four alone; per unit, the brake slows the first two and
-    leaves the last two's steps exactly as they were."""
-    curvature = np.array([1000.0, 1000.0, 0.0, 0.0])
-    slope = np.array([0.0, 0.0, 0.3, 0.3])
-    taken, unbraked, _ = drift_brake_run(curvature, steps=600, drift_brake_steps=150,
-                                         slope=slope, per_unit=True)
-    expected = drift_brake_reference(taken, drift_brake_steps=150, axis=0)
-    assert expected.shape == (600, 4)
-    np.testing.assert_allclose(taken, expected[:, None, :] * unbraked, rtol=1e-4, atol=1e-12)
-    assert expected[200:, :2].mean() < 0.5, expected[200:, :2].mean()
-    np.testing.assert_array_equal(taken[:, :, 2:], unbraked[:, :, 2:])
-
-    per_tensor, per_tensor_unbraked, _ = drift_brake_run(curvature, steps=600,
-                                                         drift_brake_steps=150, slope=slope)
-    np.testing.assert_array_equal(per_tensor, per_tensor_unbraked)
-
-    # A bias's units are its entries; a scalar has one unit, its sums are the tensor's.
-    net = networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0, drift_brake_per_unit=True)
-    assert [net.state_shapes(shape)[-1] for shape in [(3, 5), (5,), ()]] == [
-        (2, 5), (2, 5), (2,)]
-    with pytest.raises(ValueError, match="drift_brake is 0: set drift_brake too"):
-        networks.TensorwiseLSTM(layers=(6,), drift_brake_per_unit=True)
 
 
 @pytest.mark.parametrize("slack", [1.0, 1.5])

@@ -165,13 +165,12 @@ def conv_model(seed=0):
     ])
 
 
-def tensorwise_net(drift_brake_per_unit=False):
+def tensorwise_net():
     """A TensorwiseLSTM whose output layer is not zero, so that it is not plain Adam, with a
     warm-up and decays (with the gradient from step 3, gated by its burstiness and stopped
     below a ratio of 0.9, both latched, in time from step 4, a restart where the gradients
-    grow past the reference, and a drift brake from step 3, per tensor or per output unit)
-    short enough to act within a test's four steps (the default has all of them but the
-    drift brake, later)."""
+    grow past the reference, and a drift brake from step 3) short enough to act within a
+    test's four steps (the default has all of them but the drift brake, later)."""
     net = networks.TensorwiseLSTM(layers=(5,))
     weights = networks.weights_to_numpy(net.initial_weights(seed=1))
     weights["linear"]["w"] = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
@@ -180,7 +179,6 @@ def tensorwise_net(drift_brake_per_unit=False):
                                    gradient_stop=0.9, gradient_stop_exponent=4.0,
                                    gradient_stop_latch=True, gradient_decay_latch=1.2,
                                    restart_ratio=1.01, drift_brake=2.0, drift_brake_steps=2,
-                                   drift_brake_per_unit=drift_brake_per_unit,
                                    initializer=weights)
 
 
@@ -189,8 +187,6 @@ EVERY_NET = {
     "CoordinateWiseDeepLSTM": (sequential_model, lambda: (
         {"cw": networks.CoordinateWiseDeepLSTM(**trained_net_options())}, None)),
     "TensorwiseLSTM": (sequential_model, lambda: ({"tw": tensorwise_net()}, None)),
-    "TensorwiseLSTM, drift brake per unit": (sequential_model, lambda: (
-        {"tw": tensorwise_net(drift_brake_per_unit=True)}, None)),
     "KernelDeepLSTM and StandardDeepLSTM": (conv_model, lambda: (
         {"kernel": networks.KernelDeepLSTM((2, 2), layers=(4,)),
          "rows": networks.StandardDeepLSTM(2, layers=(3,)),
