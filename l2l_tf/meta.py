@@ -239,9 +239,12 @@ class MetaLoss:
                 for i, part in zip(indices, tf.split(flat_update, sizes)):
                     updates[i] = tf.reshape(part, self.shapes[i])
             else:
+                # A net that pools a reading over its tensors reads it before any steps.
+                pooled = (() if net.pooled_shape() is None
+                          else (net.pooled(states[net_name]),))
                 new_states[net_name] = []
                 for i, state in zip(indices, states[net_name]):
-                    updates[i], new_state = net.step(net_weights, gradients[i], state)
+                    updates[i], new_state = net.step(net_weights, gradients[i], state, *pooled)
                     new_states[net_name].append(new_state)
         return updates, new_states
 

@@ -61,7 +61,20 @@ class Net:
         return tuple(tf.zeros(shape, tf.float32) for shape in self.state_shapes(param_shape))
 
     def step(self, weights, gradient, state):
-        """Returns `(update, new_state)` for `gradient` (float32, the parameter's shape)."""
+        """Returns `(update, new_state)` for `gradient` (float32, the parameter's shape).
+        A net with a `pooled_shape` takes a fourth argument, `pooled`: its `pooled` reading
+        of the states of every tensor it steps, as they were before this step."""
+        raise NotImplementedError
+
+    def pooled_shape(self):
+        """The shape of a reading the net pools over the states of every tensor it steps
+        together (a Keras model's variables, a meta-training problem's parameters), or None
+        for a net that reads each tensor alone. `pooled(states)` makes it."""
+        return None
+
+    def pooled(self, states):
+        """The pooled reading (`pooled_shape`) of `states`, the states of every tensor the net
+        steps, before a step; only for nets with a `pooled_shape`."""
         raise NotImplementedError
 
     def restarted(self, state):
@@ -397,6 +410,16 @@ class TensorwiseLSTM(LSTMNet):
     more slowly), so the brake settles where q is about q0. It keeps D, one more float per
     coordinate: 3 in all, against Adam's 2.
 
+    `drift_brake_scope` says whose q brakes a tensor: "tensor", its own; "net", one q pooled
+    over every tensor the net steps (the sums of their `<D, u>` over the sums of their `|u|^2
+    / 2`, as the last step left them: `pooled`), so a model is braked as a whole, once most
+    of its update (its large kernels, in effect) only jitters. Where the loss has reached a
+    noisy regression's floor every tensor jitters, and the pooled q falls to 0.2-0.5; in
+    models that still learn, some tensors jitter while the rest descend (a dropout MLP's
+    biases read q 0.4-4 while its kernels read 8-17, an autoencoder's code-layer kernels
+    0.3-1.7), and braking those alone cost 1-4% of held-out loss over 20 epochs on MNIST's
+    models, where the pooled q stays near 4 or above (BUILD_NOTES.md, "Session 48").
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -440,7 +463,7 @@ class TensorwiseLSTM(LSTMNet):
                  gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
                  gradient_stop=0.0, gradient_stop_exponent=8.0, gradient_stop_latch=False,
                  gradient_decay_latch=None, restart_ratio=None, drift_brake=0.0,
-                 drift_brake_steps=200, initializer=None):
+                 drift_brake_steps=200, drift_brake_scope="tensor", initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -512,6 +535,13 @@ class TensorwiseLSTM(LSTMNet):
         if not self.drift_brake_steps >= 1:
             raise ValueError("drift_brake_steps is the step after which the drift brake acts, "
                              f"at least 1, got {drift_brake_steps!r}.")
+        if drift_brake_scope not in ("tensor", "net"):
+            raise ValueError('drift_brake_scope is whose drift ratio brakes a tensor, "tensor" '
+                             f'(its own) or "net" (pooled), got {drift_brake_scope!r}.')
+        if drift_brake_scope == "net" and not self.drift_brake:
+            raise ValueError('drift_brake_scope="net" pools the drift brake\'s ratio, and '
+                             "drift_brake is 0 (off): set drift_brake too.")
+        self.drift_brake_scope = drift_brake_scope
         self._check_initializer()
 
     def _require_gradient_decay(self, name, value):
@@ -578,7 +608,14 @@ class TensorwiseLSTM(LSTMNet):
         return tf.reshape(tf.stack([tf.reshape(value, []) for value in values]), [1, -1]), \
             adam_step, normalised
 
-    def step(self, weights, gradient, state):
+    def pooled_shape(self):
+        return (2,) if self.drift_brake and self.drift_brake_scope == "net" else None
+
+    def pooled(self, states):
+        """The drift brake's averages `[<D, u>, |u|^2 / 2]` summed over `states`."""
+        return tf.add_n([tf.zeros([2])] + [state[-1] for state in states])
+
+    def step(self, weights, gradient, state, pooled=None):
         m, v, t = state[:3]
         lstm_state = state[3:self._power_slot]
         power, power_reference, *rest = state[self._power_slot:]
@@ -635,14 +672,21 @@ class TensorwiseLSTM(LSTMNet):
             power_reference = tf.where(t <= self.gradient_decay_steps, power, power_reference)
         update = -step_size * (adam_step + gradient_weight * normalised)
         if self.drift_brake:
-            update, drift = self._drift_braked(update, t, *drift)
+            update, drift = self._drift_braked(update, t, *drift, pooled)
         new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch,
                      *drift)
         return update, self.restarted(new_state)
 
-    def _drift_braked(self, update, t, displacement, sums):
+    def _drift_braked(self, update, t, displacement, sums, pooled):
         """`update` times the drift brake, and the brake's new `(D, s)` (class docstring)."""
-        drift_ratio = sums[0] / (sums[1] + 1e-30)
+        read = sums
+        if self.drift_brake_scope == "net":
+            if pooled is None:
+                raise ValueError('A TensorwiseLSTM with drift_brake_scope="net" steps with '
+                                 "the pooled reading of every tensor it steps: pass "
+                                 "step(..., pooled=net.pooled(states)).")
+            read = pooled
+        drift_ratio = read[0] / (read[1] + 1e-30)
         brake = tf.where(t[0] > self.drift_brake_steps,
                          tf.clip_by_value(drift_ratio / self.drift_brake,
                                           self.DRIFT_BRAKE_FLOOR, 1.0), 1.0)
@@ -731,6 +775,7 @@ class TensorwiseLSTM(LSTMNet):
             "restart_ratio": self.restart_ratio,
             "drift_brake": self.drift_brake,
             "drift_brake_steps": self.drift_brake_steps,
+            "drift_brake_scope": self.drift_brake_scope,
         }
 
 

@@ -188,6 +188,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             self.variable_nets = [networks.net_for(v.path, self.nets, self.net_assignments)
                                   for v in variables]
             self.states = [self._add_state(v, net) for v, net in zip(variables, self.variable_nets)]
+            # Written by `apply` in the replica's context under tf.distribute, as Keras's
+            # step count is: every replica reads the same states and computes the same value.
+            self.pooled = {
+                net_name: self.add_variable(net.pooled_shape(), dtype="float32",
+                                            aggregation="only_first_replica",
+                                            name=f"{net_name}.pooled")
+                for net_name, net in self.nets.items() if net.pooled_shape() is not None}
             self._assign_pending_values()
 
     def _add_state(self, variable, net_name):
@@ -196,6 +203,23 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable)):
             return [self.add_variable(shape, dtype="float32", name=f"{slot_prefix}_state{i}")
                     for i, shape in enumerate(self.nets[net_name].state_shapes(variable.shape))]
+
+    def apply(self, grads, trainable_variables=None):
+        """Keras's `apply`, after reading each pooling net's reading (`Net.pooled`) from the
+        states of the variables it steps now, before any of them steps."""
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            self.build(trainable_variables)  # as Keras's `apply` would: before the reading
+        if getattr(self, "pooled", None):
+            variables = (self._trainable_variables if trainable_variables is None
+                         else trainable_variables)
+            stepped = [self._get_variable_index(v) for g, v in zip(grads, variables)
+                       if g is not None]
+            for net_name, pooled in self.pooled.items():
+                pooled.assign(self.nets[net_name].pooled([
+                    [tf.convert_to_tensor(s) for s in self.states[i]]
+                    for i in stepped if self.variable_nets[i] == net_name]))
+        return super().apply(grads, trainable_variables)
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
@@ -218,6 +242,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             tf.convert_to_tensor(variable),
             tf.cast(learning_rate, tf.float32),
             weight_decay,
+            tf.convert_to_tensor(self.pooled[net_name]) if net_name in self.pooled else None,
         )
         new_state = self.nets[net_name].restarted(new_state)
 
@@ -284,6 +309,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         for index, state in enumerate(getattr(self, "states", [])):
             for i, variable in enumerate(state):
                 own[f"state.{index}.{i}"] = variable
+        for net_name, variable in getattr(self, "pooled", {}).items():
+            own[f"pooled.{net_name}"] = variable
         own_ids = {id(v) for v in own.values()}
         base = [v for v in self.variables if id(v) not in own_ids]
         return {**{f"base.{i}": v for i, v in enumerate(base)}, **own}
@@ -340,7 +367,8 @@ def _warn_if_small_factor(learning_rate):
         )
 
 
-def learned_update(net, weights, gradient, state, value, learning_rate, weight_decay=None):
+def learned_update(net, weights, gradient, state, value, learning_rate, weight_decay=None,
+                   pooled=None):
     """One variable's learned step: `(new_value, new_state)`.
 
     `new_value = value + learning_rate * update` in float32, cast back to the variable's
@@ -348,13 +376,14 @@ def learned_update(net, weights, gradient, state, value, learning_rate, weight_d
     step is skipped: `value` and `state` are returned unchanged. A pure function of tensors,
     which `LearnedOptimizer` compiles with XLA. `weight_decay` (a float32 scalar, or None)
     first shrinks the value as AdamW does, by `learning_rate * weight_decay *
-    net.decay_rate(state)`.
+    net.decay_rate(state)`. `pooled` is the net's pooled reading, for a net with one.
     """
     gradient = tf.cast(gradient, tf.float32)
     old_value = tf.cast(value, tf.float32)
     if weight_decay is not None:
         old_value -= learning_rate * weight_decay * net.decay_rate(state) * old_value
-    update, new_state = net.step(weights, gradient, state)
+    update, new_state = net.step(weights, gradient, state,
+                                 *(() if pooled is None else (pooled,)))
     new_value = tf.cast(old_value + learning_rate * update, value.dtype)
     finite = tf.reduce_all(
         [tf.reduce_all(tf.math.is_finite(t)) for t in (gradient, new_value, *new_state)])

@@ -15,6 +15,10 @@ def test_mirrored_fit_matches_one_device_and_backup_and_restore_resumes(tmp_path
     # Same global batch: MirroredStrategy all-reduces the gradients, so the updates agree.
     assert r["variables"] < 1e-5 and r["states"] < 1e-5, r
     assert r["replica_gap"] == 0.0, r  # every replica holds the same LSTM states
+    # A net pooling a reading over the variables' states (written by `apply` in each
+    # replica's context) steps as on one device, and its brake did act.
+    assert r["pooled_variables"] < 1e-5 and r["pooled_states"] < 1e-5, r
+    assert r["pooled_replica_gap"] == 0.0 and r["pooled_brake"] < 1.0, r
     # A fit interrupted after epoch 2 and restarted with BackupAndRestore ends where an
     # uninterrupted fit ends: the optimizer's states came back from the backup.
     assert r["iterations"] == [12, 12], r

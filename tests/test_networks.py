@@ -600,6 +600,86 @@ def test_the_drift_brake_slows_a_tensor_that_jitters_about_a_point_and_not_one_t
         networks.TensorwiseLSTM(layers=(6,), drift_brake=2, drift_brake_steps=0)
 
 
+def pooled_drift_brake_run(scope, second_curvature, second_slope, steps=400):
+    """Steps two tensors with one untrained `TensorwiseLSTM` (`drift_brake=2` from step 150,
+    `drift_brake_scope=scope`) on noisy quadratics from 0: a 5 x 4 one held by a strong
+    curvature, and a 20 x 10 one with `second_curvature` and `second_slope`. Returns, per
+    tensor, the updates taken and those the net without the brake would take from the same
+    states."""
+    braked = networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0, drift_brake_steps=150,
+                                     drift_brake_scope=scope)
+    unbraked = networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0, drift_brake_steps=1e9)
+    weights = braked.initial_weights()
+    pooled = () if braked.pooled_shape() is None else (braked.pooled,)
+    step = tf.function(lambda g, s, *p: braked.step(weights, g, s, *p))
+    unbraked_step = tf.function(lambda g, s: unbraked.step(weights, g, s))
+    rng = np.random.default_rng(0)
+    curvatures, slopes = (1000.0, second_curvature), (0.0, second_slope)
+    xs = [np.zeros((5, 4), np.float32), np.zeros((20, 10), np.float32)]
+    states = [braked.initial_state(x.shape) for x in xs]
+    taken, unbraked_updates = [[], []], [[], []]
+    for _ in range(steps):
+        reading = tuple(read(states) for read in pooled)
+        for i in range(2):
+            gradient = tf.constant((curvatures[i] * xs[i] + slopes[i]
+                                    + rng.normal(size=xs[i].shape)).astype(np.float32))
+            unbraked_updates[i].append(unbraked_step(gradient, states[i])[0].numpy())
+            update, states[i] = step(gradient, states[i], *reading)
+            taken[i].append(update.numpy())
+            xs[i] = xs[i] + taken[i][-1]
+    return [np.array(t) for t in taken], [np.array(u) for u in unbraked_updates]
+
+
+def test_the_pooled_drift_brake_brakes_the_tensors_a_net_steps_as_one():
+    """`drift_brake_scope="net"`: every tensor's step is multiplied by clip(q / q0, 0.1, 1)
+    with one q for all, the sums over the tensors of their ~100-step averages of <D, u> over
+    the sums of their |u|^2 / 2, as the last step left them (`pooled`, read before the
+    step): checked against a NumPy reference. A small tensor that only jitters beside a
+    larger one that drifts is braked with its own q ("tensor") and not with the pooled one;
+    where both jitter, the pooled brake slows both."""
+    def factors(taken):
+        """The reference's factor per step, from the updates taken."""
+        displacements = [np.zeros_like(t[0]) for t in taken]
+        sums = [np.zeros(2), np.zeros(2)]
+        expected = []
+        for t in range(1, len(taken[0]) + 1):
+            pooled = sums[0] + sums[1]
+            expected.append(np.clip(pooled[0] / (pooled[1] + 1e-30) / 2.0, 0.1, 1.0)
+                            if t > 150 else 1.0)
+            for i, updates in enumerate(taken):
+                update = updates[t - 1]
+                sums[i] = 0.99 * sums[i] + 0.01 * np.array(
+                    [np.sum(displacements[i] * update), 0.5 * np.sum(update ** 2)])
+                displacements[i] = 0.99 * (displacements[i] + update)
+        return np.array(expected)
+
+    for second_curvature, second_slope in ((0.0, 0.3), (1000.0, 0.0)):
+        taken, unbraked = pooled_drift_brake_run("net", second_curvature, second_slope)
+        expected = factors(taken)
+        for t, u in zip(taken, unbraked):
+            np.testing.assert_allclose(t, expected[:, None, None] * u, rtol=1e-4, atol=1e-12)
+        if second_slope:  # the larger tensor drifts: the pooled q stays high, no brake
+            assert np.all(expected == 1.0), expected.min()
+        else:  # both jitter: both braked
+            assert expected[200:].mean() < 0.5, expected[200:].mean()
+
+    # Read per tensor, the small jittering tensor beside the drifting one is braked.
+    taken, unbraked = pooled_drift_brake_run("tensor", 0.0, 0.3)
+    own_factor = np.abs(taken[0][200:]).sum() / np.abs(unbraked[0][200:]).sum()
+    assert own_factor < 0.5, own_factor
+    np.testing.assert_array_equal(taken[1], unbraked[1])
+
+    net = networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0, drift_brake_scope="net")
+    state = net.initial_state((3,))
+    with pytest.raises(ValueError, match="pass step\\(..., pooled=net.pooled\\(states\\)\\)"):
+        net.step(net.initial_weights(), tf.ones([3]), state)
+    with pytest.raises(ValueError, match='drift_brake_scope is whose drift ratio'):
+        networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0, drift_brake_scope="model")
+    with pytest.raises(ValueError, match="set drift_brake too"):
+        networks.TensorwiseLSTM(layers=(6,), drift_brake_scope="net")
+    assert networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0).pooled_shape() is None
+
+
 @pytest.mark.parametrize("slack", [1.0, 1.5])
 def test_the_latched_gradient_decay_holds_near_its_lowest_ratio_when_the_gradients_grow_back(
         slack):

@@ -165,12 +165,13 @@ def conv_model(seed=0):
     ])
 
 
-def tensorwise_net():
+def tensorwise_net(drift_brake_scope="tensor"):
     """A TensorwiseLSTM whose output layer is not zero, so that it is not plain Adam, with a
     warm-up and decays (with the gradient from step 3, gated by its burstiness and stopped
     below a ratio of 0.9, both latched, in time from step 4, a restart where the gradients
-    grow past the reference, and a drift brake from step 3) short enough to act within a
-    test's four steps (the default has all of them but the drift brake, later)."""
+    grow past the reference, and a drift brake from step 3, reading each tensor's drift or
+    the one pooled over the net's tensors) short enough to act within a test's four steps
+    (the default has all of them but the drift brake, later)."""
     net = networks.TensorwiseLSTM(layers=(5,))
     weights = networks.weights_to_numpy(net.initial_weights(seed=1))
     weights["linear"]["w"] = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
@@ -179,7 +180,7 @@ def tensorwise_net():
                                    gradient_stop=0.9, gradient_stop_exponent=4.0,
                                    gradient_stop_latch=True, gradient_decay_latch=1.2,
                                    restart_ratio=1.01, drift_brake=2.0, drift_brake_steps=2,
-                                   initializer=weights)
+                                   drift_brake_scope=drift_brake_scope, initializer=weights)
 
 
 # Every net class, each with the model it can update (`nets`, `net_assignments`).
@@ -187,6 +188,8 @@ EVERY_NET = {
     "CoordinateWiseDeepLSTM": (sequential_model, lambda: (
         {"cw": networks.CoordinateWiseDeepLSTM(**trained_net_options())}, None)),
     "TensorwiseLSTM": (sequential_model, lambda: ({"tw": tensorwise_net()}, None)),
+    "TensorwiseLSTM, drift brake pooled": (sequential_model, lambda: (
+        {"tw": tensorwise_net(drift_brake_scope="net")}, None)),
     "KernelDeepLSTM and StandardDeepLSTM": (conv_model, lambda: (
         {"kernel": networks.KernelDeepLSTM((2, 2), layers=(4,)),
          "rows": networks.StandardDeepLSTM(2, layers=(3,)),
@@ -232,8 +235,10 @@ def test_keras_path_equals_pure_step_over_several_steps(net_name, jit_compile):
               for n, v in zip(variable_nets, model.trainable_variables)]
     for step in range(4):
         grads = keras_step(opt, model, x, y, step)
+        pooled = {n: () if net.pooled_shape() is None else (net.pooled(
+            [s for s, m in zip(states, variable_nets) if m == n]),) for n, net in nets.items()}
         for i, (g, n) in enumerate(zip(grads, variable_nets)):
-            update, states[i] = nets[n].step(weights[n], g, states[i])
+            update, states[i] = nets[n].step(weights[n], g, states[i], *pooled[n])
             params[i] = params[i] + 0.7 * update
         for p, v in zip(params, model.trainable_variables):
             np.testing.assert_allclose(v.numpy(), p.numpy(), **tolerance)

@@ -23,6 +23,11 @@ x = rng.normal(size=(256, 6)).astype("float32")
 y = (x[:, 0] + x[:, 1] > 0).astype("int32")
 NETS = {"cw": {"net": "CoordinateWiseDeepLSTM",
                "net_options": {"layers": (6, 6), "preprocess_name": "LogAndSign", "scale": 0.1}}}
+# A net that pools a reading over every variable's state before each step (the drift brake
+# from step 3, one drift ratio for the model), which `apply` writes in the replica context.
+POOLED_NETS = {"tw": {"net": "TensorwiseLSTM",
+                      "net_options": {"layers": (4,), "drift_brake": 8.0, "drift_brake_steps": 2,
+                                      "drift_brake_scope": "net"}}}
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -31,12 +36,12 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated crash")
 
 
-def train(strategy, epochs=3, callbacks=()):
+def train(strategy, epochs=3, callbacks=(), nets=NETS):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="sigmoid"),
                                   keras.layers.Dense(2)])
-        model.compile(optimizer=l2l_tf.LearnedOptimizer(nets=NETS, seed=0),
+        model.compile(optimizer=l2l_tf.LearnedOptimizer(nets=nets, seed=0),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, shuffle=False,
               callbacks=list(callbacks))
@@ -47,14 +52,25 @@ def max_difference(a, b):
     return max(float(np.max(np.abs(u.numpy() - v.numpy()))) for u, v in zip(a, b))
 
 
+def replica_gap(slots):
+    """The largest difference between the two replicas' copies of `slots`."""
+    gap = 0.0
+    for slot in slots:
+        copies = [v.numpy() for v in slot.value.values]
+        gap = max(gap, float(np.max(np.abs(copies[0] - copies[1]))))
+    return gap
+
+
+def states(model):
+    return [s for st in model.optimizer.states for s in st]
+
+
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 single = train(tf.distribute.get_strategy())
 multi = train(mirrored)
-replica_gap = 0.0
-for state in multi.optimizer.states:
-    for slot in state:
-        copies = [v.numpy() for v in slot.value.values]
-        replica_gap = max(replica_gap, float(np.max(np.abs(copies[0] - copies[1]))))
+pooled_single = train(tf.distribute.get_strategy(), nets=POOLED_NETS)
+pooled_multi = train(mirrored, nets=POOLED_NETS)
+pooled_slots = states(pooled_multi) + list(pooled_multi.optimizer.pooled.values())
 
 backup = os.path.join(sys.argv[1], "backup")
 try:
@@ -64,12 +80,17 @@ except KeyboardInterrupt:
 restored = train(mirrored, callbacks=[keras.callbacks.BackupAndRestore(backup)])
 print(json.dumps({
     "variables": max_difference(single.trainable_variables, multi.trainable_variables),
-    "states": max_difference([s for st in single.optimizer.states for s in st],
-                             [s for st in multi.optimizer.states for s in st]),
-    "replica_gap": replica_gap,
+    "states": max_difference(states(single), states(multi)),
+    "replica_gap": replica_gap(states(multi)),
+    "pooled_variables": max_difference(pooled_single.trainable_variables,
+                                       pooled_multi.trainable_variables),
+    "pooled_states": max_difference(states(pooled_single), states(pooled_multi)),
+    "pooled_replica_gap": replica_gap(pooled_slots),
+    "pooled_brake": float(min(
+        np.clip(p[0] / (p[1] + 1e-30) / 8.0, 0.1, 1.0)
+        for p in [pooled_multi.optimizer.pooled["tw"].numpy()])),
     "restored_variables": max_difference(multi.trainable_variables, restored.trainable_variables),
-    "restored_states": max_difference([s for st in multi.optimizer.states for s in st],
-                                      [s for st in restored.optimizer.states for s in st]),
+    "restored_states": max_difference(states(multi), states(restored)),
     "iterations": [int(multi.optimizer.iterations.numpy()),
                    int(restored.optimizer.iterations.numpy())],
 }))
