@@ -414,7 +414,7 @@ class TensorwiseLSTM(LSTMNet):
     over every tensor the net steps (the sums of their `<D, u>` over the sums of their `|u|^2
     / 2`, as the last step left them: `pooled`), so a model is braked as a whole, once most
     of its update (its large kernels, in effect) only jitters. Where the loss has reached a
-    noisy regression's floor every tensor jitters, and the pooled q falls to 0.2-0.5; in
+    noisy regression's floor every tensor jitters, and the pooled q falls below 1; in
     models that still learn, some tensors jitter while the rest descend (a dropout MLP's
     biases read q 0.4-4 while its kernels read 8-17, an autoencoder's code-layer kernels
     0.3-1.7), and braking those alone cost 1-4% of held-out loss over 20 epochs on MNIST's

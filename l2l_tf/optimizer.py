@@ -190,7 +190,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             self.states = [self._add_state(v, net) for v, net in zip(variables, self.variable_nets)]
             # Written by `apply` in the replica's context under tf.distribute, as Keras's
             # step count is: every replica reads the same states and computes the same value.
-            self.pooled = {
+            self.pooled_readings = {
                 net_name: self.add_variable(net.pooled_shape(), dtype="float32",
                                             aggregation="only_first_replica",
                                             name=f"{net_name}.pooled")
@@ -210,13 +210,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if trainable_variables is not None:
             trainable_variables = list(trainable_variables)
             self.build(trainable_variables)  # as Keras's `apply` would: before the reading
-        if getattr(self, "pooled", None):
+        if getattr(self, "pooled_readings", None):
             variables = (self._trainable_variables if trainable_variables is None
                          else trainable_variables)
             stepped = [self._get_variable_index(v) for g, v in zip(grads, variables)
                        if g is not None]
-            for net_name, pooled in self.pooled.items():
-                pooled.assign(self.nets[net_name].pooled([
+            for net_name, reading in self.pooled_readings.items():
+                reading.assign(self.nets[net_name].pooled([
                     [tf.convert_to_tensor(s) for s in self.states[i]]
                     for i in stepped if self.variable_nets[i] == net_name]))
         return super().apply(grads, trainable_variables)
@@ -242,7 +242,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             tf.convert_to_tensor(variable),
             tf.cast(learning_rate, tf.float32),
             weight_decay,
-            tf.convert_to_tensor(self.pooled[net_name]) if net_name in self.pooled else None,
+            (tf.convert_to_tensor(self.pooled_readings[net_name])
+             if net_name in self.pooled_readings else None),
         )
         new_state = self.nets[net_name].restarted(new_state)
 
@@ -309,7 +310,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         for index, state in enumerate(getattr(self, "states", [])):
             for i, variable in enumerate(state):
                 own[f"state.{index}.{i}"] = variable
-        for net_name, variable in getattr(self, "pooled", {}).items():
+        for net_name, variable in getattr(self, "pooled_readings", {}).items():
             own[f"pooled.{net_name}"] = variable
         own_ids = {id(v) for v in own.values()}
         base = [v for v in self.variables if id(v) not in own_ids]

@@ -70,7 +70,7 @@ single = train(tf.distribute.get_strategy())
 multi = train(mirrored)
 pooled_single = train(tf.distribute.get_strategy(), nets=POOLED_NETS)
 pooled_multi = train(mirrored, nets=POOLED_NETS)
-pooled_slots = states(pooled_multi) + list(pooled_multi.optimizer.pooled.values())
+pooled_slots = states(pooled_multi) + list(pooled_multi.optimizer.pooled_readings.values())
 
 backup = os.path.join(sys.argv[1], "backup")
 try:
@@ -88,7 +88,7 @@ print(json.dumps({
     "pooled_replica_gap": replica_gap(pooled_slots),
     "pooled_brake": float(min(
         np.clip(p[0] / (p[1] + 1e-30) / 8.0, 0.1, 1.0)
-        for p in [pooled_multi.optimizer.pooled["tw"].numpy()])),
+        for p in [pooled_multi.optimizer.pooled_readings["tw"].numpy()])),
     "restored_variables": max_difference(multi.trainable_variables, restored.trainable_variables),
     "restored_states": max_difference(states(multi), states(restored)),
     "iterations": [int(multi.optimizer.iterations.numpy()),
