@@ -188,8 +188,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             self.variable_nets = [networks.net_for(v.path, self.nets, self.net_assignments)
                                   for v in variables]
             self.states = [self._add_state(v, net) for v, net in zip(variables, self.variable_nets)]
-            # Written by `apply` in the replica's context under tf.distribute, as Keras's
-            # step count is: every replica reads the same states and computes the same value.
+            # Written by `apply`, in each replica's context under tf.distribute; every replica
+            # reads the same states and computes the same value, which "only_first_replica"
+            # (the aggregation of Keras's own step count) says.
             self.pooled_readings = {
                 net_name: self.add_variable(net.pooled_shape(), dtype="float32",
                                             aggregation="only_first_replica",
