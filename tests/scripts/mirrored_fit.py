@@ -71,6 +71,7 @@ multi = train(mirrored)
 pooled_single = train(tf.distribute.get_strategy(), nets=POOLED_NETS)
 pooled_multi = train(mirrored, nets=POOLED_NETS)
 pooled_slots = states(pooled_multi) + list(pooled_multi.optimizer.pooled_readings.values())
+reading = pooled_multi.optimizer.pooled_readings["tw"].numpy()  # [<D, u>, |u|^2 / 2] summed
 
 backup = os.path.join(sys.argv[1], "backup")
 try:
@@ -86,9 +87,7 @@ print(json.dumps({
                                        pooled_multi.trainable_variables),
     "pooled_states": max_difference(states(pooled_single), states(pooled_multi)),
     "pooled_replica_gap": replica_gap(pooled_slots),
-    "pooled_brake": float(min(
-        np.clip(p[0] / (p[1] + 1e-30) / 8.0, 0.1, 1.0)
-        for p in [pooled_multi.optimizer.pooled_readings["tw"].numpy()])),
+    "pooled_brake": float(np.clip(reading[0] / (reading[1] + 1e-30) / 8.0, 0.1, 1.0)),
     "restored_variables": max_difference(multi.trainable_variables, restored.trainable_variables),
     "restored_states": max_difference(states(multi), states(restored)),
     "iterations": [int(multi.optimizer.iterations.numpy()),
