@@ -562,6 +562,27 @@ def drift_brake_run(curvature, steps, drift_brake_steps, slope=0.0):
     return np.array(taken), np.array(unbraked_updates), x
 
 
+def reference_drift_sums(updates):
+    """The drift brake's averages `[<D, u>, |u|^2 / 2]` as each step reads them (before its
+    update), from the updates a tensor took: D <- 0.99 (D + u), the averages over ~100 steps."""
+    displacement = np.zeros_like(updates[0])
+    sums = np.zeros(2)
+    read = []
+    for update in updates:
+        read.append(sums)
+        sums = 0.99 * sums + 0.01 * np.array([np.sum(displacement * update),
+                                              0.5 * np.sum(update ** 2)])
+        displacement = 0.99 * (displacement + update)
+    return np.array(read)
+
+
+def reference_brake(sums, start=150):
+    """The brake's factor per step from the averages it reads: clip(q / 2, 0.1, 1) after
+    step `start`, q = <D, u> / (|u|^2 / 2)."""
+    factor = np.clip(sums[:, 0] / (sums[:, 1] + 1e-30) / 2.0, 0.1, 1.0)
+    return np.where(np.arange(1, len(sums) + 1) > start, factor, 1.0)
+
+
 def test_the_drift_brake_slows_a_tensor_that_jitters_about_a_point_and_not_one_that_drifts():
     """`drift_brake=q0` multiplies a tensor's step after step `drift_brake_steps` by
     clip(q / q0, 0.1, 1), q = avg <D, u> / avg |u|^2 / 2 over ~100 steps, D the displacement
@@ -572,16 +593,7 @@ def test_the_drift_brake_slows_a_tensor_that_jitters_about_a_point_and_not_one_t
     sit closer to the minimum than the unbraked net's."""
     taken, unbraked, braked_x = drift_brake_run(curvature=1000.0, steps=600,
                                                 drift_brake_steps=150)
-    displacement = np.zeros_like(taken[0])
-    sums = np.zeros(2)
-    expected = []
-    for t, update in enumerate(taken, start=1):
-        ratio = sums[0] / (sums[1] + 1e-30)
-        expected.append(np.clip(ratio / 2.0, 0.1, 1.0) if t > 150 else 1.0)
-        sums = 0.99 * sums + 0.01 * np.array([np.sum(displacement * update),
-                                              0.5 * np.sum(update ** 2)])
-        displacement = 0.99 * (displacement + update)
-    expected = np.array(expected)
+    expected = reference_brake(reference_drift_sums(taken))
     np.testing.assert_allclose(taken, expected[:, None, None] * unbraked, rtol=1e-4, atol=1e-12)
     assert np.all(expected[:150] == 1) and expected[200:].mean() < 0.5, expected[200:].mean()
 
@@ -637,25 +649,9 @@ def test_the_pooled_drift_brake_brakes_the_tensors_a_net_steps_as_one():
     step): checked against a NumPy reference. A small tensor that only jitters beside a
     larger one that drifts is braked with its own q ("tensor") and not with the pooled one;
     where both jitter, the pooled brake slows both."""
-    def factors(taken):
-        """The reference's factor per step, from the updates taken."""
-        displacements = [np.zeros_like(t[0]) for t in taken]
-        sums = [np.zeros(2), np.zeros(2)]
-        expected = []
-        for t in range(1, len(taken[0]) + 1):
-            pooled = sums[0] + sums[1]
-            expected.append(np.clip(pooled[0] / (pooled[1] + 1e-30) / 2.0, 0.1, 1.0)
-                            if t > 150 else 1.0)
-            for i, updates in enumerate(taken):
-                update = updates[t - 1]
-                sums[i] = 0.99 * sums[i] + 0.01 * np.array(
-                    [np.sum(displacements[i] * update), 0.5 * np.sum(update ** 2)])
-                displacements[i] = 0.99 * (displacements[i] + update)
-        return np.array(expected)
-
     for second_curvature, second_slope in ((0.0, 0.3), (1000.0, 0.0)):
         taken, unbraked = pooled_drift_brake_run("net", second_curvature, second_slope)
-        expected = factors(taken)
+        expected = reference_brake(sum(map(reference_drift_sums, taken)))
         for t, u in zip(taken, unbraked):
             np.testing.assert_allclose(t, expected[:, None, None] * u, rtol=1e-4, atol=1e-12)
         if second_slope:  # the larger tensor drifts: the pooled q stays high, no brake
