@@ -190,6 +190,12 @@ flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "model.compile's jit_compile; 'auto' is Keras's default (no XLA on CPU).")
 flags.DEFINE_string("output", None, "Markdown file for the tables (.md); the .csv, the run "
                     "cache (_runs.json) and the plot (.png) go beside it.")
+flags.DEFINE_bool("runs_only", False,
+                  "Make the runs and add them to --output's run cache, and write no table: for "
+                  "remaking a candidate default's runs (--default_nets) with a table's own "
+                  "command before the candidate ships, while the table must go on showing the "
+                  "shipped default. Once it ships, the same command without these two flags "
+                  "finds the runs and writes the table.")
 FLAGS = flags.FLAGS
 
 
@@ -391,6 +397,9 @@ def check_flags():
                              "--pretrain_classes=0,1,2,3,4) or drop --fine_tune.")
     if FLAGS.output is not None and not FLAGS.output.endswith(".md"):
         raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
+    if FLAGS.runs_only and FLAGS.output is None:
+        raise cli.UsageError("--runs_only adds the runs to --output's run cache, and no "
+                             "--output is given: name the table (e.g. its own .md).")
     try:
         seeds = [int(seed) for seed in FLAGS.seeds]
         report_epochs = [int(epoch) for epoch in FLAGS.report_epochs] or [FLAGS.epochs]
@@ -977,10 +986,12 @@ def summary(model_name, optimizer, seed, epochs):
 
 def main(argv):
     optimizers, seeds, report_epochs = check_flags()
-    if FLAGS.output:
+    if FLAGS.output and not FLAGS.runs_only:
         cli.require("matplotlib", "experiments")  # for the plot, before hours of work
     data = load_data()
     results = cached_runs(run, optimizers, seeds, data, summary)
+    if FLAGS.runs_only:
+        return
     table = report(results, optimizers, seeds, report_epochs,
                    {split: len(y) for split, (_, y) in data.items()})
     print(table)

@@ -503,6 +503,54 @@ def test_keras_fit_default_nets_runs_a_candidate_as_default_keyed_by_its_content
         shipped_options["max_factor"]]
 
 
+def test_keras_fit_runs_only_caches_a_candidate_s_runs_and_leaves_the_table(
+        tmp_path, monkeypatch, mnist_data_dir):
+    """--runs_only with --default_nets adds the candidate's runs to the table's cache under the
+    keys the shipped default will have, and writes no table: the committed table still shows
+    the shipped default. The same command without the two flags, once those nets ship, finds
+    every run in the cache and runs nothing."""
+    from absl import flags as absl_flags
+    from absl.testing import flagsaver
+
+    keras_fit = load_experiment("keras_fit")
+    made = []
+
+    def run(model_name, optimizer, seed, data):  # a run's record, without the minutes of fit
+        made.append((model_name, optimizer[0], seed))
+        loss = 0.5 + 0.1 * seed + 0.01 * len(made)
+        return [{"seconds": 1.0, "train_loss": loss, "validation_loss": loss,
+                 "validation_accuracy": 0.9, "test_loss": loss, "test_accuracy": 0.9}]
+
+    monkeypatch.setattr(keras_fit, "run", run)
+    table = tmp_path / "fit.md"
+    table.write_text("the shipped default's table\n")
+    candidate = copy_of_the_shipped_default(tmp_path, "candidate", max_factor=10.0)
+    command = ["keras_fit.py", "--models=logistic", "--epochs=1", "--seeds=0,1", "--adam_grid=0.001",
+               "--optimizers=default@1", "--validation_examples=50000", f"--output={table}"]
+    with flagsaver.flagsaver():
+        absl_flags.FLAGS([*command, f"--default_nets={candidate}", "--runs_only"])
+        keras_fit.main([])
+        keys = {key: keras_fit.run_key("logistic", ("default", 1.0, "constant"), seed)
+                for key, seed in (("candidate 0", 0), ("candidate 1", 1))}
+    assert sorted(made) == [("logistic", "adam", 0), ("logistic", "adam", 1),
+                            ("logistic", "default", 0), ("logistic", "default", 1)]
+    assert table.read_text() == "the shipped default's table\n"
+    assert sorted(os.listdir(tmp_path)) == ["candidate", "fit.md", "fit_runs.json"]
+    with open(tmp_path / "fit_runs.json") as f:
+        cache = json.load(f)
+    assert set(keys.values()) <= set(cache) and len(cache) == 4
+
+    made.clear()
+    monkeypatch.setattr(keras_fit.presets, "DEFAULT_PRETRAINED", candidate)  # it ships
+    with flagsaver.flagsaver():
+        absl_flags.FLAGS(command)
+        keras_fit.main([])
+    assert made == [] and "the shipped default's table" not in table.read_text()
+    row = next(line for line in table.read_text().splitlines() if line.startswith("| logistic"))
+    candidate_mean = np.mean([cache[key][0]["test_loss"] for key in keys.values()])
+    assert row.split(" | ")[-1].startswith(f"{candidate_mean:.4f}")
+
+
 def test_keras_fit_states_a_standard_error_only_over_several_seeds():
     keras_fit = load_experiment("keras_fit")
     assert keras_fit.mean_and_error([0.25]) == "0.2500"  # one seed: no "± nan"
@@ -822,6 +870,7 @@ def test_bad_keras_fit_flags_give_one_line_and_exit_2():
     (["--validation_examples=60000"], "leaves nothing to train on"),
     (["--optimizers=nope@1"], "No shipped optimizer named 'nope'"),
     (["--output=fit.txt"], "must end in .md"),
+    (["--runs_only"], "--runs_only adds the runs to --output's run cache, and no --output"),
     (["--dataset=wine", "--models=mlp_relu,cnn"], "--models=cnn read MNIST's images or targets"),
     (["--label_noise=0.2", "--models=mlp_relu,autoencoder"],
      "--models=autoencoder do not classify: leave them out or drop --label_noise"),
