@@ -129,13 +129,15 @@ RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
     ("drift-brake2", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0}),
     ("drift-brake4", {**RESTART, "drift_brake": 4.0, "drift_brake_steps": 200.0}),
     ("drift-brake8", {**RESTART, "drift_brake": 8.0, "drift_brake_steps": 200.0}),
+    ("drift-net2", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
+                    "drift_brake_scope": "net"}),
     ("drift-net4", {**RESTART, "drift_brake": 4.0, "drift_brake_steps": 200.0,
                     "drift_brake_scope": "net"}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session 15",
     "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session 31",
-    "Session 36", "Session 38", "Session 45", "Session 46" and "Session 48") change only hand-set options
+    "Session 36", "Session 38", "Session 45", "Session 46", "Session 48" and "Session 49") change only hand-set options
     of the session-11 default, so their numbers measure those options alone; they load by
     path like any saved nets. The second was the default in sessions 16-18, the third in
     session 19; the fourth in sessions 20-28; the fifth is the README's long-run recipe; the
@@ -148,8 +150,8 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     gradients grow tenfold or fourfold past step 700's (session 38), and the thirteenth is
     the default since session 44; the fourteenth is that default with its decay in time from
     step 700 instead of 1400 (session 45); the next three are that default with a drift
-    brake below a drift ratio of 2, 4 or 8 (session 46), and the last the brake below 4
-    with one drift ratio pooled over the model's tensors (session 48)."""
+    brake below a drift ratio of 2, 4 or 8 (session 46), and the last two the brake below 2
+    (session 49) or 4 (session 48) with one drift ratio pooled over the model's tensors."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
