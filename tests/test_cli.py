@@ -552,6 +552,39 @@ def test_keras_fit_runs_only_caches_a_candidate_s_runs_and_leaves_the_table(
     assert row.split(" | ")[-1].startswith(f"{candidate_mean:.4f}")
 
 
+def test_remake_makes_a_candidate_s_runs_for_every_table_once_and_leaves_the_tables(
+        tmp_path, mnist_data_dir):
+    """remake.py runs each keras_fit table's own command for the candidate (--runs_only):
+    the ledger goes from none remade to all, the table stays as it was, the cache gains the
+    candidate's run under the shipped default's future key, and the same command again runs
+    nothing. A table made by another script is not in the ledger."""
+    table = tmp_path / "keras_fit_tiny.md"
+    made = script("keras_fit.py", "--models=logistic", "--epochs=1", "--seeds=0",
+                  "--adam_grid=0.001", "--optimizers=default@1", "--train_examples=256",
+                  "--validation_examples=2000", f"--output={table}")
+    assert made.returncode == 0, made.stderr
+    text = table.read_text()
+    (tmp_path / "keras_fit_other.md").write_text("Command: `python experiments/reproduce.py`\n")
+    candidate = copy_of_the_shipped_default(tmp_path, "candidate", max_factor=10.0)
+    remake = ["remake.py", f"--default_nets={candidate}", f"--results={tmp_path}"]
+
+    first = script(*remake)
+    assert first.returncode == 0, first.stderr
+    before, after = first.stdout.split("After the remake:")
+    assert "| keras_fit_tiny | 1 | 0 |" in before and "| keras_fit_tiny | 1 | 1 | 0.0 |" in after
+    assert "keras_fit_other" not in first.stdout
+    assert table.read_text() == text
+    with open(tmp_path / "keras_fit_tiny_runs.json") as f:
+        keys = list(json.load(f))
+    fingerprint = l2l_tf.networks.nets_fingerprint(candidate)
+    assert [k.split("|")[:2] for k in keys if k.endswith(f"|nets {fingerprint}")] == [
+        ["logistic", "default 1"]]
+
+    again = script(*remake)
+    assert again.returncode == 0, again.stderr
+    assert "Remaking" not in again.stdout and "After the remake" in again.stdout
+
+
 def test_keras_fit_states_a_standard_error_only_over_several_seeds():
     keras_fit = load_experiment("keras_fit")
     assert keras_fit.mean_and_error([0.25]) == "0.2500"  # one seed: no "± nan"
@@ -860,6 +893,21 @@ def test_bad_keras_fit_flags_give_one_line_and_exit_2():
         result = script("keras_fit.py", flag)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+
+
+def test_bad_remake_flags_give_one_line_and_exit_2(tmp_path):
+    shipped = l2l_tf.presets.pretrained_path(l2l_tf.presets.DEFAULT_PRETRAINED)
+    candidate = copy_of_the_shipped_default(tmp_path, "candidate", max_factor=10.0)
+    for flags, message in [
+            ([], "--default_nets is the candidate to make the runs for"),
+            ([f"--default_nets={tmp_path}/nope"], "does not exist: give the candidate's"),
+            ([f"--default_nets={shipped}"], "holds the shipped default's nets"),
+            ([f"--default_nets={candidate}", "--shard=2/2"], "--shard=2/2 must be i/n"),
+            ([f"--default_nets={candidate}", f"--results={tmp_path}/none"],
+             "is not a directory")]:
+        result = script("remake.py", *flags)
+        assert result.returncode == 2, (flags, result.stderr)
+        assert result.stderr.strip().count("\n") == 0 and message in result.stderr, flags
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -1,0 +1,162 @@
+"""Makes the keras_fit tables' runs again for a candidate default, resumably, across sessions.
+
+    python experiments/remake.py --default_nets=experiments/candidates/drift-net2
+    python experiments/remake.py --default_nets=... --shard=0/2   # and --shard=1/2, beside it
+    python experiments/remake.py --default_nets=... --dry_run     # the ledger only
+
+Every cached run of `default` in a table's `_runs.json` is keyed by the shipped default's
+nets fingerprint, so shipping other nets leaves every table's `default` column to be run
+again: 1,250 runs and about 18 hours of `fit` on this machine in session 49, more than a
+session holds. This runs, for each `keras_fit*.md` in --results, the table's own command
+(its first line) with `--default_nets=<candidate> --runs_only`: the candidate's runs go into
+the table's cache under the keys the shipped default will have once the candidate ships, and
+no table changes until then (keras_fit.py, --runs_only). Killed at any point, the same
+command goes on where it stopped, since keras_fit.py saves each run as it ends.
+
+The ledger it prints counts, per table, the cached runs of the shipped default and how many
+of those have the candidate's run beside them; "minutes left" is the `fit` time the shipped
+default's runs without one took when they were made. Tables run cheapest first, so an
+interrupted remake has finished the most tables. A cached run that a table's command no
+longer asks for (a model dropped from it, an LSTM's initial weights drawn on another machine)
+stays in the count: the remake leaves such a table with runs "left" that no command makes.
+Two processes must not write one cache: --shard=i/n splits the tables between n processes.
+"""
+
+import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
+
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+from absl import flags
+
+from l2l_tf import cli, networks, presets
+
+EXPERIMENTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(EXPERIMENTS)
+COMMAND_PREFIX = "python experiments/keras_fit.py "
+
+flags.DEFINE_string("default_nets", None, "The candidate default: a directory of nets, as "
+                    "keras_fit.py's --default_nets takes it.")
+flags.DEFINE_string("results", os.path.join("experiments", "results"),
+                    "Where the keras_fit*.md tables and their _runs.json caches are.")
+flags.DEFINE_string("shard", "0/1", "i/n: remake only every n-th table with runs left, "
+                    "starting at the i-th (0-based), so that n processes share the work.")
+flags.DEFINE_bool("dry_run", False, "Print the ledger and run nothing.")
+FLAGS = flags.FLAGS
+
+
+def table_flags(table_path):
+    """The flags of the keras_fit.py command on the table's first line, or None for a table
+    made by another script."""
+    with open(table_path) as f:
+        first_line = f.readline().strip()
+    command = first_line.removeprefix("Command: `").removesuffix("`")
+    if not command.startswith(COMMAND_PREFIX):
+        return None
+    return shlex.split(command[len(COMMAND_PREFIX):])
+
+
+def cache_path(flags_of_table):
+    """The table's `_runs.json`, as keras_fit.py names it from the last --output."""
+    outputs = [f.split("=", 1)[1] for f in flags_of_table if f.startswith("--output=")]
+    return outputs[-1][: -len(".md")] + "_runs.json" if outputs else None
+
+
+def count_runs(cache, shipped, candidate):
+    """(runs of the shipped default, those with the candidate's run beside them, seconds of
+    `fit` the rest took), `shipped` and `candidate` being nets fingerprints."""
+    runs = remade = 0
+    seconds_left = 0.0
+    for key, epochs in cache.items():
+        model_name, label, *rest = key.split("|")
+        if label.split(" ")[0] != "default" or rest[-1] != f"nets {shipped}":
+            continue
+        runs += 1
+        if "|".join([model_name, label, *rest[:-1], f"nets {candidate}"]) in cache:
+            remade += 1
+        else:
+            seconds_left += sum(epoch["seconds"] for epoch in epochs)
+    return runs, remade, seconds_left
+
+
+def ledger(results, shipped, candidate):
+    """[(table name, its flags, runs, remade, seconds left)] for every keras_fit table in
+    `results`, cheapest first."""
+    rows = []
+    for table_path in sorted(glob.glob(os.path.join(results, "keras_fit*.md"))):
+        flags_of_table = table_flags(table_path)
+        if flags_of_table is None:
+            continue
+        cache = {}
+        path = cache_path(flags_of_table)
+        if path and os.path.exists(os.path.join(ROOT, path)):
+            with open(os.path.join(ROOT, path)) as f:
+                cache = json.load(f)
+        rows.append((os.path.basename(table_path)[: -len(".md")], flags_of_table,
+                     *count_runs(cache, shipped, candidate)))
+    return sorted(rows, key=lambda row: (row[4], row[0]))
+
+
+def print_ledger(rows):
+    print("| table | runs of the shipped default | remade | minutes left |")
+    print("| --- | --- | --- | --- |")
+    for name, _, runs, remade, seconds_left in rows:
+        print(f"| {name} | {runs} | {remade} | {seconds_left / 60:.1f} |")
+    runs, remade = sum(row[2] for row in rows), sum(row[3] for row in rows)
+    print(f"| all {len(rows)} | {runs} | {remade} | {sum(row[4] for row in rows) / 60:.1f} |")
+
+
+def parse_shard():
+    try:
+        index, count = (int(part) for part in FLAGS.shard.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise cli.UsageError(f"--shard={FLAGS.shard} must be i/n with 0 <= i < n, e.g. 0/2 "
+                             "and 1/2 for two processes.")
+    return index, count
+
+
+def main(argv):
+    del argv
+    if FLAGS.default_nets is None:
+        raise cli.UsageError("--default_nets is the candidate to make the runs for: give its "
+                             "directory, e.g. --default_nets=experiments/candidates/<name>.")
+    index, count = parse_shard()
+    if not os.path.exists(FLAGS.default_nets):
+        raise cli.UsageError(f"--default_nets={FLAGS.default_nets} does not exist: give the "
+                             "candidate's directory of nets, e.g. experiments/candidates/<name>.")
+    with cli.configuration_errors():
+        candidate = networks.nets_fingerprint(FLAGS.default_nets)
+    shipped = networks.nets_fingerprint(presets.pretrained_path(presets.DEFAULT_PRETRAINED))
+    if candidate == shipped:
+        raise cli.UsageError(f"--default_nets={FLAGS.default_nets} holds the shipped "
+                             "default's nets: its runs are the tables' own; nothing to remake.")
+    if not os.path.isdir(FLAGS.results):
+        raise cli.UsageError(f"--results={FLAGS.results} is not a directory: give the one "
+                             "holding the keras_fit*.md tables.")
+    rows = ledger(FLAGS.results, shipped, candidate)
+    print(f"Shipped default nets {shipped}, candidate {candidate} ({FLAGS.default_nets}):")
+    print_ledger(rows)
+    mine = [row for row in rows if row[3] < row[2]][index::count]
+    if FLAGS.dry_run:
+        return
+    for name, flags_of_table, *_ in mine:
+        print(f"Remaking {name} ...", flush=True)
+        result = subprocess.run(
+            [sys.executable, os.path.join(EXPERIMENTS, "keras_fit.py"), *flags_of_table,
+             f"--default_nets={os.path.abspath(FLAGS.default_nets)}", "--runs_only"],
+            cwd=ROOT)
+        if result.returncode != 0:
+            sys.exit(f"keras_fit.py failed on {name} (exit {result.returncode}); its runs made "
+                     "so far are cached: fix the cause and run the same command again.")
+    print("After the remake:")
+    print_ledger(ledger(FLAGS.results, shipped, candidate))
+
+
+if __name__ == "__main__":
+    cli.run(main)
