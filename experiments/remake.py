@@ -11,7 +11,10 @@ session holds. This runs, for each `keras_fit*.md` in --results, the table's own
 (its first line) with `--default_nets=<candidate> --runs_only`: the candidate's runs go into
 the table's cache under the keys the shipped default will have once the candidate ships, and
 no table changes until then (keras_fit.py, --runs_only). Killed at any point, the same
-command goes on where it stopped, since keras_fit.py saves each run as it ends.
+command goes on where it stopped, since keras_fit.py saves each run as it ends. Tables share
+runs (the same model, seed and flags in two tables: a run's key names everything its numbers
+depend on), so before a table runs, the candidate's runs it lacks that another table's cache
+holds are copied into its cache: no run is made twice.
 
 The ledger it prints counts, per table, the cached runs of the shipped default and how many
 of those have the candidate's run beside them; "minutes left" is the `fit` time the shipped
@@ -66,26 +69,46 @@ def cache_path(flags_of_table):
     return outputs[-1][: -len(".md")] + "_runs.json" if outputs else None
 
 
+def candidate_twin(key, shipped, candidate):
+    """The key the candidate's run has beside a cached run of the shipped default (nets
+    fingerprints `shipped` and `candidate`), or None for a key of another run."""
+    model_name, label, *rest = key.split("|")
+    if label.split(" ")[0] != "default" or rest[-1] != f"nets {shipped}":
+        return None
+    return "|".join([model_name, label, *rest[:-1], f"nets {candidate}"])
+
+
 def count_runs(cache, shipped, candidate):
     """(runs of the shipped default, those with the candidate's run beside them, seconds of
-    `fit` the rest took), `shipped` and `candidate` being nets fingerprints."""
-    runs = remade = 0
-    seconds_left = 0.0
-    for key, epochs in cache.items():
-        model_name, label, *rest = key.split("|")
-        if label.split(" ")[0] != "default" or rest[-1] != f"nets {shipped}":
-            continue
-        runs += 1
-        if "|".join([model_name, label, *rest[:-1], f"nets {candidate}"]) in cache:
-            remade += 1
-        else:
-            seconds_left += sum(epoch["seconds"] for epoch in epochs)
-    return runs, remade, seconds_left
+    `fit` the rest took)."""
+    twins = {key: candidate_twin(key, shipped, candidate) for key in cache}
+    remade = [key for key, twin in twins.items() if twin in cache]
+    left = [key for key, twin in twins.items() if twin is not None and twin not in cache]
+    return (len(remade) + len(left), len(remade),
+            sum(epoch["seconds"] for key in left for epoch in cache[key]))
+
+
+def borrow_runs(path, shipped, candidate, results):
+    """Copies into the cache at `path` the candidate's runs that other tables' caches in
+    `results` hold under the keys it lacks (tables share runs: a key names everything a
+    run's numbers depend on), so that no run is made twice; returns how many."""
+    with open(path) as f:
+        cache = json.load(f)
+    elsewhere = {}
+    for other in glob.glob(os.path.join(results, "*_runs.json")):
+        with open(other) as f:
+            elsewhere.update(json.load(f))
+    borrowed = {twin: elsewhere[twin] for twin in
+                (candidate_twin(key, shipped, candidate) for key in cache)
+                if twin is not None and twin not in cache and twin in elsewhere}
+    if borrowed:
+        cli.write_text_atomically(path, json.dumps({**cache, **borrowed}, indent=0))
+    return len(borrowed)
 
 
 def ledger(results, shipped, candidate):
-    """[(table name, its flags, runs, remade, seconds left)] for every keras_fit table in
-    `results`, cheapest first."""
+    """[(table name, its flags, its cache's path, runs, remade, seconds left)] for every
+    keras_fit table in `results`, cheapest first."""
     rows = []
     for table_path in sorted(glob.glob(os.path.join(results, "keras_fit*.md"))):
         flags_of_table = table_flags(table_path)
@@ -96,18 +119,18 @@ def ledger(results, shipped, candidate):
         if path and os.path.exists(os.path.join(ROOT, path)):
             with open(os.path.join(ROOT, path)) as f:
                 cache = json.load(f)
-        rows.append((os.path.basename(table_path)[: -len(".md")], flags_of_table,
+        rows.append((os.path.basename(table_path)[: -len(".md")], flags_of_table, path,
                      *count_runs(cache, shipped, candidate)))
-    return sorted(rows, key=lambda row: (row[4], row[0]))
+    return sorted(rows, key=lambda row: (row[5], row[0]))
 
 
 def print_ledger(rows):
     print("| table | runs of the shipped default | remade | minutes left |")
     print("| --- | --- | --- | --- |")
-    for name, _, runs, remade, seconds_left in rows:
+    for name, _, _, runs, remade, seconds_left in rows:
         print(f"| {name} | {runs} | {remade} | {seconds_left / 60:.1f} |")
-    runs, remade = sum(row[2] for row in rows), sum(row[3] for row in rows)
-    print(f"| all {len(rows)} | {runs} | {remade} | {sum(row[4] for row in rows) / 60:.1f} |")
+    runs, remade = sum(row[3] for row in rows), sum(row[4] for row in rows)
+    print(f"| all {len(rows)} | {runs} | {remade} | {sum(row[5] for row in rows) / 60:.1f} |")
 
 
 def parse_shard():
@@ -142,11 +165,12 @@ def main(argv):
     rows = ledger(FLAGS.results, shipped, candidate)
     print(f"Shipped default nets {shipped}, candidate {candidate} ({FLAGS.default_nets}):")
     print_ledger(rows)
-    mine = [row for row in rows if row[3] < row[2]][index::count]
+    mine = [row for row in rows if row[4] < row[3]][index::count]
     if FLAGS.dry_run:
         return
-    for name, flags_of_table, *_ in mine:
-        print(f"Remaking {name} ...", flush=True)
+    for name, flags_of_table, path, *_ in mine:
+        borrowed = borrow_runs(os.path.join(ROOT, path), shipped, candidate, FLAGS.results)
+        print(f"Remaking {name} ({borrowed} runs found in other tables' caches) ...", flush=True)
         result = subprocess.run(
             [sys.executable, os.path.join(EXPERIMENTS, "keras_fit.py"), *flags_of_table,
              f"--default_nets={os.path.abspath(FLAGS.default_nets)}", "--runs_only"],
