@@ -170,7 +170,8 @@ def main(argv):
         return
     for name, flags_of_table, path, *_ in mine:
         borrowed = borrow_runs(os.path.join(ROOT, path), shipped, candidate, FLAGS.results)
-        print(f"Remaking {name} ({borrowed} runs found in other tables' caches) ...", flush=True)
+        print(f"Remaking {name} ({borrowed} of its runs copied from other tables' caches) ...",
+              flush=True)
         result = subprocess.run(
             [sys.executable, os.path.join(EXPERIMENTS, "keras_fit.py"), *flags_of_table,
              f"--default_nets={os.path.abspath(FLAGS.default_nets)}", "--runs_only"],

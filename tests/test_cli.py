@@ -556,8 +556,9 @@ def test_remake_makes_a_candidate_s_runs_for_every_table_once_and_leaves_the_tab
         tmp_path, mnist_data_dir):
     """remake.py runs each keras_fit table's own command for the candidate (--runs_only):
     the ledger goes from none remade to all, the table stays as it was, the cache gains the
-    candidate's run under the shipped default's future key, and the same command again runs
-    nothing. A table made by another script is not in the ledger."""
+    candidate's run under the shipped default's future key, a second table of the same run
+    copies it rather than making it again, and the same command again runs nothing. A table
+    made by another script is not in the ledger."""
     table = tmp_path / "keras_fit_tiny.md"
     made = script("keras_fit.py", "--models=logistic", "--epochs=1", "--seeds=0",
                   "--adam_grid=0.001", "--optimizers=default@1", "--train_examples=256",
@@ -579,7 +580,8 @@ def test_remake_makes_a_candidate_s_runs_for_every_table_once_and_leaves_the_tab
         assert f"| {name} | 1 | 0 |" in before and f"| {name} | 1 | 1 | 0.0 |" in after
     assert "keras_fit_other" not in first.stdout
     assert first.stdout.count("default 1 ") == 1  # the one run made, printed by keras_fit.py
-    assert "Remaking keras_fit_tiny2 (1 runs found in other tables' caches)" in first.stdout
+    assert "Remaking keras_fit_tiny2 (1 of its runs copied from other tables' caches)" in (
+        first.stdout)
     assert table.read_text() == text
     fingerprint = l2l_tf.networks.nets_fingerprint(candidate)
     for name in ("keras_fit_tiny", "keras_fit_tiny2"):
