@@ -116,8 +116,9 @@ def ledger(results, shipped, candidate):
             continue
         cache = {}
         path = cache_path(flags_of_table)
-        if path and os.path.exists(os.path.join(ROOT, path)):
-            with open(os.path.join(ROOT, path)) as f:
+        path = path and os.path.join(ROOT, path)  # the commands' paths are the checkout's
+        if path and os.path.exists(path):
+            with open(path) as f:
                 cache = json.load(f)
         rows.append((os.path.basename(table_path)[: -len(".md")], flags_of_table, path,
                      *count_runs(cache, shipped, candidate)))
@@ -169,7 +170,7 @@ def main(argv):
     if FLAGS.dry_run:
         return
     for name, flags_of_table, path, *_ in mine:
-        borrowed = borrow_runs(os.path.join(ROOT, path), shipped, candidate, FLAGS.results)
+        borrowed = borrow_runs(path, shipped, candidate, FLAGS.results)
         print(f"Remaking {name} ({borrowed} of its runs copied from other tables' caches) ...",
               flush=True)
         result = subprocess.run(
