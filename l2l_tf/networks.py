@@ -540,7 +540,8 @@ class TensorwiseLSTM(LSTMNet):
                              f'(its own) or "net" (pooled), got {drift_brake_scope!r}.')
         if drift_brake_scope == "net" and not self.drift_brake:
             raise ValueError('drift_brake_scope="net" pools the drift brake\'s ratio, and '
-                             "drift_brake is 0 (off): set drift_brake too.")
+                             "drift_brake is 0 (off): set drift_brake too, or, to turn the "
+                             'brake off, drift_brake_scope="tensor" with it.')
         self.drift_brake_scope = drift_brake_scope
         self._check_initializer()
 

@@ -34,10 +34,11 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
             config["gradient_decay_steps"], config["burstiness_gate"],
             config["burstiness_threshold"], config["gradient_stop"],
             config["gradient_stop_exponent"], config["gradient_stop_latch"],
-            config["gradient_decay_latch"], config["restart_ratio"]) == (
-                1400, 100, 2.0, 700, 4, 1.4, 0.3, 8, True, 1.1, 4.0)
+            config["gradient_decay_latch"], config["restart_ratio"], config["drift_brake"],
+            config["drift_brake_steps"], config["drift_brake_scope"]) == (
+                1400, 100, 2.0, 700, 4, 1.4, 0.3, 8, True, 1.1, 4.0, 2.0, 200, "net")
     with open(os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"),
-              "rb") as shipped, open(os.path.join(CANDIDATES, "restart4",
+              "rb") as shipped, open(os.path.join(CANDIDATES, "drift-net2",
                                                   "tensorwise.npz"), "rb") as candidate:
         assert shipped.read() == candidate.read()  # the file its measurements were made with
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
@@ -58,26 +59,38 @@ def state_after(net, steps, shape):
     return (m, v, t + float(steps), *rest)
 
 
+# The default's drift brake reads one ratio pooled over all of a model's tensors, so a test
+# that steps one tensor to probe the default's other rules switches it off.
+NO_DRIFT_BRAKE = {"drift_brake": 0.0, "drift_brake_scope": "tensor"}
+
+
+def default_without_drift_brake():
+    default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
+    return networks.TensorwiseLSTM(**{**default.get_config(), **NO_DRIFT_BRAKE},
+                                   initializer=default.initializer)
+
+
 def test_the_readme_s_long_run_recipe_is_the_default_with_later_decays():
     """README, "Small batches and long runs": the shipped weights with both decays from step
-    2000, `gradient_decay=1`, the gate's threshold at 1 and no gradient stop
-    (`experiments/candidates/long-run`, measured before the default's threshold became 1.4
-    and its stop 0.3) step exactly as the default up to step 700,
-    where the default's gradient decay starts; on gradients that keep their size they take
-    the same steps until step 1400, and larger ones once the default's decay in time has
-    started."""
+    2000, `gradient_decay=1`, the gate's threshold at 1, no gradient stop and no drift brake
+    (`experiments/candidates/long-run`, measured before the default's threshold became 1.4,
+    its stop 0.3 and its brake 2) step exactly as the default without its brake up to step
+    700, where the default's gradient decay starts; on gradients that keep their size they
+    take the same steps until step 1400, and larger ones once the default's decay in time
+    has started."""
     path = os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz")
     _, options, weights = networks.load_weights(path)
     longer = networks.TensorwiseLSTM(**{**options, "decay_steps": 2000, "gradient_decay": 1.0,
                                         "gradient_decay_steps": 2000,
                                         "burstiness_threshold": 1.0, "gradient_stop": 0.0,
                                         "gradient_stop_latch": False,
-                                        "gradient_decay_latch": None, "restart_ratio": None},
+                                        "gradient_decay_latch": None, "restart_ratio": None,
+                                        **NO_DRIFT_BRAKE},
                                      initializer=weights)
     as_file = l2l_tf.LearnedOptimizer.from_pretrained(
         os.path.join(CANDIDATES, "long-run")).nets["tensorwise"]
     assert longer.get_config() == as_file.get_config()  # the recipe is the file measured
-    default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
+    default = default_without_drift_brake()
     steps = {net: tf.function(net.step) for net in (default, longer)}
     rng = np.random.default_rng(0)
     net_weights = {net: net.initial_weights() for net in (default, longer)}
@@ -147,11 +160,11 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     the gradient decay too, and the tenth, the default in sessions 32-43, lets it rise 1.1x
     above its lowest; the eleventh is that default with a warm-up of 400 steps instead of
     100; the twelfth and thirteenth are that default with a restart where a tensor's
-    gradients grow tenfold or fourfold past step 700's (session 38), and the thirteenth is
-    the default since session 44; the fourteenth is that default with its decay in time from
+    gradients grow tenfold or fourfold past step 700's (session 38), and the thirteenth was
+    the default in sessions 44-52; the fourteenth is that default with its decay in time from
     step 700 instead of 1400 (session 45); the next three are that default with a drift
     brake below a drift ratio of 2, 4 or 8 (session 46), and the last two the brake below 2
-    (session 49) or 4 (session 48) with one drift ratio pooled over the model's tensors."""
+    (session 49; the default since session 53) or 4 (session 48) with one drift ratio pooled over the model's tensors."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
@@ -171,8 +184,8 @@ def test_the_candidate_without_the_gradient_term_steps_along_adam_s_direction():
     the normalised current gradient and so points elsewhere."""
     candidate = os.path.join(CANDIDATES, "no-gradient-term")
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
-    default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
-    # made from the default of its time (session 36), before the restart shipped
+    default = default_without_drift_brake()
+    # made from the default of its time (session 36), before the restart and the brake shipped
     assert networks.TensorwiseLSTM(**options).get_config() == {
         **default.get_config(), "restart_ratio": None}
     for module, fields in default.initializer.items():
@@ -206,7 +219,7 @@ def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
     gradient's RMS relative to step 700's: on gradients that keep their size it is the step
     of the same weights without that (`gradient_decay=0`); 200 steps after they shrink
     100-fold, as a model's do when it has fit its training set, it is a fraction of it."""
-    default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
+    default = default_without_drift_brake()
     options = {**default.get_config(), "gradient_decay": 0.0, "burstiness_gate": 0.0,
                "gradient_stop": 0.0, "gradient_stop_latch": False, "gradient_decay_latch": None,
                "restart_ratio": None}
