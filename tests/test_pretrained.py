@@ -164,7 +164,8 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     the default in sessions 44-52; the fourteenth is that default with its decay in time from
     step 700 instead of 1400 (session 45); the next three are that default with a drift
     brake below a drift ratio of 2, 4 or 8 (session 46), and the last two the brake below 2
-    (session 49; the default since session 53) or 4 (session 48) with one drift ratio pooled over the model's tensors."""
+    (session 49; the default since session 53) or 4 (session 48) with one drift ratio
+    pooled over the model's tensors."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
