@@ -17,8 +17,11 @@ depend on), so before a table runs, the candidate's runs it lacks that another t
 holds are copied into its cache: no run is made twice.
 
 The ledger it prints counts, per table, the cached runs of the shipped default and how many
-of those have the candidate's run beside them; "minutes left" is the `fit` time the shipped
-default's runs without one took when they were made. Tables run cheapest first, so an
+of those have the candidate's run beside them; of those pairs, how many are the same to the
+bit (every stored number but the seconds) and the mean of log(the candidate's validation
+loss / the shipped default's) after the last epoch, the split a candidate is judged on
+(the test loss is the tables' to show once it ships); "minutes left" is the `fit` time the
+shipped default's runs without one took when they were made. Tables run cheapest first, so an
 interrupted remake has finished the most tables. A cached run that a table's command no
 longer asks for (a model dropped from it, an LSTM's initial weights drawn on another machine)
 stays in the count: the remake leaves such a table with runs "left" that no command makes.
@@ -29,12 +32,14 @@ import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up li
 
 import glob
 import json
+import math
 import os
 import shlex
 import subprocess
 import sys
 
 from absl import flags
+import numpy as np
 
 from l2l_tf import cli, networks, presets
 
@@ -80,12 +85,25 @@ def candidate_twin(key, shipped, candidate):
 
 def count_runs(cache, shipped, candidate):
     """(runs of the shipped default, those with the candidate's run beside them, seconds of
-    `fit` the rest took)."""
+    `fit` the rest took, how many of the pairs are the same in every number but the seconds,
+    and per pair log(candidate's / shipped's validation loss) after the last epoch)."""
     twins = {key: candidate_twin(key, shipped, candidate) for key in cache}
-    remade = [key for key, twin in twins.items() if twin in cache]
+    remade = [(key, twin) for key, twin in twins.items() if twin in cache]
     left = [key for key, twin in twins.items() if twin is not None and twin not in cache]
     return (len(remade) + len(left), len(remade),
-            sum(epoch["seconds"] for key in left for epoch in cache[key]))
+            sum(epoch["seconds"] for key in left for epoch in cache[key]),
+            sum(without_seconds(cache[key]) == without_seconds(cache[twin])
+                for key, twin in remade),
+            [math.log(cache[twin][-1]["validation_loss"] / cache[key][-1]["validation_loss"])
+             for key, twin in remade
+             if cache[key][-1]["validation_loss"] > 0 and cache[twin][-1]["validation_loss"] > 0])
+
+
+def without_seconds(run):
+    """A run's epochs without their wall times, the one thing two runs of the same
+    computation differ in."""
+    return [{name: value for name, value in epoch.items() if name != "seconds"}
+            for epoch in run]
 
 
 def borrow_runs(path, shipped, candidate, results):
@@ -126,12 +144,21 @@ def ledger(results, shipped, candidate):
 
 
 def print_ledger(rows):
-    print("| table | runs of the shipped default | remade | minutes left |")
-    print("| --- | --- | --- | --- |")
-    for name, _, _, runs, remade, seconds_left in rows:
-        print(f"| {name} | {runs} | {remade} | {seconds_left / 60:.1f} |")
+    print("| table | runs of the shipped default | remade | remade the same to the bit | "
+          "validation loss of the remade runs, mean log(candidate's / shipped's), last epoch "
+          "| minutes left |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, _, _, runs, remade, seconds_left, identical, log_ratios in rows:
+        print(f"| {name} | {runs} | {remade} | {identical} | {mean_text(log_ratios)} | "
+              f"{seconds_left / 60:.1f} |")
     runs, remade = sum(row[3] for row in rows), sum(row[4] for row in rows)
-    print(f"| all {len(rows)} | {runs} | {remade} | {sum(row[5] for row in rows) / 60:.1f} |")
+    print(f"| all {len(rows)} | {runs} | {remade} | {sum(row[6] for row in rows)} | "
+          f"{mean_text([r for row in rows for r in row[7]])} | "
+          f"{sum(row[5] for row in rows) / 60:.1f} |")
+
+
+def mean_text(log_ratios):
+    return f"{np.mean(log_ratios):+.4f}" if log_ratios else "-"
 
 
 def parse_shard():

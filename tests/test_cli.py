@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -576,14 +577,24 @@ def test_remake_makes_a_candidate_s_runs_for_every_table_once_and_leaves_the_tab
     first = script(*remake)
     assert first.returncode == 0, first.stderr
     before, after = first.stdout.split("After the remake:")
+    fingerprint = l2l_tf.networks.nets_fingerprint(candidate)
+    with open(tmp_path / "keras_fit_tiny_runs.json") as f:
+        cache = json.load(f)
+    (shipped_run,), (candidate_run,) = (
+        [run for key, run in cache.items() if key.startswith("logistic|default 1|")
+         and key.endswith(f"|nets {fingerprint}") == is_candidate]
+        for is_candidate in (False, True))
+    log_ratio = math.log(candidate_run[-1]["validation_loss"]
+                         / shipped_run[-1]["validation_loss"])
+    assert log_ratio != 0  # a larger bound on the step: another run
     for name in ("keras_fit_tiny", "keras_fit_tiny2"):
-        assert f"| {name} | 1 | 0 |" in before and f"| {name} | 1 | 1 | 0.0 |" in after
+        assert f"| {name} | 1 | 0 | 0 | - | " in before
+        assert f"| {name} | 1 | 1 | 0 | {log_ratio:+.4f} | 0.0 |" in after
     assert "keras_fit_other" not in first.stdout
     assert first.stdout.count("default 1 ") == 1  # the one run made, printed by keras_fit.py
     assert "Remaking keras_fit_tiny2 (1 of its runs copied from other tables' caches)" in (
         first.stdout)
     assert table.read_text() == text
-    fingerprint = l2l_tf.networks.nets_fingerprint(candidate)
     for name in ("keras_fit_tiny", "keras_fit_tiny2"):
         with open(tmp_path / f"{name}_runs.json") as f:
             keys = list(json.load(f))
