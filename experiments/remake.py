@@ -30,6 +30,7 @@ Two processes must not write one cache: --shard=i/n splits the tables between n 
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
 
+import collections
 import glob
 import json
 import math
@@ -39,7 +40,6 @@ import subprocess
 import sys
 
 from absl import flags
-import numpy as np
 
 from l2l_tf import cli, networks, presets
 
@@ -81,6 +81,12 @@ def candidate_twin(key, shipped, candidate):
     if label.split(" ")[0] != "default" or rest[-1] != f"nets {shipped}":
         return None
     return "|".join([model_name, label, *rest[:-1], f"nets {candidate}"])
+
+
+# One table's line of the ledger: its name, its command's flags, its cache's path, and
+# `count_runs` of that cache.
+LedgerRow = collections.namedtuple("LedgerRow", [
+    "name", "flags", "path", "runs", "remade", "seconds_left", "identical", "log_ratios"])
 
 
 def count_runs(cache, shipped, candidate):
@@ -125,8 +131,7 @@ def borrow_runs(path, shipped, candidate, results):
 
 
 def ledger(results, shipped, candidate):
-    """[(table name, its flags, its cache's path, runs, remade, seconds left)] for every
-    keras_fit table in `results`, cheapest first."""
+    """A `LedgerRow` for every keras_fit table in `results`, cheapest first."""
     rows = []
     for table_path in sorted(glob.glob(os.path.join(results, "keras_fit*.md"))):
         flags_of_table = table_flags(table_path)
@@ -138,9 +143,9 @@ def ledger(results, shipped, candidate):
         if path and os.path.exists(path):
             with open(path) as f:
                 cache = json.load(f)
-        rows.append((os.path.basename(table_path)[: -len(".md")], flags_of_table, path,
-                     *count_runs(cache, shipped, candidate)))
-    return sorted(rows, key=lambda row: (row[5], row[0]))
+        rows.append(LedgerRow(os.path.basename(table_path)[: -len(".md")], flags_of_table,
+                              path, *count_runs(cache, shipped, candidate)))
+    return sorted(rows, key=lambda row: (row.seconds_left, row.name))
 
 
 def print_ledger(rows):
@@ -148,17 +153,17 @@ def print_ledger(rows):
           "validation loss of the remade runs, mean log(candidate's / shipped's), last epoch "
           "| minutes left |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, _, _, runs, remade, seconds_left, identical, log_ratios in rows:
-        print(f"| {name} | {runs} | {remade} | {identical} | {mean_text(log_ratios)} | "
-              f"{seconds_left / 60:.1f} |")
-    runs, remade = sum(row[3] for row in rows), sum(row[4] for row in rows)
-    print(f"| all {len(rows)} | {runs} | {remade} | {sum(row[6] for row in rows)} | "
-          f"{mean_text([r for row in rows for r in row[7]])} | "
-          f"{sum(row[5] for row in rows) / 60:.1f} |")
+    for row in rows:
+        print(f"| {row.name} | {row.runs} | {row.remade} | {row.identical} | "
+              f"{mean_text(row.log_ratios)} | {row.seconds_left / 60:.1f} |")
+    print(f"| all {len(rows)} | {sum(row.runs for row in rows)} | "
+          f"{sum(row.remade for row in rows)} | {sum(row.identical for row in rows)} | "
+          f"{mean_text([r for row in rows for r in row.log_ratios])} | "
+          f"{sum(row.seconds_left for row in rows) / 60:.1f} |")
 
 
 def mean_text(log_ratios):
-    return f"{np.mean(log_ratios):+.4f}" if log_ratios else "-"
+    return f"{sum(log_ratios) / len(log_ratios):+.4f}" if log_ratios else "-"
 
 
 def parse_shard():
@@ -193,7 +198,7 @@ def main(argv):
     rows = ledger(FLAGS.results, shipped, candidate)
     print(f"Shipped default nets {shipped}, candidate {candidate} ({FLAGS.default_nets}):")
     print_ledger(rows)
-    mine = [row for row in rows if row[4] < row[3]][index::count]
+    mine = [row for row in rows if row.remade < row.runs][index::count]
     if FLAGS.dry_run:
         return
     for name, flags_of_table, path, *_ in mine:
