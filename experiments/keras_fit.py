@@ -49,7 +49,9 @@ training examples' mean and deviation, as a user would; the models that read a 2
 (`MNIST_MODELS`) are MNIST's alone, the dense ones take any width. --label_noise gives a
 fraction of the training and validation examples a wrong class, as labelling mistakes do in
 real data sets (the test split keeps its true labels): a faster optimizer may fit the mistakes
-sooner. --pretrain_classes measures fine-tuning, the other common way Keras users train: every
+sooner. --raw_pixels feeds MNIST's pixels as stored, 0-255, to every optimizer alike: the
+input of a user who did not divide by 255 (or standardise), whose first layer then sees
+gradients and activations 255 times larger. --pretrain_classes measures fine-tuning, the other common way Keras users train: every
 model is first trained with Adam() on some digits (the same weights for every optimizer of a
 seed), then gets a new last layer (its initial draw) and each optimizer trains it on the other
 digits, with every layer trainable or (--fine_tune=head) only the new one, as Keras's
@@ -166,6 +168,10 @@ flags.DEFINE_integer("train_examples", 0, "Train on the first this many examples
 flags.DEFINE_float("label_noise", 0.0, "Fraction of the training and validation examples whose "
                    "label is replaced by another class, drawn uniformly (the test split keeps "
                    "its true labels); classifiers only.", lower_bound=0.0, upper_bound=0.9)
+flags.DEFINE_bool("raw_pixels", False,
+                  "MNIST's pixels as stored, 0-255, instead of divided by 255: a user's input "
+                  "left unscaled, the same for every optimizer. Not for the autoencoder, "
+                  "whose sigmoid reconstructs pixels in [0, 1].")
 flags.DEFINE_list("pretrain_classes", [],
                   "Fine-tuning (MNIST classifiers): every model is first trained with Adam() "
                   "for --pretrain_epochs on the training images of these digits, its last layer "
@@ -389,6 +395,8 @@ def check_flags():
                 f"{', '.join(name for name in ALL_MODELS if name not in MNIST_MODELS)}.")
     if FLAGS.label_noise:
         require_classifiers("--label_noise", "relabels classes")
+    if FLAGS.raw_pixels:
+        check_raw_pixels_flags()
     if FLAGS.pretrain_classes:
         check_pretrain_flags()
     elif FLAGS["fine_tune"].present:
@@ -420,6 +428,19 @@ def check_flags():
             with cli.configuration_errors():
                 build_optimizer(name, rate, schedule, 1)
     return optimizers, seeds, report_epochs
+
+
+def check_raw_pixels_flags():
+    """Refuses --raw_pixels where there are no pixels or a model's target is the pixels."""
+    if FLAGS.dataset != "mnist":
+        raise cli.UsageError(f"--raw_pixels keeps MNIST's pixels 0-255, and --dataset="
+                             f"{FLAGS.dataset} has no pixels (its features are standardised): "
+                             "drop one of the two.")
+    reconstruct = [name for name in model_names() if task_of(name, "mnist") == "reconstruct"]
+    if reconstruct:
+        raise cli.UsageError(f"--models={','.join(reconstruct)} reconstruct their input "
+                             "through a sigmoid, in [0, 1], which 0-255 pixels are not: leave "
+                             "them out or drop --raw_pixels.")
 
 
 def check_pretrain_flags():
@@ -492,14 +513,15 @@ def validation_size():
 
 
 def load_data():
-    """`{"train", "validation", "test"}: (x [n, width] float32, y)`: MNIST's pixels in [0, 1],
-    or a scikit-learn data set's features (and a regression's target) standardised with the
+    """`{"train", "validation", "test"}: (x [n, width] float32, y)`: MNIST's pixels in [0, 1]
+    (0-255 with --raw_pixels), or a scikit-learn data set's features (and a regression's target) standardised with the
     training examples' mean and deviation."""
     if FLAGS.dataset == "mnist":
         arrays = {}
         for mode in ("train", "test"):
             images, labels = problems.load_tfds("mnist", mode)
-            arrays[mode] = (images.reshape(-1, 784).astype(np.float32) / 255.0, labels)
+            pixels = images.reshape(-1, 784).astype(np.float32)
+            arrays[mode] = (pixels if FLAGS.raw_pixels else pixels / 255.0, labels)
     else:
         arrays = sklearn_splits(FLAGS.dataset)
     if FLAGS.pretrain_classes:
@@ -589,6 +611,7 @@ def run_key(model_name, optimizer, seed):
             f"{validation_size()}|jit {FLAGS.jit_compile}"
             + ("" if FLAGS.dataset == "mnist" else f"|data {FLAGS.dataset}")
             + (f"|label noise {FLAGS.label_noise:g}" if FLAGS.label_noise else "")
+            + ("|raw pixels" if FLAGS.raw_pixels else "")
             + (f"|pretrain {''.join(map(str, fine_tune_classes()[0]))} x{FLAGS.pretrain_epochs}"
                f" then {FLAGS.fine_tune}" if FLAGS.pretrain_classes else "")
             + f"|init {initial_weights_fingerprint(model_name, seed, FLAGS.dataset)}{nets}")
@@ -794,6 +817,8 @@ def report(results, optimizers, seeds, report_epochs, sizes):
                    + (" and the rest frozen" if FLAGS.fine_tune == "head" else ""))
                 + f"; trained on the first {sizes['train']:,} images of the train split's "
                 f"digits {digits(target)}")
+    if FLAGS.raw_pixels:
+        data += ", its pixels as stored, 0-255 (not divided by 255)"
     if FLAGS.label_noise:
         data += (f", {100 * FLAGS.label_noise:g}% of its labels and of the validation split's "
                  "replaced by another class drawn uniformly (the test split's labels are true)")

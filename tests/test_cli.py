@@ -714,6 +714,26 @@ def test_keras_fit_label_noise_relabels_training_and_validation_but_not_test():
     assert noisy_key == true_key.replace("|data wine|", "|data wine|label noise 0.3|")
 
 
+def test_keras_fit_raw_pixels_are_mnists_as_stored_and_keyed_apart(mnist_data_dir):
+    """--raw_pixels: every split's images are the stored 0-255 values (255 times the usual
+    input), the labels and splits unchanged, and the runs keyed apart from scaled ones."""
+    from absl.testing import flagsaver
+
+    keras_fit = keras_fit_with_flags_parsed()
+    with flagsaver.flagsaver(train_examples=500, validation_examples=300):
+        scaled = keras_fit.load_data()
+        scaled_key = keras_fit.run_key("mlp_relu", ("default", 1.0, "constant"), 0)
+    with flagsaver.flagsaver(train_examples=500, validation_examples=300, raw_pixels=True):
+        raw = keras_fit.load_data()
+        raw_key = keras_fit.run_key("mlp_relu", ("default", 1.0, "constant"), 0)
+    for split in ("train", "validation", "test"):
+        (x, y), (raw_x, raw_y) = scaled[split], raw[split]
+        np.testing.assert_array_equal(raw_y, y)
+        np.testing.assert_allclose(raw_x, 255 * x, rtol=1e-6)
+        assert raw_x.max() == 255 and raw_x.dtype == np.float32, split
+    assert raw_key == scaled_key.replace("|init ", "|raw pixels|init ")
+
+
 def test_keras_fit_fine_tuning_splits_the_digits_and_starts_from_pretrained_weights(
         mnist_data_dir):
     """--pretrain_classes=0,1,2,3,4: pretraining sees only those digits of the training
@@ -945,6 +965,10 @@ def test_bad_remake_flags_give_one_line_and_exit_2(tmp_path):
     (["--label_noise=0.2", "--models=mlp_relu,autoencoder"],
      "--models=autoencoder do not classify: leave them out or drop --label_noise"),
     (["--label_noise=1", "--models=mlp_relu"], "1.0 is not a number in the range [0.0, 0.9]"),
+    (["--raw_pixels", "--dataset=wine", "--models=mlp_relu"],
+     "--raw_pixels keeps MNIST's pixels 0-255, and --dataset=wine has no pixels"),
+    (["--raw_pixels", "--models=mlp_relu,autoencoder"],
+     "--models=autoencoder reconstruct their input through a sigmoid, in [0, 1]"),
     (["--pretrain_classes=0,1,2,3,4,5,6,7,8,9"], "must be some of the digits 0-9, leaving"),
     (["--pretrain_classes=0,x"], "--pretrain_classes=0,x must be some of the digits 0-9"),
     (["--pretrain_classes=0", "--models=cnn,autoencoder"],
