@@ -49,17 +49,17 @@ training examples' mean and deviation, as a user would; the models that read a 2
 (`MNIST_MODELS`) are MNIST's alone, the dense ones take any width. --label_noise gives a
 fraction of the training and validation examples a wrong class, as labelling mistakes do in
 real data sets (the test split keeps its true labels): a faster optimizer may fit the mistakes
-sooner. --raw_pixels feeds MNIST's pixels as stored, 0-255, to every optimizer alike: the
-input of a user who did not divide by 255 (or standardise), whose first layer then sees
-gradients and activations 255 times larger. --pretrain_classes measures fine-tuning, the other common way Keras users train: every
-model is first trained with Adam() on some digits (the same weights for every optimizer of a
-seed), then gets a new last layer (its initial draw) and each optimizer trains it on the other
-digits, with every layer trainable or (--fine_tune=head) only the new one, as Keras's
-transfer-learning guide does first; validation and test hold only the new digits.
---fine_tune=continue measures a second task instead: each optimizer first trains the model
-itself on those digits, then goes on to the others with the same optimizer (its states and
-step count carried over) and the same last layer, as calling `fit` again on new data does;
---fine_tune=renew gives the second task a new optimizer of the same kind.
+sooner. --raw_pixels feeds MNIST's pixels as stored, 0-255, to every optimizer alike: the input
+of a user who did not divide by 255 (or standardise), whose first layer then sees gradients and
+activations 255 times larger. --pretrain_classes measures fine-tuning, the other common way
+Keras users train: every model is first trained with Adam() on some digits (the same weights
+for every optimizer of a seed), then gets a new last layer (its initial draw) and each
+optimizer trains it on the other digits, with every layer trainable or (--fine_tune=head) only
+the new one, as Keras's transfer-learning guide does first; validation and test hold only the
+new digits. --fine_tune=continue measures a second task instead: each optimizer first trains
+the model itself on those digits, then goes on to the others with the same optimizer (its
+states and step count carried over) and the same last layer, as calling `fit` again on new data
+does; --fine_tune=renew gives the second task a new optimizer of the same kind.
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
 among them), and --optimizers, given as `name@learning_rate[:cosine|:plateau]`: `name` is
@@ -514,8 +514,8 @@ def validation_size():
 
 def load_data():
     """`{"train", "validation", "test"}: (x [n, width] float32, y)`: MNIST's pixels in [0, 1]
-    (0-255 with --raw_pixels), or a scikit-learn data set's features (and a regression's target) standardised with the
-    training examples' mean and deviation."""
+    (0-255 with --raw_pixels), or a scikit-learn data set's features (and a regression's
+    target) standardised with the training examples' mean and deviation."""
     if FLAGS.dataset == "mnist":
         arrays = {}
         for mode in ("train", "test"):
