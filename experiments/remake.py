@@ -100,9 +100,11 @@ def count_runs(cache, shipped, candidate):
             sum(epoch["seconds"] for key in left for epoch in cache[key]),
             sum(without_seconds(cache[key]) == without_seconds(cache[twin])
                 for key, twin in remade),
-            [math.log(cache[twin][-1]["validation_loss"] / cache[key][-1]["validation_loss"])
-             for key, twin in remade
-             if cache[key][-1]["validation_loss"] > 0 and cache[twin][-1]["validation_loss"] > 0])
+            [math.log(candidate_loss / shipped_loss)
+             for shipped_loss, candidate_loss in (
+                 (cache[key][-1]["validation_loss"], cache[twin][-1]["validation_loss"])
+                 for key, twin in remade)
+             if shipped_loss > 0 and candidate_loss > 0])
 
 
 def without_seconds(run):
