@@ -628,9 +628,11 @@ def initial_weights_fingerprint(model_name, seed, dataset="mnist"):
     return digest.hexdigest()[:12]
 
 
-def run(model_name, optimizer, seed, data):
+def run(model_name, optimizer, seed, data, measure=None):
     """Per epoch: `{"seconds", "train_loss", "validation_loss", "validation_accuracy",
-    "test_loss", "test_accuracy"}`; seconds is the wall time of the epoch's fit alone."""
+    "test_loss", "test_accuracy"}`; seconds is the wall time of the epoch's fit alone.
+    `measure(model, data)`, if given, returns more numbers to record after each epoch (as
+    calibration.py does); it must not train the model."""
     x, y = data["train"]
     keras.utils.set_random_seed(seed)
     model = model_on_dataset(model_name, FLAGS.dataset)
@@ -684,6 +686,8 @@ def run(model_name, optimizer, seed, data):
                                     verbose=0, return_dict=True)
             record.update({f"{split}_loss": scores.get("data_loss", scores["loss"]),
                            f"{split}_accuracy": scores.get("accuracy", np.nan)})
+        if measure:
+            record.update(measure(model, data))
         if plateau:
             plateau.on_epoch_end(epoch, {"val_loss": record["validation_loss"]})
         epochs.append({k: float(v) for k, v in record.items()})

@@ -364,6 +364,66 @@ def test_recomputing_batch_normalisation_statistics_leaves_the_model_as_it_was()
     np.testing.assert_array_equal(layer.moving_variance.numpy(), before[1])
 
 
+def test_calibration_chooses_the_temperature_on_the_validation_split_alone():
+    """A model whose validation logits are 3x too sure gets T = 3 (to the grid's 2.9%),
+    whatever the test logits would prefer; the test loss is then scored at that T, and the
+    cross-entropy is Keras's."""
+    import keras
+
+    calibration = load_experiment("calibration")
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        logits = rng.normal(scale=2.0, size=(n, 10))
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        labels = np.array([rng.choice(10, p=row) for row in p])
+        return logits, labels
+
+    class Identity:  # predict returns its input: the data are the logits
+        def predict(self, x, batch_size, verbose):
+            return x
+
+    (validation, validation_labels), (test, test_labels) = sample(20000), sample(2000)
+    data = {"validation": (3.0 * validation, validation_labels), "test": (test, test_labels)}
+    result = calibration.calibrated(Identity(), data)
+    assert result["temperature"] == pytest.approx(3.0, rel=0.06)
+    assert calibration.best_temperature(test, test_labels) == pytest.approx(1.0, rel=0.1)
+    assert result["calibrated_test_loss"] == pytest.approx(
+        calibration.cross_entropy(test, test_labels, result["temperature"]))
+    keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    assert calibration.cross_entropy(test, test_labels, 2.0) == pytest.approx(
+        float(keras_loss(test_labels, test / 2.0)), rel=1e-5)
+
+
+def test_calibration_script_tables_both_losses_resumes_and_refuses_non_classifiers(
+        tmp_path, mnist_data_dir):
+    """The table has each run's test loss and its calibrated one; the same command runs
+    nothing again; a model that does not classify is refused with exit 2."""
+    output = tmp_path / "calibration.md"
+    args = ["--models=mlp_relu", "--epochs=2", "--report_epochs=1,2", "--seeds=0",
+            "--adam_grid=0.001", "--optimizers=default@1", "--train_examples=640",
+            "--validation_examples=2000", f"--output={output}"]
+    first = script("calibration.py", *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("seed 0: test loss") == 2
+    text = output.read_text()
+    assert text.count("| mlp_relu | default 1 |") == 2  # epochs 1 and 2
+    cache = json.loads((tmp_path / "calibration_runs.json").read_text())
+    for runs in cache.values():
+        for epoch in runs:
+            assert 0.1 <= epoch["temperature"] <= 10
+            assert np.isfinite(epoch["calibrated_test_loss"])
+    row = text.split("Epoch 2:")[1].split("| mlp_relu | default 1 | ")[1].split(" | ")
+    last = next(runs[-1] for key, runs in cache.items() if "|default 1|" in key)
+    assert float(row[0]) == pytest.approx(last["test_loss"], abs=1e-4)
+    assert float(row[1]) == pytest.approx(last["calibrated_test_loss"], abs=1e-4)
+    assert "test loss below Adam()'s on" in text
+    again = script("calibration.py", *args)
+    assert again.returncode == 0 and "seed 0: test loss" not in again.stdout
+    refused = script("calibration.py", "--models=autoencoder", f"--output={output}")
+    assert refused.returncode == 2 and "do not classify" in refused.stderr
+
+
 def test_keras_fit_plateau_lowers_the_rate_after_an_epoch_without_a_new_best_validation_loss():
     """`adam@0.01:plateau` is Keras's `ReduceLROnPlateau(factor=0.3, patience=1)` on the
     validation loss across the one-epoch `fit` calls: the same run as a constant rate while
