@@ -74,7 +74,7 @@ def run(model_name, optimizer, seed, data):
     keras.utils.set_random_seed(seed)
     model = keras_fit.build_model(model_name)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras_fit.build_optimizer(*optimizer, total_steps=None), loss=loss)
+    model.compile(optimizer=keras_fit.build_optimizer(optimizer, total_steps=None), loss=loss)
     motion, epochs = KernelMotion(), []
     for _ in range(FLAGS.epochs):
         history = model.fit(x, y, batch_size=FLAGS.batch_size, epochs=1, verbose=0,

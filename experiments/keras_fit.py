@@ -62,14 +62,19 @@ states and step count carried over) and the same last layer, as calling `fit` ag
 does; --fine_tune=renew gives the second task a new optimizer of the same kind.
 
 Optimizers: Adam at every rate of --adam_grid (Keras's default `Adam()`, rate 0.001, always
-among them), and --optimizers, given as `name@learning_rate[:cosine|:plateau]`: `name` is
+among them), and --optimizers, given as
+`name@learning_rate[:cosine|:plateau][:weight_decay=VALUE]`: `name` is
 `adam`, `default` (`LearnedOptimizer()`), a shipped learned optimizer
 (`l2l_tf.presets.pretrained_names()`) or a directory of nets saved by train.py; cosine decays
 the rate to 0 over the whole run; plateau is the README's advice for small data sets, Keras's
 own `ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1)`, driven by hand after
 each epoch (the runs fit one epoch per call, and the callback forgets its best loss at every
-`fit`). Adam at two or more rates with a schedule also gets a "best Adam" column of its own,
-chosen on the validation split as the constant one is. --default_nets makes `default` run
+`fit`); weight_decay is the optimizer's own decoupled decay (Keras's `weight_decay`
+argument: `AdamW` for adam, `LearnedOptimizer(weight_decay=...)`, README "Use it in Keras"),
+which session 55 measured on small data sets, where it holds back the weights' growth once
+the training set is fit. Adam at two or more rates with a schedule (and no weight decay)
+also gets a "best Adam" column of its own, chosen on the validation split as the constant
+one is. --default_nets makes `default` run
 other nets (a candidate default), so that every table can be made with a candidate before
 it ships and found cached after.
 
@@ -336,27 +341,56 @@ class PositionEmbedding(keras.layers.Layer):
 
 
 def parse_optimizer(spec):
-    """`(name, learning_rate, schedule)` from `name@learning_rate[:cosine|:plateau]`."""
-    name, sep, rate = spec.rpartition("@")
-    rate, _, schedule = rate.partition(":")
-    try:
-        rate = float(rate)
-    except ValueError:
-        rate = None
-    if not sep or not name or rate is None or rate <= 0 or schedule not in ("", *SCHEDULES):
+    """`(name, learning_rate, schedule)`, or `(name, learning_rate, schedule, weight_decay)`
+    with a weight decay, from `name@learning_rate[:cosine|:plateau][:weight_decay=VALUE]`
+    (three fields without one, so that the run caches' keys made before it stay valid)."""
+    name, sep, rest = spec.rpartition("@")
+    rate, *options = rest.split(":")
+    schedule, weight_decay, valid = "constant", None, True
+    for option in options:
+        key, is_setting, value = option.partition("=")
+        if option in SCHEDULES and schedule == "constant":
+            schedule = option
+        elif key == "weight_decay" and is_setting and weight_decay is None:
+            weight_decay = positive_number(value)
+            valid = valid and weight_decay is not None
+        else:
+            valid = False
+    rate = positive_number(rate)
+    if not (sep and name and rate and valid):
         raise cli.UsageError(
-            f"optimizer {spec!r} is not name@learning_rate[:cosine|:plateau] with a positive "
-            "rate, e.g. adam@0.001 or default@0.3:cosine."
+            f"optimizer {spec!r} is not name@learning_rate[:cosine|:plateau]"
+            "[:weight_decay=VALUE] with a positive rate and decay, e.g. adam@0.001, "
+            "default@0.3:cosine or default@1:weight_decay=1."
         )
-    return name, rate, schedule or "constant"
+    return (name, rate, schedule) + ((weight_decay,) if weight_decay else ())
 
 
-def build_optimizer(name, rate, schedule, total_steps):
+def positive_number(text):
+    """`float(text)` if it is a positive number, else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def weight_decay_of(optimizer):
+    """The weight decay of an optimizer's tuple (`parse_optimizer`), 0 without one."""
+    return optimizer[3] if len(optimizer) > 3 else 0.0
+
+
+def build_optimizer(optimizer, total_steps):
+    """The Keras optimizer of a `parse_optimizer` tuple, for a run of `total_steps`."""
+    name, rate, schedule = optimizer[:3]
+    weight_decay = weight_decay_of(optimizer) or None  # None: Keras's own "no decay"
     if schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(rate, total_steps)
     if name == "adam":
-        return keras.optimizers.Adam(rate)
-    return LearnedOptimizer.from_pretrained(nets_of(name), learning_rate=rate)
+        return (keras.optimizers.AdamW(rate, weight_decay=weight_decay) if weight_decay
+                else keras.optimizers.Adam(rate))
+    return LearnedOptimizer.from_pretrained(nets_of(name), learning_rate=rate,
+                                            weight_decay=weight_decay)
 
 
 def nets_of(name):
@@ -369,8 +403,10 @@ def nets_of(name):
 
 
 def label(optimizer):
-    name, rate, schedule = optimizer
-    return f"{name} {rate:g}" + ("" if schedule == "constant" else f", {schedule}")
+    name, rate, schedule = optimizer[:3]
+    weight_decay = weight_decay_of(optimizer)
+    return (f"{name} {rate:g}" + ("" if schedule == "constant" else f", {schedule}")
+            + (f", weight decay {weight_decay:g}" if weight_decay else ""))
 
 
 def model_names():
@@ -420,13 +456,13 @@ def check_flags():
                   | {DEFAULT_ADAM_RATE})
     optimizers = [("adam", rate, "constant") for rate in grid]
     optimizers += [o for o in map(parse_optimizer, FLAGS.optimizers) if o not in optimizers]
-    if second_task() and any(schedule == "cosine" for _, _, schedule in optimizers):
+    if second_task() and any(optimizer[2] == "cosine" for optimizer in optimizers):
         raise cli.UsageError(f"--fine_tune={FLAGS.fine_tune} trains twice, and :cosine decays "
                              "the rate over one run: drop :cosine (or use --fine_tune=all).")
-    for name, rate, schedule in optimizers:  # a wrong name fails now, not after an hour
-        if name != "adam":
+    for optimizer in optimizers:  # a wrong name fails now, not after an hour
+        if optimizer[0] != "adam":
             with cli.configuration_errors():
-                build_optimizer(name, rate, schedule, 1)
+                build_optimizer(optimizer, 1)
     return optimizers, seeds, report_epochs
 
 
@@ -648,7 +684,7 @@ def run(model_name, optimizer, seed, data, measure=None):
         metrics.append(keras.metrics.MeanMetricWrapper(loss.call, name="data_loss"))
     def compile_with_a_new_optimizer():
         model.compile(
-            optimizer=build_optimizer(*optimizer, total_steps),
+            optimizer=build_optimizer(optimizer, total_steps),
             loss=loss,
             metrics=metrics,
             jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
@@ -759,12 +795,13 @@ def start_from_pretrained(model, model_name, seed, pretrain):
 
 
 def best_adam_rate(results, model_name, seeds, epoch, schedule="constant"):
-    """The rate of Adam with `schedule` with the lowest mean validation loss at `epoch` (a
-    diverged rate, NaN, never wins). Chosen on the validation split only; the test split is
-    not read."""
+    """The rate of Adam with `schedule` (and no weight decay) with the lowest mean validation
+    loss at `epoch` (a diverged rate, NaN, never wins). Chosen on the validation split only;
+    the test split is not read."""
     scores = {}
     for (name, optimizer), runs in results.items():
-        if name == model_name and optimizer[0] == "adam" and optimizer[2] == schedule:
+        if (name == model_name and optimizer[0] == "adam" and optimizer[2] == schedule
+                and not weight_decay_of(optimizer)):
             losses = [runs[seed][epoch - 1]["validation_loss"] for seed in seeds]
             scores[optimizer[1]] = np.mean(losses) if np.all(np.isfinite(losses)) else np.inf
     return min(scores, key=scores.get), scores
@@ -786,9 +823,10 @@ def report(results, optimizers, seeds, report_epochs, sizes):
     # Schedules whose Adam rate is chosen on validation: the constant one, and any other
     # that Adam was run with at several rates.
     tuned = ["constant"] + [schedule for schedule in SCHEDULES
-                            if len({o[1] for o in optimizers
-                                    if o[0] == "adam" and o[2] == schedule}) > 1]
-    others = [o for o in optimizers if o[0] != "adam" or o[2] not in tuned]
+                            if len({o[1] for o in optimizers if o[0] == "adam"
+                                    and o[2] == schedule and not weight_decay_of(o)}) > 1]
+    others = [o for o in optimizers
+              if o[0] != "adam" or o[2] not in tuned or weight_decay_of(o)]
     if FLAGS.dataset == "mnist":
         data = f"MNIST; trained on the first {sizes['train']:,} images of the train split"
         losses = (" Loss: the classifiers' cross-entropy"

@@ -364,6 +364,34 @@ def test_recomputing_batch_normalisation_statistics_leaves_the_model_as_it_was()
     np.testing.assert_array_equal(layer.moving_variance.numpy(), before[1])
 
 
+def test_keras_fit_weight_decay_builds_adamw_and_the_learned_optimizer_s_own_and_keeps_keys():
+    """`:weight_decay=VALUE` makes Adam an AdamW and passes the decay to LearnedOptimizer; it
+    is in the label (the run cache's key) only when given, so the keys of runs cached
+    before it existed stay the same; a decayed Adam is not in the constant Adam's grid."""
+    import keras
+
+    keras_fit = load_experiment("keras_fit")
+    keras_fit.FLAGS(["keras_fit"])
+    assert keras_fit.parse_optimizer("default@1") == ("default", 1.0, "constant")
+    decayed = keras_fit.parse_optimizer("adam@0.001:plateau:weight_decay=0.3")
+    assert decayed == ("adam", 0.001, "plateau", 0.3)
+    assert keras_fit.parse_optimizer("default@1:weight_decay=1:cosine") == (
+        "default", 1.0, "cosine", 1.0)
+    assert keras_fit.label(("default", 1.0, "constant")) == "default 1"
+    assert keras_fit.label(decayed) == "adam 0.001, plateau, weight decay 0.3"
+    adamw = keras_fit.build_optimizer(("adam", 0.001, "constant", 0.3), total_steps=10)
+    assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 0.3
+    assert type(keras_fit.build_optimizer(("adam", 0.001, "constant"), 10)) is keras.optimizers.Adam
+    learned = keras_fit.build_optimizer(("default", 1.0, "constant", 1.0), total_steps=10)
+    assert isinstance(learned, l2l_tf.LearnedOptimizer) and learned.weight_decay == 1.0
+    assert keras_fit.build_optimizer(("default", 1.0, "constant"), 10).weight_decay is None
+    validation = {0.001: 0.5, 0.01: 0.4}
+    results = {("m", ("adam", rate, "constant")): {0: [{"validation_loss": loss}]}
+               for rate, loss in validation.items()}
+    results[("m", ("adam", 0.003, "constant", 1.0))] = {0: [{"validation_loss": 0.1}]}
+    assert keras_fit.best_adam_rate(results, "m", [0], 1)[0] == 0.01
+
+
 def test_calibration_chooses_the_temperature_on_the_validation_split_alone():
     """A model whose validation logits are 3x too sure gets T = 3 (to the grid's 2.9%),
     whatever the test logits would prefer; the test loss is then scored at that T, and the
@@ -555,7 +583,7 @@ def test_keras_fit_default_nets_runs_a_candidate_as_default_keyed_by_its_content
     for nets in (None, copy, changed):
         with flagsaver.flagsaver(default_nets=nets):
             keys[nets] = keras_fit.run_key("logistic", default, 0)
-            optimizers[nets] = keras_fit.build_optimizer(*default, total_steps=1)
+            optimizers[nets] = keras_fit.build_optimizer(default, total_steps=1)
     assert keys[copy] == keys[None] != keys[changed]
     assert keys[changed].startswith("logistic|default 1|")
     assert [net.max_factor for net in optimizers[changed].nets.values()] == [10.0]
@@ -1016,6 +1044,9 @@ def test_bad_remake_flags_give_one_line_and_exit_2(tmp_path):
     (["--optimizers=adam"], "is not name@learning_rate[:cosine|:plateau]"),
     (["--optimizers=adam@0.1:linear"], "is not name@learning_rate[:cosine|:plateau]"),
     (["--adam_grid=0.1,fast"], "is not name@learning_rate[:cosine|:plateau]"),
+    (["--optimizers=default@1:weight_decay=0"], "with a positive rate and decay"),
+    (["--optimizers=default@1:weight_decay=1:weight_decay=2"], "with a positive rate and decay"),
+    (["--optimizers=adam@0.1:plateau:cosine"], "with a positive rate and decay"),
     (["--epochs=3", "--report_epochs=5"], "must lie in 1..--epochs=3"),
     (["--validation_examples=60000"], "leaves nothing to train on"),
     (["--optimizers=nope@1"], "No shipped optimizer named 'nope'"),
