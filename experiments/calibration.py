@@ -14,7 +14,9 @@ so accuracy is the same; the calibrated loss is what the model's ranking of the 
 worth once its confidence is set on data it did not train on. Where an optimizer's test loss
 trails another's and its calibrated loss does not, the gap is confidence (T > 1: too sure),
 which the user can remove after training with a validation split, not a worse fit.
-Classifiers only. Resumable: finished runs are kept in `<output>_runs.json`
+With --label_noise the validation labels are as wrong as the training ones, so T fits the
+noise rather than the test split's true labels (session 55: the calibrated loss is then
+worse than the plain one). Classifiers only. Resumable: finished runs are kept in `<output>_runs.json`
 (`keras_fit.cached_runs`).
 """
 

@@ -74,9 +74,8 @@ argument: `AdamW` for adam, `LearnedOptimizer(weight_decay=...)`, README "Use it
 which session 55 measured on small data sets, where it holds back the weights' growth once
 the training set is fit. Adam at two or more rates with a schedule (and no weight decay)
 also gets a "best Adam" column of its own, chosen on the validation split as the constant
-one is. --default_nets makes `default` run
-other nets (a candidate default), so that every table can be made with a candidate before
-it ships and found cached after.
+one is. --default_nets makes `default` run other nets (a candidate default), so that every
+table can be made with a candidate before it ships and found cached after.
 
 --gradient_ratio also records, per epoch, the largest gradient RMS ratio a learned optimizer's
 tensors reached (`TensorwiseLSTM.gradient_rms_ratio`), the quantity a `restart_ratio` reads:
