@@ -16,8 +16,8 @@ trails another's and its calibrated loss does not, the gap is confidence (T > 1:
 which the user can remove after training with a validation split, not a worse fit.
 With --label_noise the validation labels are as wrong as the training ones, so T fits the
 noise rather than the test split's true labels (session 55: the calibrated loss is then
-worse than the plain one). Classifiers only. Resumable: finished runs are kept in `<output>_runs.json`
-(`keras_fit.cached_runs`).
+worse than the plain one). Classifiers only. Resumable: finished runs are kept in
+`<output>_runs.json` (`keras_fit.cached_runs`).
 """
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
@@ -61,12 +61,12 @@ def calibrated(model, data):
             "calibrated_test_loss": cross_entropy(logits["test"], data["test"][1], temperature)}
 
 
-def table(results, optimizers, seeds, epoch):
+def table(results, optimizers, seeds, epoch, data_name):
     """Per model and optimizer at `epoch`: test loss, calibrated test loss (mean ± standard
     error), the mean temperature and test accuracy; then, per optimizer other than Adam(),
-    on how many models each loss is below Adam()'s."""
-    lines = [f"Epoch {epoch}: test loss (MNIST's or the data set's test split, cross-entropy) "
-             "as the model gives it, and calibrated (logits / T, T chosen on the validation "
+    on how many models each loss is below Adam()'s. `data_name` says whose test split."""
+    lines = [f"Epoch {epoch}: held-out test loss ({data_name}'s test split, cross-entropy) as "
+             "the model gives it, and calibrated (logits / T, T chosen on the validation "
              "split); mean ± standard error over seeds "
              f"{', '.join(map(str, seeds))}.", "",
              "| model | optimizer | test loss | calibrated test loss | T | test accuracy |",
@@ -82,7 +82,7 @@ def table(results, optimizers, seeds, epoch):
             f"| {keras_fit.mean_and_error(calibrated_loss)} "
             f"| {np.mean([run['temperature'] for run in at]):.2f} "
             f"| {100 * np.mean([run['test_accuracy'] for run in at]):.2f}% |")
-    adam = ("adam", keras_fit.DEFAULT_ADAM_RATE, "constant")
+    adam = keras_fit.DEFAULT_ADAM
     models = list(dict.fromkeys(model_name for model_name, _ in results))
     lines.append("")
     for optimizer in optimizers:
@@ -104,8 +104,7 @@ def describe(model_name, optimizer, seed, epochs):
 
 def main(argv):
     optimizers, seeds, report_epochs = keras_fit.check_flags()
-    not_classifiers = [name for name in keras_fit.model_names()
-                       if keras_fit.task_of(name, FLAGS.dataset) != "classify"]
+    not_classifiers = keras_fit.non_classifiers()
     if not_classifiers:
         raise cli.UsageError(f"--models={','.join(not_classifiers)} do not classify (on "
                              f"--dataset={FLAGS.dataset}), and this script calibrates a "
@@ -113,10 +112,12 @@ def main(argv):
     data = keras_fit.load_data()
     run = functools.partial(keras_fit.run, measure=calibrated)
     results = keras_fit.cached_runs(run, optimizers, seeds, data, describe)
+    data_name = "MNIST" if FLAGS.dataset == "mnist" else FLAGS.dataset
     text = "\n".join([f"Command: `python experiments/calibration.py {' '.join(sys.argv[1:])}`",
                       f"Training examples: {len(data['train'][1]):,}; validation "
                       f"{len(data['validation'][1]):,}; test {len(data['test'][1]):,}.", "",
-                      *(table(results, optimizers, seeds, epoch) for epoch in report_epochs)])
+                      *(table(results, optimizers, seeds, epoch, data_name)
+                        for epoch in report_epochs)])
     print(text)
     if FLAGS.output:
         cli.write_text_atomically(FLAGS.output, text)

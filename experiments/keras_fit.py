@@ -137,6 +137,7 @@ GENERATED_DATASETS = {
 SKLEARN_SPLIT_SEED = 0
 LABEL_NOISE_SEED = 0  # the one draw of --label_noise's wrong labels, whatever --seeds says
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
+DEFAULT_ADAM = ("adam", DEFAULT_ADAM_RATE, "constant")  # its optimizer tuple (parse_optimizer)
 SCHEDULES = ("cosine", "plateau")  # besides a constant rate; see the module docstring
 L2_PENALTY = 1e-3  # mlp_l2's, that of TensorFlow's "Overfit and underfit" tutorial
 PLATEAU = {"monitor": "val_loss", "factor": 0.3, "patience": 1}  # the README's advice
@@ -491,10 +492,14 @@ def check_pretrain_flags():
     require_classifiers("--pretrain_classes", "fine-tunes classifiers")
 
 
+def non_classifiers():
+    """The --models that do not classify on --dataset."""
+    return [name for name in model_names() if task_of(name, FLAGS.dataset) != "classify"]
+
+
 def require_classifiers(flag, what_it_does):
     """Refuses --models that do not classify (on --dataset) for `flag`, which `what_it_does`."""
-    not_classifiers = [name for name in model_names()
-                       if task_of(name, FLAGS.dataset) != "classify"]
+    not_classifiers = non_classifiers()
     if not_classifiers:
         raise cli.UsageError(
             f"{flag} {what_it_does}, and --models={','.join(not_classifiers)} do not classify: "
@@ -893,7 +898,7 @@ def report(results, optimizers, seeds, report_epochs, sizes):
             bests = [("adam", best_adam_rate(results, model_name, seeds, epoch, schedule)[0],
                       schedule) for schedule in tuned]
             cells = []
-            for optimizer in [("adam", DEFAULT_ADAM_RATE, "constant"), *bests, *others]:
+            for optimizer in [DEFAULT_ADAM, *bests, *others]:
                 runs = [results[(model_name, optimizer)][seed][epoch - 1] for seed in seeds]
                 loss = mean_and_error([r["test_loss"] for r in runs])
                 accuracy = np.mean([r["test_accuracy"] for r in runs])
