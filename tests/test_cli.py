@@ -747,6 +747,25 @@ def test_keras_fit_holds_out_a_bundled_data_set_s_test_split_and_standardises_wi
     assert tuple(model(data["test"][0]).shape) == (88, 1)
 
 
+def test_keras_fit_unstandardised_data_are_as_loaded_and_keyed_apart():
+    """--unstandardised: the splits are the standardised ones' examples with the features, and
+    a regression's target, as scikit-learn loads them, and the runs are keyed apart."""
+    from absl.testing import flagsaver
+
+    keras_fit = keras_fit_with_flags_parsed()
+    raw_x, raw_y = keras_fit.sklearn_splits("diabetes")["train"]
+    with flagsaver.flagsaver(dataset="diabetes"):
+        scaled_key = keras_fit.run_key("mlp_relu", ("default", 1.0, "constant"), 0)
+    with flagsaver.flagsaver(dataset="diabetes", unstandardised=True):
+        data = keras_fit.load_data()
+        key = keras_fit.run_key("mlp_relu", ("default", 1.0, "constant"), 0)
+    np.testing.assert_array_equal(data["train"][0], raw_x[:266])
+    np.testing.assert_array_equal(data["validation"][1], raw_y[266:])
+    np.testing.assert_array_equal(data["test"][1], keras_fit.sklearn_splits("diabetes")["test"][1])
+    assert data["train"][1].mean() > 100  # the target in its own units
+    assert key == scaled_key.replace("|init ", "|unstandardised|init ")
+
+
 def test_keras_fit_generates_its_two_data_sets_once_at_mnist_s_size():
     """--dataset=classification and friedman1: scikit-learn's generators with the arguments
     the module names, drawn with the one seed whatever --seeds says (the same examples in
@@ -1058,6 +1077,8 @@ def test_bad_remake_flags_give_one_line_and_exit_2(tmp_path):
     (["--label_noise=1", "--models=mlp_relu"], "1.0 is not a number in the range [0.0, 0.9]"),
     (["--raw_pixels", "--dataset=wine", "--models=mlp_relu"],
      "--raw_pixels keeps MNIST's pixels 0-255, and --dataset=wine has no pixels"),
+    (["--unstandardised", "--models=mlp_relu"],
+     "--unstandardised leaves a scikit-learn --dataset's features unscaled, and MNIST's are"),
     (["--raw_pixels", "--models=mlp_relu,autoencoder"],
      "--models=autoencoder reconstruct their input through a sigmoid, in [0, 1]"),
     (["--pretrain_classes=0,1,2,3,4,5,6,7,8,9"], "must be some of the digits 0-9, leaving"),
