@@ -858,7 +858,8 @@ def report(results, optimizers, seeds, report_epochs, sizes):
         data = (f"scikit-learn's {FLAGS.dataset} data set"
                 + (f" ({drawn}seed {SKLEARN_SPLIT_SEED})" if generated else "")
                 + ", shuffled once, "
-                + ("its features (and target) as loaded or drawn, not standardised"
+                + (("its features and target" if SKLEARN_DATASETS[FLAGS.dataset] == "regress"
+                    else "its features") + " as loaded or drawn, not standardised"
                    if FLAGS.unstandardised else
                    "its features standardised with the training examples' mean and deviation")
                 + f"; trained on the first {sizes['train']:,} examples of its "
