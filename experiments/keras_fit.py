@@ -855,20 +855,17 @@ def report(results, optimizers, seeds, report_epochs, sizes):
     else:
         generated = GENERATED_DATASETS.get(FLAGS.dataset, {})
         drawn = "".join(f"{name}={value}, " for name, value in generated.items())
+        regress = SKLEARN_DATASETS[FLAGS.dataset] == "regress"
+        scaling = (f"its features{' and target' if regress else ''} as loaded or drawn, not "
+                   "standardised" if FLAGS.unstandardised else
+                   "its features standardised with the training examples' mean and deviation")
         data = (f"scikit-learn's {FLAGS.dataset} data set"
                 + (f" ({drawn}seed {SKLEARN_SPLIT_SEED})" if generated else "")
-                + ", shuffled once, "
-                + (("its features and target" if SKLEARN_DATASETS[FLAGS.dataset] == "regress"
-                    else "its features") + " as loaded or drawn, not standardised"
-                   if FLAGS.unstandardised else
-                   "its features standardised with the training examples' mean and deviation")
-                + f"; trained on the first {sizes['train']:,} examples of its "
-                "train split")
-        losses = {"classify": " Loss: cross-entropy.",
-                  "regress": " Loss: the squared error of the "
-                             + ("target in its own units" if FLAGS.unstandardised
-                                else "standardised target") + " (no "
-                             "accuracy)."}[SKLEARN_DATASETS[FLAGS.dataset]]
+                + f", shuffled once, {scaling}; trained on the first {sizes['train']:,} "
+                "examples of its train split")
+        regressed = "target in its own units" if FLAGS.unstandardised else "standardised target"
+        losses = (f" Loss: the squared error of the {regressed} (no accuracy)." if regress
+                  else " Loss: cross-entropy.")
     if FLAGS.pretrain_classes:
         source, target = fine_tune_classes()
         first_task = (f"{FLAGS.pretrain_epochs} epochs on the train split's "
