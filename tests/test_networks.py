@@ -676,6 +676,88 @@ def test_the_pooled_drift_brake_brakes_the_tensors_a_net_steps_as_one():
     assert networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0).pooled_shape() is None
 
 
+def distance_boost_run(minimum, curvature, steps=400, boost_steps=150):
+    """Steps two tensors (5 x 4 and 20 x 10) from 0 with one untrained `TensorwiseLSTM`
+    (`distance_boost=0.05`, cap 4, from step `boost_steps`) on noisy quadratics
+    `curvature / 2 (x - minimum) ** 2`. Returns, per tensor, the gradients, the updates taken
+    and those the same net without the boost would take from the same states."""
+    options = dict(layers=(6,), distance_boost=0.05, distance_boost_cap=4.0)
+    boosted = networks.TensorwiseLSTM(**options, distance_boost_steps=boost_steps)
+    unboosted = networks.TensorwiseLSTM(**options, distance_boost_steps=1e9)
+    weights = boosted.initial_weights()
+    step = tf.function(lambda g, s, p: boosted.step(weights, g, s, p))
+    unboosted_step = tf.function(lambda g, s, p: unboosted.step(weights, g, s, p))
+    rng = np.random.default_rng(0)
+    xs = [np.zeros((5, 4), np.float32), np.zeros((20, 10), np.float32)]
+    states = [boosted.initial_state(x.shape) for x in xs]
+    gradients, taken, unboosted_updates = [[], []], [[], []], [[], []]
+    for _ in range(steps):
+        reading = boosted.pooled(states)
+        for i in range(2):
+            gradient = tf.constant((curvature * (xs[i] - minimum)
+                                    + rng.normal(size=xs[i].shape)).astype(np.float32))
+            gradients[i].append(gradient.numpy())
+            unboosted_updates[i].append(unboosted_step(gradient, states[i], reading)[0].numpy())
+            update, states[i] = step(gradient, states[i], reading)
+            taken[i].append(update.numpy())
+            xs[i] = xs[i] + taken[i][-1]
+    return [np.array(g) for g in gradients], [np.array(t) for t in taken], \
+        [np.array(u) for u in unboosted_updates]
+
+
+def reference_boost(gradients, taken, boost_steps=150, d0=0.05, cap=4.0):
+    """The boost per step from the tensors' gradients and updates, in NumPy: Prodigy's estimate
+    `sum n / sum |s|_1` as the last step left the sums (n <- b n - <g, T>, s <- b s + g, b =
+    sqrt(0.999), T the travel so far), its largest so far d, and `clip(d / d0, 1, cap)` after
+    step `boost_steps`."""
+    beta = 0.999 ** 0.5
+    n = [0.0 for _ in gradients]
+    s = [np.zeros_like(g[0], np.float64) for g in gradients]
+    travel = [np.zeros_like(g[0], np.float64) for g in gradients]
+    largest, boosts = 0.0, []
+    for k in range(len(gradients[0])):
+        largest = max(largest, sum(n) / (sum(np.abs(x).sum() for x in s) + 1e-30))
+        boosts.append(np.clip(largest / d0, 1.0, cap) if k + 1 > boost_steps else 1.0)
+        for i, (g, u) in enumerate(zip(gradients, taken)):
+            n[i] = beta * n[i] - np.sum(g[k] * travel[i])
+            s[i] = beta * s[i] + g[k]
+            travel[i] = travel[i] + u[k]
+    return np.array(boosts)
+
+
+def test_the_distance_boost_enlarges_the_steps_of_a_model_whose_minimum_is_far():
+    """`distance_boost=d0` multiplies every tensor's step after step `distance_boost_steps`
+    by clip(d / d0, 1, cap), d the largest so far of Prodigy's distance estimate pooled over
+    the tensors (`pooled`, as the last step left the sums): checked against a NumPy
+    reference from the gradients and updates. Where the minimum is far from the start
+    (every coordinate 1 away, a weak curvature) the steps keep one direction and d grows
+    past d0: the boost reaches its cap. Where the minimum is the start and a strong
+    curvature holds the weights about it, d stays far below d0 and the steps are the
+    unboosted net's, bit for bit."""
+    gradients, taken, unboosted = distance_boost_run(minimum=1.0, curvature=1.0, steps=600)
+    expected = reference_boost(gradients, taken)
+    for t, u in zip(taken, unboosted):
+        np.testing.assert_allclose(t, expected[:, None, None] * u, rtol=1e-4, atol=1e-12)
+    assert np.all(expected[:150] == 1.0) and expected[-1] == 4.0, expected[[150, -1]]
+
+    gradients, taken, unboosted = distance_boost_run(minimum=0.0, curvature=1000.0)
+    assert np.all(reference_boost(gradients, taken) == 1.0)
+    for t, u in zip(taken, unboosted):
+        np.testing.assert_array_equal(t, u)
+
+    net = networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05)
+    assert net.pooled_shape() == (3,) and len(net.initial_state((3,))) == len(
+        networks.TensorwiseLSTM(layers=(6,)).initial_state((3,))) + 3
+    with pytest.raises(ValueError, match="pass step\\(..., pooled=net.pooled\\(states\\)\\)"):
+        net.step(net.initial_weights(), tf.ones([3]), net.initial_state((3,)))
+    with pytest.raises(ValueError, match="distance_boost is the distance estimate"):
+        networks.TensorwiseLSTM(layers=(6,), distance_boost=-1)
+    with pytest.raises(ValueError, match="distance_boost_cap is the most"):
+        networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05, distance_boost_cap=0.5)
+    with pytest.raises(ValueError, match="distance_boost_steps is the step after which"):
+        networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05, distance_boost_steps=0)
+
+
 @pytest.mark.parametrize("slack", [1.0, 1.5])
 def test_the_latched_gradient_decay_holds_near_its_lowest_ratio_when_the_gradients_grow_back(
         slack):

@@ -165,13 +165,14 @@ def conv_model(seed=0):
     ])
 
 
-def tensorwise_net(drift_brake_scope="tensor"):
+def tensorwise_net(drift_brake_scope="tensor", distance_boost=0.0):
     """A TensorwiseLSTM whose output layer is not zero, so that it is not plain Adam, with a
     warm-up and decays (with the gradient from step 3, gated by its burstiness and stopped
     below a ratio of 0.9, both latched, in time from step 4, a restart where the gradients
-    grow past the reference, and a drift brake from step 3, reading each tensor's drift or
-    the one pooled over the net's tensors) short enough to act within a test's four steps
-    (the default has all of them but the drift brake, later)."""
+    grow past the reference, a drift brake from step 3, reading each tensor's drift or
+    the one pooled over the net's tensors, and with `distance_boost` a boost from step 2)
+    short enough to act within a test's four steps (the default has all of them but the
+    boost, later)."""
     net = networks.TensorwiseLSTM(layers=(5,))
     weights = networks.weights_to_numpy(net.initial_weights(seed=1))
     weights["linear"]["w"] = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
@@ -180,7 +181,9 @@ def tensorwise_net(drift_brake_scope="tensor"):
                                    gradient_stop=0.9, gradient_stop_exponent=4.0,
                                    gradient_stop_latch=True, gradient_decay_latch=1.2,
                                    restart_ratio=1.01, drift_brake=2.0, drift_brake_steps=2,
-                                   drift_brake_scope=drift_brake_scope, initializer=weights)
+                                   drift_brake_scope=drift_brake_scope,
+                                   distance_boost=distance_boost, distance_boost_steps=1,
+                                   initializer=weights)
 
 
 # Every net class, each with the model it can update (`nets`, `net_assignments`).
@@ -190,6 +193,10 @@ EVERY_NET = {
     "TensorwiseLSTM": (sequential_model, lambda: ({"tw": tensorwise_net()}, None)),
     "TensorwiseLSTM, drift brake pooled": (sequential_model, lambda: (
         {"tw": tensorwise_net(drift_brake_scope="net")}, None)),
+    "TensorwiseLSTM, drift brake pooled, distance boost": (sequential_model, lambda: (
+        {"tw": tensorwise_net(drift_brake_scope="net", distance_boost=1e-4)}, None)),
+    "TensorwiseLSTM, distance boost": (sequential_model, lambda: (
+        {"tw": tensorwise_net(distance_boost=1e-4)}, None)),
     "KernelDeepLSTM and StandardDeepLSTM": (conv_model, lambda: (
         {"kernel": networks.KernelDeepLSTM((2, 2), layers=(4,)),
          "rows": networks.StandardDeepLSTM(2, layers=(3,)),

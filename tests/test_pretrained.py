@@ -146,26 +146,30 @@ RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
                     "drift_brake_scope": "net"}),
     ("drift-net4", {**RESTART, "drift_brake": 4.0, "drift_brake_steps": 200.0,
                     "drift_brake_scope": "net"}),
+    ("distance-boost", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
+                        "drift_brake_scope": "net", "distance_boost": 0.03,
+                        "distance_boost_cap": 4.0, "distance_boost_steps": 200.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session 15",
     "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session 31",
-    "Session 36", "Session 38", "Session 45", "Session 46", "Session 48" and "Session 49") change only hand-set options
-    of the session-11 default, so their numbers measure those options alone; they load by
-    path like any saved nets. The second was the default in sessions 16-18, the third in
-    session 19; the fourth in sessions 20-28; the fifth is the README's long-run recipe; the
-    sixth is session 28's default with a steeper gradient decay; the seventh, that default
-    with a stop below a gradient ratio of 0.3, was the default in session 29; the eighth,
-    that stop latched at its deepest, was the default in sessions 30-31; the ninth latches
-    the gradient decay too, and the tenth, the default in sessions 32-43, lets it rise 1.1x
-    above its lowest; the eleventh is that default with a warm-up of 400 steps instead of
-    100; the twelfth and thirteenth are that default with a restart where a tensor's
-    gradients grow tenfold or fourfold past step 700's (session 38), and the thirteenth was
-    the default in sessions 44-52; the fourteenth is that default with its decay in time from
-    step 700 instead of 1400 (session 45); the next three are that default with a drift
-    brake below a drift ratio of 2, 4 or 8 (session 46), and the last two the brake below 2
-    (session 49; the default since session 53) or 4 (session 48) with one drift ratio
-    pooled over the model's tensors."""
+    "Session 36", "Session 38", "Session 45", "Session 46", "Session 48", "Session 49" and
+    "Session 58") change only hand-set options of the session-11 default, so their numbers
+    measure those options alone; they load by path like any saved nets. The second was the
+    default in sessions 16-18, the third in session 19; the fourth in sessions 20-28; the fifth
+    is the README's long-run recipe; the sixth is session 28's default with a steeper gradient
+    decay; the seventh, that default with a stop below a gradient ratio of 0.3, was the default
+    in session 29; the eighth, that stop latched at its deepest, was the default in sessions
+    30-31; the ninth latches the gradient decay too, and the tenth, the default in sessions
+    32-43, lets it rise 1.1x above its lowest; the eleventh is that default with a warm-up of
+    400 steps instead of 100; the twelfth and thirteenth are that default with a restart where
+    a tensor's gradients grow tenfold or fourfold past step 700's (session 38), and the
+    thirteenth was the default in sessions 44-52; the fourteenth is that default with its decay
+    in time from step 700 instead of 1400 (session 45); the next three are that default with a
+    drift brake below a drift ratio of 2, 4 or 8 (session 46), the next two the brake below 2
+    (session 49; the default since session 53) or 4 (session 48) with one drift ratio pooled
+    over the model's tensors, and the last is today's default with a distance boost (session
+    58)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
