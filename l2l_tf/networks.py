@@ -420,20 +420,24 @@ class TensorwiseLSTM(LSTMNet):
     0.3-1.7), and braking those alone cost 1-4% of held-out loss over 20 epochs on MNIST's
     models, where the pooled q stays near 4 or above (BUILD_NOTES.md, "Session 48").
 
-    `distance_boost` (d0, or 0: off) enlarges every step of a model that its step carries
-    far in one direction: after step `distance_boost_steps` the step is multiplied by
-    `clip(d / d0, 1, distance_boost_cap)`, d the largest so far of Prodigy's estimate of
-    the distance from the initial weights to a solution (Mishchenko & Defazio 2023), pooled
-    over every tensor the net steps: `sum n / sum |s|_1`, each tensor keeping `n <- b n -
-    <g, T>` and `s <- b s + g` (b = `DISTANCE_DECAY`), T its travel from the first step
-    (the sum of its updates, as the net made them, before `learning_rate` and the weight
-    decay). For a convex loss d is below the largest coordinate's distance to a minimum;
-    read along the default's own steps over 5 epochs of MNIST it ended at 0.002-0.01 on
-    models whose best Adam rate is `Adam()`'s, 0.02-0.05 on those that want 3x and 0.14-0.23
-    on those where Adam at 10-30x beat the default, and the same ranking held on a
-    generated regression, its target scaled or not (BUILD_NOTES.md, "Session 58"). Hand
-    rules that read a step's agreement with the last ones (a hypergradient, the drift ratio)
-    did not tell those models apart. It keeps T and s, two more floats per coordinate.
+    `distance_boost` (d0, or 0: off) enlarges every step of a model that its steps carry
+    far in one direction: after step `distance_boost_steps` the step is multiplied by `1 +
+    (clip(d / d0, 1, distance_boost_cap) - 1) x decay_steps / max(t, decay_steps)`, d the
+    largest up to step `decay_steps` of Prodigy's estimate of the distance from the initial
+    weights to a solution (Mishchenko & Defazio 2023), pooled over every tensor the net
+    steps: `sum n / sum |s|_1`, each tensor keeping `n <- b n - <g, T>` and `s <- b s + g`
+    (b = `DISTANCE_DECAY`), T its travel since the first step (the sum of its updates as
+    the net made them, before `learning_rate` and the weight decay), as the last step left
+    them. For a convex loss d is below the largest coordinate's distance to a minimum. Read
+    along the default's own steps over 5 epochs of MNIST, it ended at 0.002-0.01 on the
+    models whose best Adam rate is `Adam()`'s, 0.02-0.05 on those that want 3x, and
+    0.14-0.23 on the three where Adam at 10-30x beat the default; the same ranking held on
+    a generated regression, its target scaled or not (BUILD_NOTES.md, "Session 58"). Rules
+    that read a step's agreement with the last ones (a hypergradient, the drift ratio) had
+    not told those models apart. The boost's excess fades as the decay in time does, and d
+    is not read after the decay starts: the best constant rate of a model falls with the
+    length of its run, and a boost that still grew late cost the ReLU MLP 7% over 20 epochs.
+    It keeps T and s, two more floats per coordinate.
 
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
@@ -746,10 +750,15 @@ class TensorwiseLSTM(LSTMNet):
         (class docstring); `pooled` is the model's `[sum of n, sum of |s|_1, largest d]` as
         the last step left them."""
         estimate = pooled[0] / (pooled[1] + 1e-30)
-        largest = tf.maximum(pooled[2], estimate)
+        largest = pooled[2]
+        if self.decay_steps is None:
+            largest = tf.maximum(largest, estimate)
+        else:  # read up to the decay in time's start only
+            largest = tf.where(t[0] <= self.decay_steps, tf.maximum(largest, estimate), largest)
+        excess = tf.clip_by_value(largest / self.distance_boost, 1.0,
+                                  self.distance_boost_cap) - 1.0
         boost = tf.where(t[0] > self.distance_boost_steps,
-                         tf.clip_by_value(largest / self.distance_boost, 1.0,
-                                          self.distance_boost_cap), 1.0)
+                         1.0 + excess * self._time_decay(t[0]), 1.0)
         update = boost * update
         beta = self.DISTANCE_DECAY
         gradient_sum = beta * gradient_sum + gradient

@@ -147,7 +147,7 @@ RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
     ("drift-net4", {**RESTART, "drift_brake": 4.0, "drift_brake_steps": 200.0,
                     "drift_brake_scope": "net"}),
     ("distance-boost", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
-                        "drift_brake_scope": "net", "distance_boost": 0.03,
+                        "drift_brake_scope": "net", "distance_boost": 0.05,
                         "distance_boost_cap": 4.0, "distance_boost_steps": 200.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
