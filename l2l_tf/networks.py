@@ -762,6 +762,7 @@ class TensorwiseLSTM(LSTMNet):
         update = boost * update
         beta = self.DISTANCE_DECAY
         gradient_sum = beta * gradient_sum + gradient
+        # |s|_1 is kept beside s so that `pooled`, read before every step, sums scalars only.
         sums = tf.stack([beta * sums[0] - tf.reduce_sum(gradient * travel),
                          tf.reduce_sum(tf.abs(gradient_sum)), largest])
         return update, (travel + update, gradient_sum, sums)
