@@ -439,6 +439,21 @@ class TensorwiseLSTM(LSTMNet):
     length of its run, and a boost that still grew late cost the ReLU MLP 7% over 20 epochs.
     It keeps T and s, two more floats per coordinate.
 
+    `distance_boost_read_floor` (r0, or 0: off) stops the read of d once the model fits its
+    training set: d is read only while r >= r0, r the model's gradient RMS over step
+    `distance_boost_steps`'s (`sqrt(sum P / sum P_ref)`, P each tensor's sum of squared
+    gradients averaged over about the last 100 steps, P_ref its value at step
+    `distance_boost_steps`). d grows with the steps, not with the data: on 5,000 MNIST images
+    it rose as on 50,000, so without the floor the boost came when the model was already
+    memorising (from epoch 6, 40 steps an epoch), cost the sigmoid MLP 6% over 20 epochs, and
+    a late, small boost tipped a CNN whose test loss was already turning up (BUILD_NOTES.md,
+    "Session 58"). A model that memorises loses its gradients within a few hundred steps
+    (r^2 0.5 at step 400, 0.3 at step 600 on 5,000 images), one that learns from fresh
+    examples slowly (0.73 and 0.68 on 50,000); the floor keeps the boost that d set before
+    (session 59). Scaling the boost down with r as well mended the small-data cost fully,
+    but took the gain from regressions whose gradients collapse once their output fits the
+    target's mean.
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -459,8 +474,10 @@ class TensorwiseLSTM(LSTMNet):
     with `gradient_stop_latch` or `gradient_decay_latch`, `(d,)`: 1 minus the lowest `r ** 2`
     so far (0, as in a state saved before it existed, holds nothing back), then, only with
     `drift_brake`, `(D, s)`: the displacement, of the tensor's shape, and `[<D, u>, |u|^2 /
-    2]` averaged, then, only with `distance_boost`, `(T, s, [n, |s|_1, d])`: the travel and
-    the gradient sum, of the tensor's shape, and the boost's sums and largest estimate.
+    2]` averaged, then, only with `distance_boost`, `(T, s, [n, |s|_1, d, P, P_ref])`: the
+    travel and the gradient sum, of the tensor's shape, the boost's sums and largest
+    estimate, and the read floor's gradient powers (kept with the floor off too: two floats
+    per tensor).
     """
 
     FEATURES = (
@@ -485,7 +502,8 @@ class TensorwiseLSTM(LSTMNet):
                  gradient_stop=0.0, gradient_stop_exponent=8.0, gradient_stop_latch=False,
                  gradient_decay_latch=None, restart_ratio=None, drift_brake=0.0,
                  drift_brake_steps=200, drift_brake_scope="tensor", distance_boost=0.0,
-                 distance_boost_cap=4.0, distance_boost_steps=200, initializer=None):
+                 distance_boost_cap=4.0, distance_boost_steps=200, distance_boost_read_floor=0.0,
+                 initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -577,6 +595,16 @@ class TensorwiseLSTM(LSTMNet):
         if not self.distance_boost_steps >= 1:
             raise ValueError("distance_boost_steps is the step after which the distance boost "
                              f"acts, at least 1, got {distance_boost_steps!r}.")
+        self.distance_boost_read_floor = float(distance_boost_read_floor)
+        if not 0 <= self.distance_boost_read_floor < 1:
+            raise ValueError("distance_boost_read_floor is the model's gradient RMS, relative to "
+                             "step distance_boost_steps's, below which the distance boost no "
+                             "longer reads its estimate, in [0, 1) (0: off), got "
+                             f"{distance_boost_read_floor!r}.")
+        if self.distance_boost_read_floor and not self.distance_boost:
+            raise ValueError("distance_boost_read_floor acts on the distance boost, and "
+                             "distance_boost is 0 (off): set distance_boost too, or "
+                             "distance_boost_read_floor=0.")
         self._check_initializer()
 
     def _require_gradient_decay(self, name, value):
@@ -604,7 +632,7 @@ class TensorwiseLSTM(LSTMNet):
     def state_shapes(self, param_shape):
         lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
         drift = ((tuple(param_shape), (2,)) if self.drift_brake else ())
-        distance = ((tuple(param_shape),) * 2 + ((3,),) if self.distance_boost else ())
+        distance = ((tuple(param_shape),) * 2 + ((5,),) if self.distance_boost else ())
         return ((tuple(param_shape), tuple(param_shape), (1,)) + lstm
                 + ((1,),) * ((5 if self.burstiness_gate else 2) + self._holds_lowest_ratio)
                 + drift + distance)
@@ -649,22 +677,23 @@ class TensorwiseLSTM(LSTMNet):
         return bool(self.drift_brake) and self.drift_brake_scope == "net"
 
     def pooled_shape(self):
-        size = 2 * self._pools_drift + 3 * bool(self.distance_boost)
+        size = 2 * self._pools_drift + 4 * bool(self.distance_boost)
         return (size,) if size else None
 
     def pooled(self, states):
         """The drift brake's averages `[<D, u>, |u|^2 / 2]` summed over `states` (with
         `drift_brake_scope="net"`), then the distance boost's `[sum of n, sum of |s|_1,
-        largest d]` (with `distance_boost`)."""
+        largest d, sum of P / sum of P_ref]` (with `distance_boost`)."""
         readings = []
         if self._pools_drift:
             readings.append(tf.add_n([tf.zeros([2])] + [self._split_state(state)[-2][-1]
                                                          for state in states]))
         if self.distance_boost:
-            sums = tf.stack([tf.zeros([3])] + [self._split_state(state)[-1][-1]
+            sums = tf.stack([tf.zeros([5])] + [self._split_state(state)[-1][-1]
                                                for state in states])
-            readings.append(tf.stack([tf.reduce_sum(sums[:, 0]), tf.reduce_sum(sums[:, 1]),
-                                      tf.reduce_max(sums[:, 2])]))
+            total = tf.reduce_sum(sums, 0)
+            readings.append(tf.stack([total[0], total[1], tf.reduce_max(sums[:, 2]),
+                                      total[3] / (total[4] + 1e-30)]))
         return tf.concat(readings, 0)
 
     def _split_state(self, state):
@@ -740,21 +769,22 @@ class TensorwiseLSTM(LSTMNet):
             update, drift = self._drift_braked(update, t, *drift, pooled)
         if self.distance_boost:
             update, distance = self._distance_boosted(update, gradient, t, *distance,
-                                                      pooled[-3:])
+                                                      pooled[-4:])
         new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch,
                      *drift, *distance)
         return update, self.restarted(new_state)
 
     def _distance_boosted(self, update, gradient, t, travel, gradient_sum, sums, pooled):
-        """`update` times the distance boost, and the boost's new `(T, s, [n, |s|_1, d])`
-        (class docstring); `pooled` is the model's `[sum of n, sum of |s|_1, largest d]` as
-        the last step left them."""
+        """`update` times the distance boost, and the boost's new `(T, s, [n, |s|_1, d, P,
+        P_ref])` (class docstring); `pooled` is the model's `[sum of n, sum of |s|_1, largest
+        d, sum of P / sum of P_ref]` as the last step left them."""
         estimate = pooled[0] / (pooled[1] + 1e-30)
-        largest = pooled[2]
-        if self.decay_steps is None:
-            largest = tf.maximum(largest, estimate)
-        else:  # read up to the decay in time's start only
-            largest = tf.where(t[0] <= self.decay_steps, tf.maximum(largest, estimate), largest)
+        largest, power_ratio = pooled[2], pooled[3]
+        # A ratio of RMS: the powers' ratio is compared with its square.
+        reads = power_ratio >= self.distance_boost_read_floor ** 2
+        if self.decay_steps is not None:
+            reads = tf.logical_and(reads, t[0] <= self.decay_steps)
+        largest = tf.where(reads, tf.maximum(largest, estimate), largest)
         excess = tf.clip_by_value(largest / self.distance_boost, 1.0,
                                   self.distance_boost_cap) - 1.0
         boost = tf.where(t[0] > self.distance_boost_steps,
@@ -762,9 +792,14 @@ class TensorwiseLSTM(LSTMNet):
         update = boost * update
         beta = self.DISTANCE_DECAY
         gradient_sum = beta * gradient_sum + gradient
+        # P is a plain mean over the first 100 steps, then an average over about the last 100:
+        # unbiased from the first step, so that P_ref does not depend on how early it is set.
+        power = sums[3] + tf.maximum(1.0 / t[0], 1.0 - self.POWER_DECAY) * (
+            tf.reduce_sum(tf.square(gradient)) - sums[3])
         # |s|_1 is kept beside s so that `pooled`, read before every step, sums scalars only.
         sums = tf.stack([beta * sums[0] - tf.reduce_sum(gradient * travel),
-                         tf.reduce_sum(tf.abs(gradient_sum)), largest])
+                         tf.reduce_sum(tf.abs(gradient_sum)), largest, power,
+                         tf.where(t[0] <= self.distance_boost_steps, power, sums[4])])
         return update, (travel + update, gradient_sum, sums)
 
     def _drift_braked(self, update, t, displacement, sums, pooled):
@@ -865,6 +900,7 @@ class TensorwiseLSTM(LSTMNet):
             "distance_boost": self.distance_boost,
             "distance_boost_cap": self.distance_boost_cap,
             "distance_boost_steps": self.distance_boost_steps,
+            "distance_boost_read_floor": self.distance_boost_read_floor,
         }
 
 

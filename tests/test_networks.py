@@ -676,13 +676,16 @@ def test_the_pooled_drift_brake_brakes_the_tensors_a_net_steps_as_one():
     assert networks.TensorwiseLSTM(layers=(6,), drift_brake=2.0).pooled_shape() is None
 
 
-def distance_boost_run(minimum, curvature, steps=400, boost_steps=150):
+def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floor=0.0,
+                       noise=1.0):
     """Steps two tensors (5 x 4 and 20 x 10) from 0 with one untrained `TensorwiseLSTM`
-    (`distance_boost=0.05`, cap 4, from step `boost_steps`; a decay in time from step 300) on
-    noisy quadratics `curvature / 2 (x - minimum) ** 2`. Returns, per tensor, the gradients,
-    the updates taken and those the same net without the boost would take from the same
-    states."""
-    options = dict(layers=(6,), decay_steps=300, distance_boost=0.05, distance_boost_cap=4.0)
+    (`distance_boost=0.05`, cap 4, from step `boost_steps`, `distance_boost_read_floor`;
+    a decay in time from step 300) on quadratics `curvature / 2 (x - minimum) ** 2` whose
+    gradients carry Gaussian noise of deviation `noise`.
+    Returns, per tensor, the gradients, the updates taken and those the same net without the
+    boost would take from the same states."""
+    options = dict(layers=(6,), decay_steps=300, distance_boost=0.05, distance_boost_cap=4.0,
+                   distance_boost_read_floor=read_floor)
     boosted = networks.TensorwiseLSTM(**options, distance_boost_steps=boost_steps)
     unboosted = networks.TensorwiseLSTM(**options, distance_boost_steps=1e9)
     weights = boosted.initial_weights()
@@ -696,7 +699,7 @@ def distance_boost_run(minimum, curvature, steps=400, boost_steps=150):
         reading = boosted.pooled(states)
         for i in range(2):
             gradient = tf.constant((curvature * (xs[i] - minimum)
-                                    + rng.normal(size=xs[i].shape)).astype(np.float32))
+                                    + noise * rng.normal(size=xs[i].shape)).astype(np.float32))
             gradients[i].append(gradient.numpy())
             unboosted_updates[i].append(unboosted_step(gradient, states[i], reading)[0].numpy())
             update, states[i] = step(gradient, states[i], reading)
@@ -706,18 +709,26 @@ def distance_boost_run(minimum, curvature, steps=400, boost_steps=150):
         [np.array(u) for u in unboosted_updates]
 
 
-def reference_boost(gradients, taken, boost_steps=150, d0=0.05, cap=4.0, decay_steps=300):
+def reference_boost(gradients, taken, boost_steps=150, d0=0.05, cap=4.0, decay_steps=300,
+                    read_floor=0.0):
     """The boost per step from the tensors' gradients and updates, in NumPy: Prodigy's estimate
     `sum n / sum |s|_1` as the last step left the sums (n <- b n - <g, T>, s <- b s + g, b =
     sqrt(0.999), T the travel so far), its largest up to step `decay_steps` d, and after step
-    `boost_steps` `1 + (clip(d / d0, 1, cap) - 1) x decay_steps / max(t, decay_steps)`."""
+    `boost_steps` `1 + (clip(d / d0, 1, cap) - 1) x decay_steps / max(t, decay_steps)`; d is
+    read only while r >= `read_floor`, r^2 = sum P / sum P_ref as the last step left them (P
+    each tensor's sum of squared gradients, a mean over the first 100 steps, then an average
+    with weight 0.99; P_ref its value at step `boost_steps`). Also returns whether d was
+    read, per step."""
     beta = 0.999 ** 0.5
     n = [0.0 for _ in gradients]
     s = [np.zeros_like(g[0], np.float64) for g in gradients]
     travel = [np.zeros_like(g[0], np.float64) for g in gradients]
-    largest, boosts = 0.0, []
+    power, power_reference = [0.0 for _ in gradients], [0.0 for _ in gradients]
+    largest, boosts, read = 0.0, [], []
     for k in range(len(gradients[0])):
-        if k + 1 <= decay_steps:
+        power_ratio = sum(power) / (sum(power_reference) + 1e-30)
+        read.append(k + 1 <= decay_steps and power_ratio >= read_floor ** 2)
+        if read[-1]:
             largest = max(largest, sum(n) / (sum(np.abs(x).sum() for x in s) + 1e-30))
         fade = decay_steps / max(k + 1, decay_steps)
         boosts.append(1.0 + (np.clip(largest / d0, 1.0, cap) - 1.0) * fade
@@ -726,7 +737,10 @@ def reference_boost(gradients, taken, boost_steps=150, d0=0.05, cap=4.0, decay_s
             n[i] = beta * n[i] - np.sum(g[k] * travel[i])
             s[i] = beta * s[i] + g[k]
             travel[i] = travel[i] + u[k]
-    return np.array(boosts)
+            power[i] += max(1.0 / (k + 1), 0.01) * (np.sum(np.square(g[k])) - power[i])
+            if k + 1 <= boost_steps:
+                power_reference[i] = power[i]
+    return np.array(boosts), np.array(read)
 
 
 def test_the_distance_boost_enlarges_the_steps_of_a_model_whose_minimum_is_far():
@@ -740,7 +754,7 @@ def test_the_distance_boost_enlarges_the_steps_of_a_model_whose_minimum_is_far()
     curvature holds the weights about it, d stays far below d0 and the steps are the
     unboosted net's, bit for bit."""
     gradients, taken, unboosted = distance_boost_run(minimum=1.0, curvature=1.0, steps=600)
-    expected = reference_boost(gradients, taken)
+    expected, _ = reference_boost(gradients, taken)
     for t, u in zip(taken, unboosted):
         np.testing.assert_allclose(t, expected[:, None, None] * u, rtol=1e-4, atol=1e-12)
     # d is read up to step 300, where the decay in time starts; the boost's excess then fades
@@ -749,12 +763,12 @@ def test_the_distance_boost_enlarges_the_steps_of_a_model_whose_minimum_is_far()
     np.testing.assert_allclose(expected[-1] - 1.0, (expected[299] - 1.0) * 300 / 600)
 
     gradients, taken, unboosted = distance_boost_run(minimum=0.0, curvature=1000.0)
-    assert np.all(reference_boost(gradients, taken) == 1.0)
+    assert np.all(reference_boost(gradients, taken)[0] == 1.0)
     for t, u in zip(taken, unboosted):
         np.testing.assert_array_equal(t, u)
 
     net = networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05)
-    assert net.pooled_shape() == (3,) and len(net.initial_state((3,))) == len(
+    assert net.pooled_shape() == (4,) and len(net.initial_state((3,))) == len(
         networks.TensorwiseLSTM(layers=(6,)).initial_state((3,))) + 3
     with pytest.raises(ValueError, match="pass step\\(..., pooled=net.pooled\\(states\\)\\)"):
         net.step(net.initial_weights(), tf.ones([3]), net.initial_state((3,)))
@@ -764,6 +778,32 @@ def test_the_distance_boost_enlarges_the_steps_of_a_model_whose_minimum_is_far()
         networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05, distance_boost_cap=0.5)
     with pytest.raises(ValueError, match="distance_boost_steps is the step after which"):
         networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05, distance_boost_steps=0)
+    with pytest.raises(ValueError, match="distance_boost_read_floor is the model's gradient"):
+        networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05, distance_boost_read_floor=1.0)
+    with pytest.raises(ValueError, match="set distance_boost too"):
+        networks.TensorwiseLSTM(layers=(6,), distance_boost_read_floor=0.7)
+
+
+def test_the_distance_boost_stops_reading_once_the_gradients_fall_below_the_floor():
+    """`distance_boost_read_floor=r0`: once the model's gradient RMS falls below r0 of step
+    `distance_boost_steps`'s, as a model memorising a small training set has its gradients
+    fall, d is no longer read, and the boost stays at what d had set. Checked against the
+    NumPy reference: on a quadratic whose minimum is 0.3 away, with little noise, the
+    gradient power falls below 0.8^2 of step 150's as the weights close on it, before step
+    300 (the decay's start, where the read ends without the floor); d, still growing there,
+    sets a smaller boost than it does without the floor."""
+    gradients, taken, unboosted = distance_boost_run(minimum=0.3, curvature=1.0, steps=600,
+                                                     read_floor=0.8, noise=0.1)
+    expected, read = reference_boost(gradients, taken, read_floor=0.8)
+    for t, u in zip(taken, unboosted):
+        np.testing.assert_allclose(t, expected[:, None, None] * u, rtol=1e-4, atol=1e-12)
+    without_floor, read_without_floor = reference_boost(gradients, taken)
+    stop = np.argmin(read[1:]) + 1  # the first step is unread: no power reference yet
+    assert 150 < stop < 300 and not read[stop:].any() and read_without_floor[:300].all()
+    # Before the stop the boosts agree; after it, the floor's is below and fades alike.
+    np.testing.assert_array_equal(expected[:stop], without_floor[:stop])
+    assert expected[299] > 1.5 and expected[299] < without_floor[299] - 0.1
+    np.testing.assert_allclose(expected[-1] - 1.0, (expected[299] - 1.0) * 300 / 600)
 
 
 @pytest.mark.parametrize("slack", [1.0, 1.5])

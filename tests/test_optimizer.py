@@ -165,12 +165,13 @@ def conv_model(seed=0):
     ])
 
 
-def tensorwise_net(drift_brake_scope="tensor", distance_boost=0.0):
+def tensorwise_net(drift_brake_scope="tensor", distance_boost=0.0, read_floor=0.0):
     """A TensorwiseLSTM whose output layer is not zero, so that it is not plain Adam, with a
     warm-up and decays (with the gradient from step 3, gated by its burstiness and stopped
     below a ratio of 0.9, both latched, in time from step 4, a restart where the gradients
     grow past the reference, a drift brake from step 3, reading each tensor's drift or
-    the one pooled over the net's tensors, and with `distance_boost` a boost from step 2)
+    the one pooled over the net's tensors, and with `distance_boost` a boost from step 2,
+    whose estimate is read only while the gradient RMS is `read_floor` of step 1's or more)
     short enough to act within a test's four steps (the default has all of them but the
     boost, later)."""
     net = networks.TensorwiseLSTM(layers=(5,))
@@ -183,6 +184,7 @@ def tensorwise_net(drift_brake_scope="tensor", distance_boost=0.0):
                                    restart_ratio=1.01, drift_brake=2.0, drift_brake_steps=2,
                                    drift_brake_scope=drift_brake_scope,
                                    distance_boost=distance_boost, distance_boost_steps=1,
+                                   distance_boost_read_floor=read_floor,
                                    initializer=weights)
 
 
@@ -193,8 +195,9 @@ EVERY_NET = {
     "TensorwiseLSTM": (sequential_model, lambda: ({"tw": tensorwise_net()}, None)),
     "TensorwiseLSTM, drift brake pooled": (sequential_model, lambda: (
         {"tw": tensorwise_net(drift_brake_scope="net")}, None)),
-    "TensorwiseLSTM, drift brake pooled, distance boost": (sequential_model, lambda: (
-        {"tw": tensorwise_net(drift_brake_scope="net", distance_boost=1e-4)}, None)),
+    "TensorwiseLSTM, drift brake pooled, distance boost with a read floor": (
+        sequential_model, lambda: ({"tw": tensorwise_net(
+            drift_brake_scope="net", distance_boost=1e-4, read_floor=0.9)}, None)),
     "TensorwiseLSTM, distance boost": (sequential_model, lambda: (
         {"tw": tensorwise_net(distance_boost=1e-4)}, None)),
     "KernelDeepLSTM and StandardDeepLSTM": (conv_model, lambda: (
