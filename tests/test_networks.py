@@ -679,11 +679,11 @@ def test_the_pooled_drift_brake_brakes_the_tensors_a_net_steps_as_one():
 def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floor=0.0,
                        noise=1.0):
     """Steps two tensors (5 x 4 and 20 x 10) from 0 with one untrained `TensorwiseLSTM`
-    (`distance_boost=0.05`, cap 4, from step `boost_steps`, `distance_boost_read_floor`;
-    a decay in time from step 300) on quadratics `curvature / 2 (x - minimum) ** 2` whose
-    gradients carry Gaussian noise of deviation `noise`.
-    Returns, per tensor, the gradients, the updates taken and those the same net without the
-    boost would take from the same states."""
+    (`distance_boost=0.05`, cap 4, from step `boost_steps`, `distance_boost_read_floor`; a
+    decay in time from step 300) on quadratics `curvature / 2 (x - minimum) ** 2` whose
+    gradients carry Gaussian noise of deviation `noise`. Returns, per tensor, the gradients,
+    the updates taken and those the same net without the boost would take from the same
+    states."""
     options = dict(layers=(6,), decay_steps=300, distance_boost=0.05, distance_boost_cap=4.0,
                    distance_boost_read_floor=read_floor)
     boosted = networks.TensorwiseLSTM(**options, distance_boost_steps=boost_steps)
