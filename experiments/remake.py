@@ -14,7 +14,8 @@ no table changes until then (keras_fit.py, --runs_only). Killed at any point, th
 command goes on where it stopped, since keras_fit.py saves each run as it ends. Tables share
 runs (the same model, seed and flags in two tables: a run's key names everything its numbers
 depend on), so before a table runs, the candidate's runs it lacks that another table's cache
-holds are copied into its cache: no run is made twice.
+holds are copied into its cache, those of the candidate's own tables too (made with its
+directory in --optimizers, keyed by that path): no run is made twice.
 
 The ledger it prints counts, per table, the cached runs of the shipped default and how many
 of those have the candidate's run beside them; of those pairs, how many are the same to the
@@ -35,6 +36,7 @@ import glob
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -114,16 +116,30 @@ def without_seconds(run):
             for epoch in run]
 
 
+def as_default(key, candidate):
+    """The key a run of the candidate's nets under another name (its directory's path, in
+    the candidate's own tables) has once the candidate ships as `default`: the nets' files
+    alone make the optimizer (`from_pretrained`), so the run is the same. Other keys are
+    returned as they are."""
+    model_name, label, *rest = key.split("|")
+    name_and_rate = re.fullmatch(r"(.+?) (-?[0-9.]+(?:e[-+][0-9]+)?(?:, .*)?)", label)
+    if rest[-1] != f"nets {candidate}" or name_and_rate is None:
+        return key
+    return "|".join([model_name, f"default {name_and_rate.group(2)}", *rest])
+
+
 def borrow_runs(path, shipped, candidate, results):
-    """Copies into the cache at `path` the candidate's runs that other tables' caches in
-    `results` hold under the keys it lacks (tables share runs: a key names everything a
-    run's numbers depend on), so that no run is made twice; returns how many."""
+    """Copies into the cache at `path` the candidate's runs that other caches in `results`
+    hold under the keys it lacks (tables share runs: a key names everything a run's numbers
+    depend on), the candidate's own tables' runs under its path included, so that no run is
+    made twice; returns how many."""
     with open(path) as f:
         cache = json.load(f)
     elsewhere = {}
     for other in glob.glob(os.path.join(results, "*_runs.json")):
         with open(other) as f:
-            elsewhere.update(json.load(f))
+            elsewhere.update((as_default(key, candidate), run)
+                             for key, run in json.load(f).items())
     borrowed = {twin: elsewhere[twin] for twin in
                 (candidate_twin(key, shipped, candidate) for key in cache)
                 if twin is not None and twin not in cache and twin in elsewhere}

@@ -645,49 +645,60 @@ def test_remake_makes_a_candidate_s_runs_for_every_table_once_and_leaves_the_tab
         tmp_path, mnist_data_dir):
     """remake.py runs each keras_fit table's own command for the candidate (--runs_only):
     the ledger goes from none remade to all, the table stays as it was, the cache gains the
-    candidate's run under the shipped default's future key, a second table of the same run
-    copies it rather than making it again, and the same command again runs nothing. A table
-    made by another script is not in the ledger."""
+    candidate's runs under the shipped default's future key, a run the candidate's own table
+    holds under its path is copied rather than made, so is one a second table of the same
+    runs made, and the same command again runs nothing. A table made by another script is
+    not in the ledger."""
     table = tmp_path / "keras_fit_tiny.md"
-    made = script("keras_fit.py", "--models=logistic", "--epochs=1", "--seeds=0",
+    made = script("keras_fit.py", "--models=logistic", "--epochs=1", "--seeds=0,1",
                   "--adam_grid=0.001", "--optimizers=default@1", "--train_examples=256",
                   "--validation_examples=2000", f"--output={table}")
     assert made.returncode == 0, made.stderr
     text = table.read_text()
-    # A second table of the same runs: the run made for the first serves it too.
+    # A second table of the same runs: the runs made for the first serve it too.
     second = tmp_path / "keras_fit_tiny2.md"
     second.write_text(text.replace(str(table), str(second)))
     shutil.copy(tmp_path / "keras_fit_tiny_runs.json", tmp_path / "keras_fit_tiny2_runs.json")
     (tmp_path / "keras_fit_other.md").write_text("Command: `python experiments/reproduce.py`\n")
     candidate = copy_of_the_shipped_default(tmp_path, "candidate", max_factor=10.0)
+    fingerprint = l2l_tf.networks.nets_fingerprint(candidate)
+    with open(tmp_path / "keras_fit_tiny_runs.json") as f:
+        shipped_runs = {int(key.split("|")[2].removeprefix("seed ")): (key, run)
+                        for key, run in json.load(f).items() if "|default 1|" in key}
+    # The candidate's own table (not a keras_fit* one) holds its seed-0 run under its path;
+    # a made-up run, to tell it from one the remake would make.
+    key, run = shipped_runs[0]
+    own_run = [{**epoch, "validation_loss": 1.5 * epoch["validation_loss"]} for epoch in run]
+    own_key = "|".join([key.split("|")[0], f"{candidate} 1", *key.split("|")[2:-1],
+                        f"nets {fingerprint}"])
+    (tmp_path / "candidate_own_runs.json").write_text(json.dumps({own_key: own_run}))
     remake = ["remake.py", f"--default_nets={candidate}", f"--results={tmp_path}"]
 
     first = script(*remake)
     assert first.returncode == 0, first.stderr
     before, after = first.stdout.split("After the remake:")
-    fingerprint = l2l_tf.networks.nets_fingerprint(candidate)
     with open(tmp_path / "keras_fit_tiny_runs.json") as f:
         cache = json.load(f)
-    (shipped_run,), (candidate_run,) = (
-        [run for key, run in cache.items() if key.startswith("logistic|default 1|")
-         and key.endswith(f"|nets {fingerprint}") == is_candidate]
-        for is_candidate in (False, True))
-    log_ratio = math.log(candidate_run[-1]["validation_loss"]
-                         / shipped_run[-1]["validation_loss"])
-    assert log_ratio != 0  # a larger bound on the step: another run
+    twins = {seed: cache[key.removesuffix(key.split("|")[-1]) + f"nets {fingerprint}"]
+             for seed, (key, _) in shipped_runs.items()}
+    assert twins[0] == own_run
+    log_ratios = [math.log(twins[seed][-1]["validation_loss"] / run[-1]["validation_loss"])
+                  for seed, (_, run) in shipped_runs.items()]
+    assert log_ratios[1] != 0  # a larger bound on the step: another run
     for name in ("keras_fit_tiny", "keras_fit_tiny2"):
-        assert f"| {name} | 1 | 0 | 0 | - | " in before
-        assert f"| {name} | 1 | 1 | 0 | {log_ratio:+.4f} | 0.0 |" in after
-    assert "keras_fit_other" not in first.stdout
+        assert f"| {name} | 2 | 0 | 0 | - | " in before
+        assert f"| {name} | 2 | 2 | 0 | {sum(log_ratios) / 2:+.4f} | 0.0 |" in after
+    assert "keras_fit_other" not in first.stdout and "candidate_own" not in first.stdout
     assert first.stdout.count("default 1 ") == 1  # the one run made, printed by keras_fit.py
-    assert "Remaking keras_fit_tiny2 (1 of its runs copied from other tables' caches)" in (
-        first.stdout)
+    for name, copied in (("keras_fit_tiny", 1), ("keras_fit_tiny2", 2)):
+        assert (f"Remaking {name} ({copied} of its runs copied from other tables' caches)"
+                in first.stdout)
     assert table.read_text() == text
     for name in ("keras_fit_tiny", "keras_fit_tiny2"):
         with open(tmp_path / f"{name}_runs.json") as f:
             keys = list(json.load(f))
-        assert [k.split("|")[:2] for k in keys if k.endswith(f"|nets {fingerprint}")] == [
-            ["logistic", "default 1"]]
+        assert [k.split("|")[:3] for k in keys if k.endswith(f"|nets {fingerprint}")] == [
+            ["logistic", "default 1", "seed 0"], ["logistic", "default 1", "seed 1"]]
 
     again = script(*remake)
     assert again.returncode == 0, again.stderr
