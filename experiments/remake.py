@@ -132,7 +132,7 @@ def borrow_runs(path, shipped, candidate, results):
     """Copies into the cache at `path` the candidate's runs that other caches in `results`
     hold under the keys it lacks (tables share runs: a key names everything a run's numbers
     depend on), the candidate's own tables' runs under its path included, so that no run is
-    made twice; returns how many."""
+    made twice; returns how many, and how many the table still lacks."""
     with open(path) as f:
         cache = json.load(f)
     elsewhere = {}
@@ -140,12 +140,12 @@ def borrow_runs(path, shipped, candidate, results):
         with open(other) as f:
             elsewhere.update((as_default(key, candidate), run)
                              for key, run in json.load(f).items())
-    borrowed = {twin: elsewhere[twin] for twin in
-                (candidate_twin(key, shipped, candidate) for key in cache)
-                if twin is not None and twin not in cache and twin in elsewhere}
+    lacking = [twin for twin in (candidate_twin(key, shipped, candidate) for key in cache)
+               if twin is not None and twin not in cache]
+    borrowed = {twin: elsewhere[twin] for twin in lacking if twin in elsewhere}
     if borrowed:
         cli.write_text_atomically(path, json.dumps({**cache, **borrowed}, indent=0))
-    return len(borrowed)
+    return len(borrowed), len(lacking) - len(borrowed)
 
 
 def ledger(results, shipped, candidate):
@@ -220,7 +220,10 @@ def main(argv):
     if FLAGS.dry_run:
         return
     for name, flags_of_table, path, *_ in mine:
-        borrowed = borrow_runs(path, shipped, candidate, FLAGS.results)
+        borrowed, lacking = borrow_runs(path, shipped, candidate, FLAGS.results)
+        if not lacking:  # no keras_fit.py to start (TensorFlow's import, the data's load)
+            print(f"Remade {name} from other tables' caches ({borrowed} runs).", flush=True)
+            continue
         print(f"Remaking {name} ({borrowed} of its runs copied from other tables' caches) ...",
               flush=True)
         result = subprocess.run(
