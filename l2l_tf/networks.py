@@ -437,7 +437,13 @@ class TensorwiseLSTM(LSTMNet):
     not told those models apart. The boost's excess fades as the decay in time does, and d
     is not read after the decay starts: the best constant rate of a model falls with the
     length of its run, and a boost that still grew late cost the ReLU MLP 7% over 20 epochs.
-    It keeps T and s, two more floats per coordinate.
+    It keeps T and s, two more floats per coordinate. Each tensor keeps the largest d it has
+    read itself, up to its own step `decay_steps`: every tensor steps at every step, so in
+    one run all keep the same d, but a tensor that `restart_ratio` restarts, as on a new
+    task, reads d again rather than keep the old task's. Taking the largest d over the
+    model instead gave the restarted tensors the old task's boost in full (their own t was
+    small again) and cost a sigmoid MLP going on to a second task 17% (BUILD_NOTES.md,
+    "Session 60").
 
     `distance_boost_read_floor` (r0, or 0: off) stops the read of d once the model fits its
     training set: d is read only while r >= r0, r the model's gradient RMS over step
@@ -677,13 +683,13 @@ class TensorwiseLSTM(LSTMNet):
         return bool(self.drift_brake) and self.drift_brake_scope == "net"
 
     def pooled_shape(self):
-        size = 2 * self._pools_drift + 4 * bool(self.distance_boost)
+        size = 2 * self._pools_drift + 3 * bool(self.distance_boost)
         return (size,) if size else None
 
     def pooled(self, states):
         """The drift brake's averages `[<D, u>, |u|^2 / 2]` summed over `states` (with
         `drift_brake_scope="net"`), then the distance boost's `[sum of n, sum of |s|_1,
-        largest d, sum of P / sum of P_ref]` (with `distance_boost`)."""
+        sum of P / sum of P_ref]` (with `distance_boost`)."""
         readings = []
         if self._pools_drift:
             readings.append(tf.add_n([tf.zeros([2])] + [self._split_state(state)[-2][-1]
@@ -692,8 +698,7 @@ class TensorwiseLSTM(LSTMNet):
             sums = tf.stack([tf.zeros([5])] + [self._split_state(state)[-1][-1]
                                                for state in states])
             total = tf.reduce_sum(sums, 0)
-            readings.append(tf.stack([total[0], total[1], tf.reduce_max(sums[:, 2]),
-                                      total[3] / (total[4] + 1e-30)]))
+            readings.append(tf.stack([total[0], total[1], total[3] / (total[4] + 1e-30)]))
         return tf.concat(readings, 0)
 
     def _split_state(self, state):
@@ -769,17 +774,17 @@ class TensorwiseLSTM(LSTMNet):
             update, drift = self._drift_braked(update, t, *drift, pooled)
         if self.distance_boost:
             update, distance = self._distance_boosted(update, gradient, t, *distance,
-                                                      pooled[-4:])
+                                                      pooled[-3:])
         new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch,
                      *drift, *distance)
         return update, self.restarted(new_state)
 
     def _distance_boosted(self, update, gradient, t, travel, gradient_sum, sums, pooled):
         """`update` times the distance boost, and the boost's new `(T, s, [n, |s|_1, d, P,
-        P_ref])` (class docstring); `pooled` is the model's `[sum of n, sum of |s|_1, largest
-        d, sum of P / sum of P_ref]` as the last step left them."""
+        P_ref])` (class docstring); `pooled` is the model's `[sum of n, sum of |s|_1, sum of
+        P / sum of P_ref]` as the last step left them."""
         estimate = pooled[0] / (pooled[1] + 1e-30)
-        largest, power_ratio = pooled[2], pooled[3]
+        largest, power_ratio = sums[2], pooled[2]
         # A ratio of RMS: the powers' ratio is compared with its square.
         reads = power_ratio >= self.distance_boost_read_floor ** 2
         if self.decay_steps is not None:

@@ -677,13 +677,16 @@ def test_the_pooled_drift_brake_brakes_the_tensors_a_net_steps_as_one():
 
 
 def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floor=0.0,
-                       noise=1.0):
+                       noise=1.0, new_task_of_the_second=None):
     """Steps two tensors (5 x 4 and 20 x 10) from 0 with one untrained `TensorwiseLSTM`
     (`distance_boost=0.05`, cap 4, from step `boost_steps`, `distance_boost_read_floor`; a
-    decay in time from step 300) on quadratics `curvature / 2 (x - minimum) ** 2` whose
-    gradients carry Gaussian noise of deviation `noise`. Returns, per tensor, the gradients,
-    the updates taken and those the same net without the boost would take from the same
-    states."""
+    decay in time from step 300) on quadratics `curvature / 2 (x - minimum) ** 2` (each one
+    number, or a pair: one per tensor) whose gradients carry Gaussian noise of deviation
+    `noise`. After step `new_task_of_the_second`,
+    if given, the second tensor's state is zeroed (as `restart_ratio` does) and its minimum
+    moves to where it is, held there with curvature 1000: a new task on which it only
+    jitters. Returns, per tensor, the gradients, the updates taken and those the same net
+    without the boost would take from the same states."""
     options = dict(layers=(6,), decay_steps=300, distance_boost=0.05, distance_boost_cap=4.0,
                    distance_boost_read_floor=read_floor)
     boosted = networks.TensorwiseLSTM(**options, distance_boost_steps=boost_steps)
@@ -693,12 +696,16 @@ def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floo
     unboosted_step = tf.function(lambda g, s, p: unboosted.step(weights, g, s, p))
     rng = np.random.default_rng(0)
     xs = [np.zeros((5, 4), np.float32), np.zeros((20, 10), np.float32)]
+    minima, curvatures = list(np.broadcast_to(minimum, 2)), list(np.broadcast_to(curvature, 2))
     states = [boosted.initial_state(x.shape) for x in xs]
     gradients, taken, unboosted_updates = [[], []], [[], []], [[], []]
-    for _ in range(steps):
+    for k in range(steps):
+        if k == new_task_of_the_second:
+            states[1] = tuple(tf.zeros_like(entry) for entry in states[1])
+            minima[1], curvatures[1] = xs[1].copy(), 1000.0
         reading = boosted.pooled(states)
         for i in range(2):
-            gradient = tf.constant((curvature * (xs[i] - minimum)
+            gradient = tf.constant((curvatures[i] * (xs[i] - minima[i])
                                     + noise * rng.normal(size=xs[i].shape)).astype(np.float32))
             gradients[i].append(gradient.numpy())
             unboosted_updates[i].append(unboosted_step(gradient, states[i], reading)[0].numpy())
@@ -710,35 +717,43 @@ def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floo
 
 
 def reference_boost(gradients, taken, boost_steps=150, d0=0.05, cap=4.0, decay_steps=300,
-                    read_floor=0.0):
-    """The boost per step from the tensors' gradients and updates, in NumPy: Prodigy's estimate
-    `sum n / sum |s|_1` as the last step left the sums (n <- b n - <g, T>, s <- b s + g, b =
-    sqrt(0.999), T the travel so far), its largest up to step `decay_steps` d, and after step
-    `boost_steps` `1 + (clip(d / d0, 1, cap) - 1) x decay_steps / max(t, decay_steps)`; d is
-    read only while r >= `read_floor`, r^2 = sum P / sum P_ref as the last step left them (P
-    each tensor's sum of squared gradients, a mean over the first 100 steps, then an average
-    with weight 0.99; P_ref its value at step `boost_steps`). Also returns whether d was
-    read, per step."""
+                    read_floor=0.0, restart=None):
+    """Each tensor's boost per step from the tensors' gradients and updates, in NumPy:
+    Prodigy's estimate `sum n / sum |s|_1` as the last step left the sums (n <- b n - <g, T>,
+    s <- b s + g, b = sqrt(0.999), T the travel so far), each tensor's largest d of it up to
+    its own step `decay_steps`, and after its step `boost_steps` `1 + (clip(d / d0, 1, cap)
+    - 1) x decay_steps / max(t, decay_steps)`; d is read only while r >= `read_floor`, r^2 =
+    sum P / sum P_ref as the last step left them (P each tensor's sum of squared gradients, a
+    mean over its first 100 steps, then an average with weight 0.99; P_ref its value at its
+    step `boost_steps`). `restart=(k, i)` zeroes tensor i's sums, travel and count before
+    step k. Also returns, per tensor and step, whether d was read."""
     beta = 0.999 ** 0.5
-    n = [0.0 for _ in gradients]
+    count = len(gradients)
+    t, n, largest = [0] * count, [0.0] * count, [0.0] * count
     s = [np.zeros_like(g[0], np.float64) for g in gradients]
     travel = [np.zeros_like(g[0], np.float64) for g in gradients]
-    power, power_reference = [0.0 for _ in gradients], [0.0 for _ in gradients]
-    largest, boosts, read = 0.0, [], []
+    power, power_reference = [0.0] * count, [0.0] * count
+    boosts, read = [[] for _ in gradients], [[] for _ in gradients]
     for k in range(len(gradients[0])):
+        if restart is not None and k == restart[0]:
+            i = restart[1]
+            t[i], n[i], largest[i], power[i], power_reference[i] = 0, 0.0, 0.0, 0.0, 0.0
+            s[i], travel[i] = np.zeros_like(s[i]), np.zeros_like(travel[i])
+        estimate = sum(n) / (sum(np.abs(x).sum() for x in s) + 1e-30)
         power_ratio = sum(power) / (sum(power_reference) + 1e-30)
-        read.append(k + 1 <= decay_steps and power_ratio >= read_floor ** 2)
-        if read[-1]:
-            largest = max(largest, sum(n) / (sum(np.abs(x).sum() for x in s) + 1e-30))
-        fade = decay_steps / max(k + 1, decay_steps)
-        boosts.append(1.0 + (np.clip(largest / d0, 1.0, cap) - 1.0) * fade
-                      if k + 1 > boost_steps else 1.0)
         for i, (g, u) in enumerate(zip(gradients, taken)):
+            t[i] += 1
+            read[i].append(t[i] <= decay_steps and power_ratio >= read_floor ** 2)
+            if read[i][-1]:
+                largest[i] = max(largest[i], estimate)
+            fade = decay_steps / max(t[i], decay_steps)
+            boosts[i].append(1.0 + (np.clip(largest[i] / d0, 1.0, cap) - 1.0) * fade
+                             if t[i] > boost_steps else 1.0)
             n[i] = beta * n[i] - np.sum(g[k] * travel[i])
             s[i] = beta * s[i] + g[k]
             travel[i] = travel[i] + u[k]
-            power[i] += max(1.0 / (k + 1), 0.01) * (np.sum(np.square(g[k])) - power[i])
-            if k + 1 <= boost_steps:
+            power[i] += max(1.0 / t[i], 0.01) * (np.sum(np.square(g[k])) - power[i])
+            if t[i] <= boost_steps:
                 power_reference[i] = power[i]
     return np.array(boosts), np.array(read)
 
@@ -755,10 +770,12 @@ def test_the_distance_boost_enlarges_the_steps_of_a_model_whose_minimum_is_far()
     unboosted net's, bit for bit."""
     gradients, taken, unboosted = distance_boost_run(minimum=1.0, curvature=1.0, steps=600)
     expected, _ = reference_boost(gradients, taken)
-    for t, u in zip(taken, unboosted):
-        np.testing.assert_allclose(t, expected[:, None, None] * u, rtol=1e-4, atol=1e-12)
-    # d is read up to step 300, where the decay in time starts; the boost's excess then fades
-    # with it, to 300 / 600 of step 300's by the last step.
+    for t, u, boost in zip(taken, unboosted, expected):
+        np.testing.assert_allclose(t, boost[:, None, None] * u, rtol=1e-4, atol=1e-12)
+    # One boost for the model; d is read up to step 300, where the decay in time starts; the
+    # boost's excess then fades with it, to 300 / 600 of step 300's by the last step.
+    np.testing.assert_array_equal(expected[0], expected[1])
+    expected = expected[0]
     assert np.all(expected[:150] == 1.0) and expected[299] > 2.0, expected[299]
     np.testing.assert_allclose(expected[-1] - 1.0, (expected[299] - 1.0) * 300 / 600)
 
@@ -768,7 +785,7 @@ def test_the_distance_boost_enlarges_the_steps_of_a_model_whose_minimum_is_far()
         np.testing.assert_array_equal(t, u)
 
     net = networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05)
-    assert net.pooled_shape() == (4,) and len(net.initial_state((3,))) == len(
+    assert net.pooled_shape() == (3,) and len(net.initial_state((3,))) == len(
         networks.TensorwiseLSTM(layers=(6,)).initial_state((3,))) + 3
     with pytest.raises(ValueError, match="pass step\\(..., pooled=net.pooled\\(states\\)\\)"):
         net.step(net.initial_weights(), tf.ones([3]), net.initial_state((3,)))
@@ -795,15 +812,40 @@ def test_the_distance_boost_stops_reading_once_the_gradients_fall_below_the_floo
     gradients, taken, unboosted = distance_boost_run(minimum=0.3, curvature=1.0, steps=600,
                                                      read_floor=0.8, noise=0.1)
     expected, read = reference_boost(gradients, taken, read_floor=0.8)
-    for t, u in zip(taken, unboosted):
-        np.testing.assert_allclose(t, expected[:, None, None] * u, rtol=1e-4, atol=1e-12)
-    without_floor, read_without_floor = reference_boost(gradients, taken)
+    for t, u, boost in zip(taken, unboosted, expected):
+        np.testing.assert_allclose(t, boost[:, None, None] * u, rtol=1e-4, atol=1e-12)
+    np.testing.assert_array_equal(read[0], read[1])  # both tensors read d at the same steps
+    expected, read = expected[0], read[0]
+    without_floor, read_without_floor = (x[0] for x in reference_boost(gradients, taken))
     stop = np.argmin(read[1:]) + 1  # the first step is unread: no power reference yet
     assert 150 < stop < 300 and not read[stop:].any() and read_without_floor[:300].all()
     # Before the stop the boosts agree; after it, the floor's is below and fades alike.
     np.testing.assert_array_equal(expected[:stop], without_floor[:stop])
     assert expected[299] > 1.5 and expected[299] < without_floor[299] - 0.1
     np.testing.assert_allclose(expected[-1] - 1.0, (expected[299] - 1.0) * 300 / 600)
+
+
+def test_a_restarted_tensor_reads_the_distance_again_instead_of_keeping_the_old_task_s():
+    """Each tensor keeps the largest d it read itself: one that `restart_ratio` zeroes (a new
+    task) reads d again from its own first step, and the old task's d boosts only the
+    tensors that went on. Here the first tensor is held at its minimum throughout and the
+    second travels to a far one, so that d, read over the model, passes d0 and both tensors'
+    steps grow alike; at step 400 the second restarts on a task where it only jitters. d
+    read after that stays below d0: its steps are the unboosted net's, bit for bit, where
+    the model's largest d (the rule before session 60) would have boosted them 2x from its
+    own step 150; the first's boost goes on fading as before. Checked against the NumPy
+    reference, which restarts the tensor's sums and count."""
+    gradients, taken, unboosted = distance_boost_run(
+        minimum=(0.0, 1.0), curvature=(1000.0, 1.0), steps=800, new_task_of_the_second=400)
+    expected, read = reference_boost(gradients, taken, restart=(400, 1))
+    for t, u, boost in zip(taken, unboosted, expected):
+        np.testing.assert_allclose(t, boost[:, None, None] * u, rtol=1e-4, atol=1e-12)
+    np.testing.assert_array_equal(expected[0][:400], expected[1][:400])
+    assert expected[0][299] > 1.8, expected[0][299]
+    assert read[1][400:700].all() and not read[1][700:].any()
+    np.testing.assert_array_equal(taken[1][400:], unboosted[1][400:])
+    np.testing.assert_allclose(expected[0][400:] - 1.0,
+                               (expected[0][299] - 1.0) * 300 / np.arange(401, 801))
 
 
 @pytest.mark.parametrize("slack", [1.0, 1.5])
