@@ -440,9 +440,10 @@ class TensorwiseLSTM(LSTMNet):
     It keeps T and s, two more floats per coordinate. Each tensor keeps the largest d it has
     read itself, up to its own step `decay_steps`: every tensor steps at every step, so in
     one run all keep the same d, but a tensor that `restart_ratio` restarts, as on a new
-    task, reads d again rather than keep the old task's. Taking the largest d over the
-    model instead gave the restarted tensors the old task's boost in full (their own t was
-    small again) and cost a sigmoid MLP going on to a second task 17% (BUILD_NOTES.md,
+    task, reads d again, and one that goes on keeps its own. Taking the largest d over the
+    model instead let what the restarted tensors read at a new task's first steps (the
+    estimate then mixing the old task's travel with the new task's gradients) raise every
+    tensor's boost, and a sigmoid MLP going on to a second task lost 17% (BUILD_NOTES.md,
     "Session 60").
 
     `distance_boost_read_floor` (r0, or 0: off) stops the read of d once the model fits its
