@@ -682,11 +682,11 @@ def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floo
     (`distance_boost=0.05`, cap 4, from step `boost_steps`, `distance_boost_read_floor`; a
     decay in time from step 300) on quadratics `curvature / 2 (x - minimum) ** 2` (each one
     number, or a pair: one per tensor) whose gradients carry Gaussian noise of deviation
-    `noise`. After step `new_task_of_the_second`,
-    if given, the second tensor's state is zeroed (as `restart_ratio` does) and its minimum
-    moves to where it is, held there with curvature 1000: a new task on which it only
-    jitters. Returns, per tensor, the gradients, the updates taken and those the same net
-    without the boost would take from the same states."""
+    `noise`. After step `new_task_of_the_second`, if given, the second tensor's state is
+    zeroed (as `restart_ratio` does) and its minimum moves to where it is, held there with
+    curvature 1000: a new task on which it only jitters. Returns, per tensor, the gradients,
+    the updates taken and those the same net without the boost would take from the same
+    states."""
     options = dict(layers=(6,), decay_steps=300, distance_boost=0.05, distance_boost_cap=4.0,
                    distance_boost_read_floor=read_floor)
     boosted = networks.TensorwiseLSTM(**options, distance_boost_steps=boost_steps)
@@ -725,8 +725,8 @@ def reference_boost(gradients, taken, boost_steps=150, d0=0.05, cap=4.0, decay_s
     - 1) x decay_steps / max(t, decay_steps)`; d is read only while r >= `read_floor`, r^2 =
     sum P / sum P_ref as the last step left them (P each tensor's sum of squared gradients, a
     mean over its first 100 steps, then an average with weight 0.99; P_ref its value at its
-    step `boost_steps`). `restart=(k, i)` zeroes tensor i's sums, travel and count before
-    step k. Also returns, per tensor and step, whether d was read."""
+    step `boost_steps`). `restart=(k, i)` zeroes tensor i's sums, powers, d, travel and
+    count before step k. Also returns, per tensor and step, whether d was read."""
     beta = 0.999 ** 0.5
     count = len(gradients)
     t, n, largest = [0] * count, [0.0] * count, [0.0] * count
