@@ -19,6 +19,12 @@ Each (configuration, step-size cap) runs separately. Results are cached in
 `<output>_runs.json`, so the same command resumes where it stopped (losing at most the run in
 progress). --max_rates caps the step size: "none", or a rate such as 0.03 (the shipped
 default's bound, `max_factor` 30 x its rate 0.001).
+
+--directions asks whether other per-coordinate directions than the default's two would lower
+the ceiling: each is added to Adam's step with its own bounded weight per tensor and segment,
+as the default adds the normalised gradient, so that the cap still bounds the step.
+--free_mix unbounds the weights, Adam's step's too (from 1): a cap then bounds the rate and
+not the step, which the mix can scale (BUILD_NOTES.md, "Session 61").
 """
 
 import quiet_tensorflow  # noqa: F401  (first: silences TensorFlow's start-up lines)
@@ -36,6 +42,10 @@ from l2l_tf import cli, meta, networks, problems
 
 CONFIGURATIONS = {"base": "sigmoid", "relu": "relu"}  # reproduce.py's, by activation
 HORIZON = 100
+# Per-coordinate directions a table can add to Adam's step: the default's normalised gradient,
+# Adam's direction with a slower momentum (beta1 0.99), and the sign of Adam's momentum.
+DIRECTIONS = ("gradient", "slow", "sign")
+SLOW_BETA1 = 0.99
 
 flags.DEFINE_list("configs", list(CONFIGURATIONS), "Configurations of reproduce.py to run.")
 flags.DEFINE_list("max_rates", ["none", "0.03"], "Caps on the step size: none, or a rate.")
@@ -48,6 +58,10 @@ flags.DEFINE_float("meta_learning_rate", 0.005, "Meta-Adam's learning rate.", lo
 flags.DEFINE_integer("samples", 1, "Runs averaged per meta-step (less noisy meta-gradients).",
                      lower_bound=1)
 flags.DEFINE_integer("num_runs", 100, "Evaluation runs.", lower_bound=1)
+flags.DEFINE_list("directions", ["gradient"], "Directions added to Adam's step, each with a "
+                  f"weight per tensor and segment: some of {', '.join(DIRECTIONS)}.")
+flags.DEFINE_bool("free_mix", False, "Unbounded weights, Adam's step's too (from 1), instead of "
+                  "Adam's step plus tanh-bounded weights of the others.")
 flags.DEFINE_integer("seed", 0, "Evaluation seed; meta-training uses seed + 7.")
 flags.DEFINE_string("output", None, "Markdown file for the table (.md).", required=True)
 FLAGS = flags.FLAGS
@@ -56,13 +70,16 @@ FLAGS = flags.FLAGS
 class ScheduleTable(networks.Net):
     """TensorwiseLSTM's update with the LSTM replaced by a table indexed by tensor and time.
 
-    Update of a tensor at step t: `-rate * exp(log_factor[i, s]) * (adam_step + tanh(
-    gradient_weight[i, s]) * normalised_gradient)`, i the tensor (found by its shape, so the
-    problem's shapes must differ), s the segment of t. Adam's step and the normalised
-    gradient come from `TensorwiseLSTM.features`, so the update is the default's.
+    Update of a tensor at step t: `-rate * exp(log_factor[i, s]) * (adam_step + sum_k tanh(
+    weight[i, s, k]) * direction_k)`, i the tensor (found by its shape, so the problem's
+    shapes must differ), s the segment of t, k over `directions`. Adam's step and the
+    normalised gradient come from `TensorwiseLSTM.features`, so with `directions=("gradient",)`
+    the update is the default's. With `free_mix` it is `-rate * exp(log_factor[i, s]) *
+    sum_k weight[i, s, k] * direction_k`, k over Adam's step and `directions`.
     """
 
-    def __init__(self, shapes, segments, start_rate, max_rate=None, rate=1e-3):
+    def __init__(self, shapes, segments, start_rate, max_rate=None, rate=1e-3,
+                 directions=("gradient",), free_mix=False):
         self.shapes = [tuple(shape) for shape in shapes]
         if len(set(self.shapes)) != len(self.shapes):
             raise ValueError(f"tensors are found by shape; these repeat: {self.shapes}")
@@ -70,19 +87,27 @@ class ScheduleTable(networks.Net):
         self.start_rate = start_rate
         self.max_rate = max_rate
         self.rate = rate
+        self.directions = tuple(directions)
+        self.free_mix = free_mix
         self.tensorwise = networks.TensorwiseLSTM()  # its Adam part (features use no rate)
+
+    def weighed(self):
+        """The directions that have a weight in the table, in the order of its last axis."""
+        return ("adam",) * self.free_mix + self.directions
 
     def weight_shapes(self):
         shape = (len(self.shapes), self.segments)
-        return {"table": {"log_factor": shape, "gradient_weight": shape}}
+        return {"table": {"log_factor": shape, "weights": shape + (len(self.weighed()),)}}
 
     def initial_weights(self, seed=None):
         shape = (len(self.shapes), self.segments)
+        start = np.zeros(shape + (len(self.weighed()),), np.float32)
+        start[..., 0] = float(self.free_mix)  # Adam's step at the start rate either way
         return {"table": {"log_factor": tf.fill(shape, math.log(self.start_rate / self.rate)),
-                          "gradient_weight": tf.zeros(shape)}}
+                          "weights": tf.constant(start)}}
 
     def state_shapes(self, param_shape):
-        return (tuple(param_shape), tuple(param_shape), (1,))
+        return (tuple(param_shape), tuple(param_shape), (1,), tuple(param_shape))
 
     def log_factor(self, table):
         """The table's log step-size factors, capped at `max_rate`."""
@@ -91,23 +116,33 @@ class ScheduleTable(networks.Net):
         return tf.minimum(table, math.log(self.max_rate / self.rate))
 
     def step(self, weights, gradient, state):
-        m, v, t = state
+        m, v, t, slow = state
         t = t + 1.0
         beta1, beta2 = self.tensorwise.beta1, self.tensorwise.beta2
         m = beta1 * m + (1.0 - beta1) * gradient
         v = beta2 * v + (1.0 - beta2) * tf.square(gradient)
+        slow = SLOW_BETA1 * slow + (1.0 - SLOW_BETA1) * gradient
         _, adam_step, normalised = self.tensorwise.features(gradient, m, v, t[0])
+        v_correction = 1.0 - tf.pow(beta2, t[0])
+        directions = {
+            "adam": adam_step, "gradient": normalised, "sign": tf.sign(m),
+            "slow": tf.sqrt(v_correction) / (1.0 - tf.pow(SLOW_BETA1, t[0])) * slow
+            / (tf.sqrt(v) + self.tensorwise.epsilon)}
         index = self.shapes.index(tuple(gradient.shape))
         segment = tf.cast(tf.minimum(self.segments - 1.0,
                                      tf.floor((t[0] - 1.0) * self.segments / HORIZON)), tf.int32)
         log_factor = self.log_factor(weights["table"]["log_factor"])[index, segment]
-        gradient_weight = tf.tanh(weights["table"]["gradient_weight"][index, segment])
-        update = -self.rate * tf.exp(log_factor) * (adam_step + gradient_weight * normalised)
-        return update, (m, v, t)
+        mix = weights["table"]["weights"][index, segment]
+        terms = [(mix[k] if self.free_mix else tf.tanh(mix[k])) * directions[name]
+                 for k, name in enumerate(self.weighed())]
+        direction = tf.add_n(terms if self.free_mix else [adam_step] + terms)
+        update = -self.rate * tf.exp(log_factor) * direction
+        return update, (m, v, t, slow)
 
     def get_config(self):
         return {"shapes": self.shapes, "segments": self.segments,
-                "start_rate": self.start_rate, "max_rate": self.max_rate}
+                "start_rate": self.start_rate, "max_rate": self.max_rate,
+                "directions": self.directions, "free_mix": self.free_mix}
 
 
 def scores(optimizer, problem):
@@ -125,7 +160,8 @@ def run(config, max_rate):
     train_problem = problems.mnist(activation=activation, mode="train")
     test_problem = problems.mnist(activation=activation, mode="test")
     shapes = [tuple(param.shape) for param in train_problem.params]
-    net = ScheduleTable(shapes, FLAGS.segments, FLAGS.start_rate, max_rate)
+    net = ScheduleTable(shapes, FLAGS.segments, FLAGS.start_rate, max_rate,
+                        directions=FLAGS.directions, free_mix=FLAGS.free_mix)
     optimizer = meta.MetaOptimizer(schedule=net)
     start = scores(optimizer, test_problem)
     began = time.perf_counter()
@@ -136,17 +172,27 @@ def run(config, max_rate):
         meta.run_epoch(training, 1, train=True)
     table = optimizer.weights["schedule"]["table"]
     rates = net.rate * np.exp(net.log_factor(table["log_factor"]).numpy())
+    mix = table["weights"].numpy() if FLAGS.free_mix else np.tanh(table["weights"].numpy())
     return {"start": start, "learned": scores(optimizer, test_problem),
             "seconds": time.perf_counter() - began,
             "rates": [[float(f"{x:.3g}") for x in row] for row in rates],
-            "gradient_weights": [[round(float(x), 2) + 0.0 for x in row]
-                                 for row in np.tanh(table["gradient_weight"].numpy())]}
+            **{f"{name}_weights": [[round(float(x), 2) + 0.0 for x in row]
+                                   for row in mix[..., k]]
+               for k, name in enumerate(net.weighed())}}
+
+
+def mix_flags():
+    """--directions and --free_mix as given, or nothing for the default's form (so that the
+    keys and commands of the tables made before the flags existed stay theirs)."""
+    if FLAGS.directions == ["gradient"] and not FLAGS.free_mix:
+        return ""
+    return f"--directions={','.join(FLAGS.directions)}" + " --free_mix" * FLAGS.free_mix
 
 
 def run_key(config, max_rate):
     return (f"{config}|cap {max_rate}|segments {FLAGS.segments}|start {FLAGS.start_rate}|"
             f"epochs {FLAGS.meta_epochs}|meta lr {FLAGS.meta_learning_rate}|"
-            f"samples {FLAGS.samples}|"
+            f"samples {FLAGS.samples}|{mix_flags() + '|' if mix_flags() else ''}"
             f"runs {FLAGS.num_runs}|seed {FLAGS.seed}")
 
 
@@ -168,7 +214,7 @@ def report(results, keys):
         f"--max_rates={','.join(FLAGS.max_rates)} --segments={FLAGS.segments} "
         f"--start_rate={FLAGS.start_rate:g} --meta_epochs={FLAGS.meta_epochs} "
         f"--meta_learning_rate={FLAGS.meta_learning_rate:g} --samples={FLAGS.samples} "
-        f"--num_runs={FLAGS.num_runs} "
+        f"--num_runs={FLAGS.num_runs} {mix_flags() + ' ' if mix_flags() else ''}"
         f"--seed={FLAGS.seed} --output={FLAGS.output}`; meta-training wall time per row below.",
         "",
         "| configuration | step-size cap | start: Adam loss@100 | start: Adam sum100 | "
@@ -180,13 +226,16 @@ def report(results, keys):
         lines.append(f"| {config} | {cap} | {cell(r['start']['loss@100'])} | "
                      f"{cell(r['start']['sum100'])} | {cell(r['learned']['loss@100'])} | "
                      f"{cell(r['learned']['sum100'])} | {r['seconds']:.0f} |")
-    lines += ["", "Learned step sizes and gradient weights per tensor, one number per segment:", ""]
+    weighed = ("adam",) * FLAGS.free_mix + tuple(FLAGS.directions)
+    lines += ["", f"Learned step sizes and {', '.join(weighed)} weights per tensor, one number "
+              "per segment:", ""]
     for (config, cap), key in keys:
         lines.append(f"- {config}, cap {cap}:")
-        for tensor, rates, weights in zip(("W1", "b1", "W2", "b2"), results[key]["rates"],
-                                          results[key]["gradient_weights"]):
-            lines.append(f"  - {tensor}: rates {' '.join(f'{x:g}' for x in rates)}; gradient "
-                         f"weights {' '.join(f'{x:g}' for x in weights)}")
+        for i, (tensor, rates) in enumerate(zip(("W1", "b1", "W2", "b2"),
+                                                results[key]["rates"])):
+            lines.append(f"  - {tensor}: rates {' '.join(f'{x:g}' for x in rates)}" + "".join(
+                f"; {name} weights {' '.join(f'{x:g}' for x in results[key][name + '_weights'][i])}"
+                for name in weighed))
     return "\n".join(lines) + "\n"
 
 
@@ -199,6 +248,10 @@ def main(argv):
                              f"{', '.join(CONFIGURATIONS)}.")
     if not FLAGS.output.endswith(".md"):
         raise cli.UsageError(f"--output={FLAGS.output!r} must end in .md.")
+    unknown = sorted(set(FLAGS.directions) - set(DIRECTIONS))
+    if unknown or len(set(FLAGS.directions)) != len(FLAGS.directions):
+        raise cli.UsageError(f"--directions={','.join(FLAGS.directions)}: give each of "
+                             f"{', '.join(DIRECTIONS)} at most once.")
     caps = []
     for text in FLAGS.max_rates:
         try:

@@ -1252,28 +1252,49 @@ def test_reproduce_tunes_baselines_and_the_learned_rate_then_reuses_its_caches(t
 
 
 def test_schedule_ceiling_table_starts_as_keras_adam_at_its_start_rate():
-    """The table's 'start: Adam' column is the table before meta-training: Keras's Adam.
+    """The table's 'start: Adam' column is the table before meta-training: Keras's Adam, with
+    other directions added (--directions) or their weights free (--free_mix) too; the slow
+    direction alone is Keras's Adam with beta_1 0.99, the sign alone a signed step of the rate.
     In its own process: the script's absl flags clash with keras_fit's, imported by others."""
     code = """
 import keras, numpy as np, tensorflow as tf
 import schedule_ceiling as ceiling
 shapes = [(3, 2), (2,)]
-table = ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03)
-weights = table.initial_weights()
-variables = [keras.Variable(np.ones(shape, np.float32)) for shape in shapes]
-adam = keras.optimizers.Adam(0.03)
-values = [np.ones(shape, np.float32) for shape in shapes]
-states = [table.initial_state(shape) for shape in shapes]
-rng = np.random.default_rng(0)
-for _ in range(5):
-    gradients = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
-    adam.apply_gradients(zip(gradients, variables))
-    for i, gradient in enumerate(gradients):
-        update, states[i] = table.step(weights, tf.constant(gradient), states[i])
-        values[i] = values[i] + update.numpy()
-for value, variable in zip(values, variables):
-    np.testing.assert_allclose(value, variable.numpy(), rtol=1e-5, atol=1e-6)
-assert np.max(np.abs(values[0] - 1.0)) > 0.05  # it moved
+
+def steps(table, weights, adam=None):
+    variables = [keras.Variable(np.ones(shape, np.float32)) for shape in shapes]
+    values = [np.ones(shape, np.float32) for shape in shapes]
+    momenta = [np.zeros(shape, np.float32) for shape in shapes]
+    states = [table.initial_state(shape) for shape in shapes]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        gradients = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
+        if adam is not None:
+            adam.apply_gradients(zip(gradients, variables))
+        for i, gradient in enumerate(gradients):
+            update, states[i] = table.step(weights, tf.constant(gradient), states[i])
+            values[i] = values[i] + update.numpy()
+            momenta[i] = 0.9 * momenta[i] + 0.1 * gradient
+            if adam is None:  # the sign of Adam's momentum at the table's rate
+                np.testing.assert_allclose(update.numpy(), -0.03 * np.sign(momenta[i]),
+                                           rtol=1e-5)
+    if adam is not None:
+        for value, variable in zip(values, variables):
+            np.testing.assert_allclose(value, variable.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.max(np.abs(values[0] - 1.0)) > 0.05  # it moved
+
+for table in (ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03),
+              ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03,
+                                    directions=("gradient", "slow", "sign")),
+              ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03,
+                                    directions=("slow",), free_mix=True)):
+    steps(table, table.initial_weights(), keras.optimizers.Adam(0.03))
+for name, adam in (("slow", keras.optimizers.Adam(0.03, beta_1=0.99)), ("sign", None)):
+    table = ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03, directions=(name,),
+                                  free_mix=True)
+    weights = table.initial_weights()
+    weights["table"]["weights"] = tf.constant([[[0.0, 1.0]] * 4] * 2)  # Adam's step off
+    steps(table, weights, adam)
 capped = ceiling.ScheduleTable(shapes, segments=4, start_rate=0.1, max_rate=0.03)
 log_factor = capped.log_factor(capped.initial_weights()["table"]["log_factor"])
 np.testing.assert_allclose(np.exp(log_factor) * 1e-3, 0.03, rtol=1e-6)
@@ -1284,21 +1305,28 @@ print("ok")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
-def test_schedule_ceiling_writes_its_table_and_resumes_from_its_cache(tmp_path, mnist_data_dir):
+@pytest.mark.parametrize("mix, weighed", [
+    ([], ["gradient"]),  # the default's form: no flag in the command
+    (["--directions=gradient,slow", "--free_mix"], ["adam", "gradient", "slow"]),
+])
+def test_schedule_ceiling_writes_its_table_and_resumes_from_its_cache(tmp_path, mnist_data_dir,
+                                                                     mix, weighed):
     output = tmp_path / "ceiling.md"
     args = ["--configs=base", "--max_rates=0.03", "--meta_epochs=2", "--num_runs=2",
-            f"--output={output}"]
+            f"--output={output}", *mix]
     first = script("schedule_ceiling.py", *args)
     assert first.returncode == 0, first.stderr
     cache = (tmp_path / "ceiling_runs.json").read_text()
     text = output.read_text()
     row = [line for line in text.splitlines() if line.startswith("| base | 0.03 |")]
     assert len(row) == 1
-    assert f"--meta_epochs=2 --meta_learning_rate=0.005 --samples=1 --num_runs=2 --seed=0 --output={output}" \
-        in text
+    assert (f"--meta_epochs=2 --meta_learning_rate=0.005 --samples=1 --num_runs=2 "
+            f"{''.join(flag + ' ' for flag in mix)}--seed=0 --output={output}") in text
+    assert f"Learned step sizes and {', '.join(weighed)} weights per tensor" in text
     rates = json.loads(cache)
     (result,) = rates.values()
     assert np.max(result["rates"]) <= 0.03 + 1e-6 and np.shape(result["rates"]) == (4, 10)
+    assert all(np.shape(result[f"{name}_weights"]) == (4, 10) for name in weighed)
     again = script("schedule_ceiling.py", *args)  # cached: no meta-training, same numbers
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout and output.read_text() == text
@@ -1310,6 +1338,8 @@ def test_schedule_ceiling_writes_its_table_and_resumes_from_its_cache(tmp_path, 
     (["--max_rates=none,fast", "--output=c.md"], "--max_rates: 'fast' is neither none nor a rate"),
     (["--output=ceiling.txt"], "must end in .md"),
     (["--segments=0", "--output=c.md"], "--segments"),
+    (["--directions=gradient,fast", "--output=c.md"], "give each of gradient, slow, sign"),
+    (["--directions=slow,slow", "--output=c.md"], "at most once"),
     ([], "--output must have a value"),
 ])
 def test_bad_schedule_ceiling_flags_give_one_line_and_exit_2(flags, message):
