@@ -1254,33 +1254,36 @@ def test_reproduce_tunes_baselines_and_the_learned_rate_then_reuses_its_caches(t
 def test_schedule_ceiling_table_starts_as_keras_adam_at_its_start_rate():
     """The table's 'start: Adam' column is the table before meta-training: Keras's Adam, with
     other directions added (--directions) or their weights free (--free_mix) too; the slow
-    direction alone is Keras's Adam with beta_1 0.99, the sign alone a signed step of the rate.
+    direction alone is Keras's Adam with beta_1 0.99, the sign alone a signed step of the rate,
+    and a bounded weight, however large, adds its direction at most once to Adam's step.
     In its own process: the script's absl flags clash with keras_fit's, imported by others."""
     code = """
 import keras, numpy as np, tensorflow as tf
 import schedule_ceiling as ceiling
 shapes = [(3, 2), (2,)]
 
-def steps(table, weights, adam=None):
-    variables = [keras.Variable(np.ones(shape, np.float32)) for shape in shapes]
+def steps(table, weights, *adams):  # the table's steps against the sum of the adams' (none: sign)
+    variables = [[keras.Variable(np.ones(shape, np.float32)) for shape in shapes]
+                 for _ in adams]
     values = [np.ones(shape, np.float32) for shape in shapes]
     momenta = [np.zeros(shape, np.float32) for shape in shapes]
     states = [table.initial_state(shape) for shape in shapes]
     rng = np.random.default_rng(0)
     for _ in range(5):
         gradients = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
-        if adam is not None:
-            adam.apply_gradients(zip(gradients, variables))
+        for adam, its_variables in zip(adams, variables):
+            adam.apply_gradients(zip(gradients, its_variables))
         for i, gradient in enumerate(gradients):
             update, states[i] = table.step(weights, tf.constant(gradient), states[i])
             values[i] = values[i] + update.numpy()
             momenta[i] = 0.9 * momenta[i] + 0.1 * gradient
-            if adam is None:  # the sign of Adam's momentum at the table's rate
+            if not adams:  # the sign of Adam's momentum at the table's rate
                 np.testing.assert_allclose(update.numpy(), -0.03 * np.sign(momenta[i]),
                                            rtol=1e-5)
-    if adam is not None:
-        for value, variable in zip(values, variables):
-            np.testing.assert_allclose(value, variable.numpy(), rtol=1e-5, atol=1e-6)
+    if adams:
+        for i, value in enumerate(values):
+            moved = sum(its_variables[i].numpy() - 1.0 for its_variables in variables)
+            np.testing.assert_allclose(value, 1.0 + moved, rtol=1e-5, atol=1e-6)
     assert np.max(np.abs(values[0] - 1.0)) > 0.05  # it moved
 
 for table in (ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03),
@@ -1289,12 +1292,16 @@ for table in (ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03),
               ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03,
                                     directions=("slow",), free_mix=True)):
     steps(table, table.initial_weights(), keras.optimizers.Adam(0.03))
-for name, adam in (("slow", keras.optimizers.Adam(0.03, beta_1=0.99)), ("sign", None)):
+for name, adams in (("slow", [keras.optimizers.Adam(0.03, beta_1=0.99)]), ("sign", [])):
     table = ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03, directions=(name,),
                                   free_mix=True)
     weights = table.initial_weights()
     weights["table"]["weights"] = tf.constant([[[0.0, 1.0]] * 4] * 2)  # Adam's step off
-    steps(table, weights, adam)
+    steps(table, weights, *adams)
+bounded = ceiling.ScheduleTable(shapes, segments=4, start_rate=0.03, directions=("slow",))
+weights = bounded.initial_weights()
+weights["table"]["weights"] = tf.fill([2, 4, 1], 100.0)  # tanh: at most 1
+steps(bounded, weights, keras.optimizers.Adam(0.03), keras.optimizers.Adam(0.03, beta_1=0.99))
 capped = ceiling.ScheduleTable(shapes, segments=4, start_rate=0.1, max_rate=0.03)
 log_factor = capped.log_factor(capped.initial_weights()["table"]["log_factor"])
 np.testing.assert_allclose(np.exp(log_factor) * 1e-3, 0.03, rtol=1e-6)
