@@ -90,6 +90,7 @@ class ScheduleTable(networks.Net):
         self.directions = tuple(directions)
         self.free_mix = free_mix
         self.tensorwise = networks.TensorwiseLSTM()  # its Adam part (features use no rate)
+        self.slow = networks.TensorwiseLSTM(beta1=SLOW_BETA1)  # Adam's step, slower momentum
 
     def weighed(self):
         """The directions that have a weight in the table, in the order of its last axis."""
@@ -123,11 +124,8 @@ class ScheduleTable(networks.Net):
         v = beta2 * v + (1.0 - beta2) * tf.square(gradient)
         slow = SLOW_BETA1 * slow + (1.0 - SLOW_BETA1) * gradient
         _, adam_step, normalised = self.tensorwise.features(gradient, m, v, t[0])
-        v_correction = 1.0 - tf.pow(beta2, t[0])
-        directions = {
-            "adam": adam_step, "gradient": normalised, "sign": tf.sign(m),
-            "slow": tf.sqrt(v_correction) / (1.0 - tf.pow(SLOW_BETA1, t[0])) * slow
-            / (tf.sqrt(v) + self.tensorwise.epsilon)}
+        directions = {"adam": adam_step, "gradient": normalised, "sign": tf.sign(m),
+                      "slow": self.slow.features(gradient, slow, v, t[0])[1]}
         index = self.shapes.index(tuple(gradient.shape))
         segment = tf.cast(tf.minimum(self.segments - 1.0,
                                      tf.floor((t[0] - 1.0) * self.segments / HORIZON)), tf.int32)
