@@ -852,6 +852,18 @@ class TensorwiseLSTM(LSTMNet):
         power, power_reference = state[self._power_slot:self._power_slot + 2]
         return tf.sqrt(self._unclamped_ratio(state[2], power, power_reference)[0])
 
+    def boost_distance(self, state):
+        """The largest distance estimate d the tensor has read, as the last step that made
+        `state` left it. While d is at most `distance_boost` the boost multiplies the step by
+        exactly 1, and d is not read after step `decay_steps`, so a run in which every
+        tensor's d is at most `distance_boost` there, and no tensor restarts, is stepped as
+        without the boost, to the bit; keras_fit.py ends such a run there and takes the run
+        without the boost. A diagnostic, as `gradient_rms_ratio` is."""
+        if not self.distance_boost:
+            raise ValueError("boost_distance reads the distance boost's largest estimate, "
+                             "which a net with distance_boost=0 does not keep.")
+        return self._split_state(state)[-1][-1][2]
+
     def decay_rate(self, state):
         """`learning_rate` times the decay in time: the nominal step without the learned factor
         (about 3.5x on kernels) or the gradient decay, so that a weight decay shrinks variables

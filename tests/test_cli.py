@@ -686,8 +686,8 @@ def test_remake_makes_a_candidate_s_runs_for_every_table_once_and_leaves_the_tab
                   for seed, (_, run) in shipped_runs.items()]
     assert log_ratios[1] != 0  # a larger bound on the step: another run
     for name in ("keras_fit_tiny", "keras_fit_tiny2"):
-        assert f"| {name} | 2 | 0 | 0 | - | " in before
-        assert f"| {name} | 2 | 2 | 0 | {sum(log_ratios) / 2:+.4f} | 0.0 |" in after
+        assert f"| {name} | 2 | 0 | 0 | 0 | - | " in before
+        assert f"| {name} | 2 | 2 | 0 | 0 | {sum(log_ratios) / 2:+.4f} | 0.0 |" in after
     assert "keras_fit_other" not in first.stdout and "candidate_own" not in first.stdout
     assert first.stdout.count("default 1 ") == 1  # the one run made, printed by keras_fit.py
     assert ("Remaking keras_fit_tiny (1 of its runs copied from other tables' caches)"
@@ -703,6 +703,28 @@ def test_remake_makes_a_candidate_s_runs_for_every_table_once_and_leaves_the_tab
     again = script(*remake)
     assert again.returncode == 0, again.stderr
     assert "Remaking" not in again.stdout and "After the remake" in again.stdout
+
+
+def test_remake_ledger_counts_the_runs_taken_from_the_shipped_default_apart():
+    """Of the remade runs the same to the bit as the shipped default's, those whose seconds
+    are the same too were taken (keras_fit.py ended them early), not run to the end."""
+    remake = load_experiment("remake")
+
+    def run(loss, seconds):
+        return [{"seconds": seconds, "validation_loss": loss, "test_loss": loss}]
+
+    cache = {}
+    for model, (shipped, candidate) in {"a": (run(0.5, 9.0), run(0.5, 9.0)),
+                                        "b": (run(0.5, 9.0), run(0.5, 7.0)),
+                                        "c": (run(0.5, 9.0), run(0.4, 8.0)),
+                                        "d": (run(0.5, 60.0), None)}.items():
+        cache[f"{model}|default 1|seed 0|nets old"] = shipped
+        if candidate:
+            cache[f"{model}|default 1|seed 0|nets new"] = candidate
+    runs, remade, seconds_left, identical, taken, log_ratios = remake.count_runs(
+        cache, "old", "new")
+    assert (runs, remade, seconds_left, identical, taken) == (4, 3, 60.0, 2, 1)
+    np.testing.assert_allclose(sorted(log_ratios), [math.log(0.8), 0.0, 0.0])
 
 
 def test_keras_fit_states_a_standard_error_only_over_several_seeds():
@@ -930,6 +952,85 @@ def test_keras_fit_second_task_carries_the_optimizer_over_or_renews_it(mnist_dat
             assert second is not first and second_start == 0
         assert isinstance(second, l2l_tf.LearnedOptimizer)
         assert np.isfinite(epochs[0]["test_loss"])
+
+
+def test_keras_fit_ends_a_run_its_distance_boost_never_touches_as_the_shipped_default_s(
+        tmp_path, monkeypatch, mnist_data_dir):
+    """A candidate that is the shipped default with the distance boost switched on steps as
+    the shipped default while no estimate exceeds d0, and reads none after `decay_steps`:
+    such a run ends there, and the cache takes the shipped default's cached run for it, which
+    the candidate's whole run equals in every number but the seconds. A run the boost
+    touches goes on to the end. A candidate with another change too, or a second task, has
+    no such twin."""
+    from absl.testing import flagsaver
+
+    keras_fit = keras_fit_with_flags_parsed()
+    shipped = copy_of_the_shipped_default(tmp_path, "shipped", decay_steps=20.0)
+    monkeypatch.setattr(keras_fit.presets, "DEFAULT_PRETRAINED", shipped)
+    boost = {"decay_steps": 20.0, "distance_boost_steps": 5.0}
+    untouched = copy_of_the_shipped_default(tmp_path, "untouched", distance_boost=1e3, **boost)
+    touched = copy_of_the_shipped_default(tmp_path, "touched", distance_boost=1e-9, **boost)
+    other = copy_of_the_shipped_default(tmp_path, "other", distance_boost=1e3, max_factor=10.0,
+                                        **boost)
+    default = ("default", 1.0, "constant")
+    iterations = []
+    real_fit = keras_fit.keras.Model.fit
+
+    def counting_fit(model, *args, **kwargs):
+        try:
+            return real_fit(model, *args, **kwargs)
+        finally:
+            iterations.append(int(model.optimizer.iterations))
+
+    with flagsaver.flagsaver(train_examples=256, batch_size=8, epochs=1), \
+            mock.patch.object(keras_fit.keras.Model, "fit", counting_fit):
+        data = keras_fit.load_data()
+        twin = keras_fit.run("logistic", default, 0, data)
+        twin_key = keras_fit.run_key("logistic", default, 0)
+        for nets in (untouched, touched):
+            with flagsaver.flagsaver(default_nets=nets):
+                key = keras_fit.run_key("logistic", default, 0)
+                assert keras_fit.unboosted_twin(key, default) == twin_key != key
+        with flagsaver.flagsaver(default_nets=other):
+            assert keras_fit.unboosted_twin(keras_fit.run_key("logistic", default, 0),
+                                            default) is None
+        with flagsaver.flagsaver(default_nets=untouched, pretrain_classes=["0", "1"],
+                                 fine_tune="continue"):
+            assert keras_fit.unboosted_twin(keras_fit.run_key("logistic", default, 0),
+                                            default) is None
+        with flagsaver.flagsaver(default_nets=untouched):
+            whole = keras_fit.run("logistic", default, 0, data)
+        with flagsaver.flagsaver(default_nets=touched):
+            iterations.clear()
+            touched_run = keras_fit.run("logistic", default, 0, data, stop_unboosted=True)
+            assert iterations == [32]  # 256 images at batch 8: 32 steps
+        with flagsaver.flagsaver(default_nets=untouched, output=str(tmp_path / "fit.md"),
+                                 models=["logistic"]):
+            (tmp_path / "fit_runs.json").write_text(json.dumps({twin_key: twin}))
+            iterations.clear()
+            results = keras_fit.cached_runs(keras_fit.run, [default], [0], data,
+                                            keras_fit.summary, unboosted_twins=True)
+            assert iterations == [20]  # ended after the boost's last read
+        # A tensor that restarted reads the estimate again, past `decay_steps` too: no end.
+        restart = {"decay_steps": 20.0, "gradient_decay_steps": 8.0, "restart_ratio": 1.0001}
+        monkeypatch.setattr(keras_fit.presets, "DEFAULT_PRETRAINED",
+                            copy_of_the_shipped_default(tmp_path, "shipped2", **restart))
+        restarting = copy_of_the_shipped_default(tmp_path, "restarting", distance_boost=1e3,
+                                                 distance_boost_steps=5.0, **restart)
+        with flagsaver.flagsaver(default_nets=restarting):
+            assert keras_fit.unboosted_twin(keras_fit.run_key("logistic", default, 0), default)
+            iterations.clear()
+            assert keras_fit.run("logistic", default, 0, data, stop_unboosted=True)
+            assert iterations == [32]
+
+    def without_seconds(run):
+        return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in run]
+
+    assert without_seconds(whole) == without_seconds(twin)
+    assert without_seconds(touched_run) != without_seconds(twin)
+    assert results[("logistic", default)][0] == twin  # the twin's record, its seconds too
+    with open(tmp_path / "fit_runs.json") as f:
+        assert list(json.load(f).values()) == [twin, twin]
 
 
 def test_keras_fit_gradient_ratio_is_the_largest_over_every_step_and_tensor():

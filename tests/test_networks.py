@@ -801,6 +801,24 @@ def test_the_distance_boost_enlarges_the_steps_of_a_model_whose_minimum_is_far()
         networks.TensorwiseLSTM(layers=(6,), distance_boost_read_floor=0.7)
 
 
+def test_boost_distance_is_the_largest_estimate_read_up_to_the_decay_s_start():
+    """`boost_distance(state)` is the largest of the pooled estimates `sum n / sum |s|_1` the
+    steps read, as each found them, up to step `decay_steps`; later estimates, larger here
+    (the gradients keep one sign), are not read."""
+    net = networks.TensorwiseLSTM(layers=(6,), decay_steps=5, distance_boost=0.05)
+    weights, state = net.initial_weights(), net.initial_state((4, 3))
+    gradient = tf.constant(np.linspace(0.5, 1.5, 12, dtype=np.float32).reshape(4, 3))
+    estimates = []
+    for _ in range(9):
+        reading = net.pooled([state])
+        estimates.append(float(reading[0] / (reading[1] + 1e-30)))
+        state = net.step(weights, gradient, state, reading)[1]
+    assert estimates[-1] > max(estimates[:5]) > 0
+    np.testing.assert_allclose(float(net.boost_distance(state)), max(estimates[:5]), rtol=1e-6)
+    with pytest.raises(ValueError, match="distance_boost=0 does not keep"):
+        networks.TensorwiseLSTM(layers=(6,)).boost_distance(state)
+
+
 def test_the_distance_boost_stops_reading_once_the_gradients_fall_below_the_floor():
     """`distance_boost_read_floor=r0`: once the model's gradient RMS falls below r0 of step
     `distance_boost_steps`'s, as a model memorising a small training set has its gradients
