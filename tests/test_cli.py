@@ -965,7 +965,8 @@ def test_keras_fit_ends_a_run_its_distance_boost_never_touches_as_the_shipped_de
     from absl.testing import flagsaver
 
     keras_fit = keras_fit_with_flags_parsed()
-    shipped = copy_of_the_shipped_default(tmp_path, "shipped", decay_steps=20.0)
+    no_boost = {"distance_boost": 0.0, "distance_boost_read_floor": 0.0}
+    shipped = copy_of_the_shipped_default(tmp_path, "shipped", decay_steps=20.0, **no_boost)
     monkeypatch.setattr(keras_fit.presets, "DEFAULT_PRETRAINED", shipped)
     boost = {"decay_steps": 20.0, "distance_boost_steps": 5.0}
     untouched = copy_of_the_shipped_default(tmp_path, "untouched", distance_boost=1e3, **boost)
@@ -1014,7 +1015,8 @@ def test_keras_fit_ends_a_run_its_distance_boost_never_touches_as_the_shipped_de
         # A tensor that restarted reads the estimate again, past `decay_steps` too: no end.
         restart = {"decay_steps": 20.0, "gradient_decay_steps": 8.0, "restart_ratio": 1.0001}
         monkeypatch.setattr(keras_fit.presets, "DEFAULT_PRETRAINED",
-                            copy_of_the_shipped_default(tmp_path, "shipped2", **restart))
+                            copy_of_the_shipped_default(tmp_path, "shipped2", **restart,
+                                                        **no_boost))
         restarting = copy_of_the_shipped_default(tmp_path, "restarting", distance_boost=1e3,
                                                  distance_boost_steps=5.0, **restart)
         with flagsaver.flagsaver(default_nets=restarting):
