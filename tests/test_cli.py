@@ -705,26 +705,33 @@ def test_remake_makes_a_candidate_s_runs_for_every_table_once_and_leaves_the_tab
     assert "Remaking" not in again.stdout and "After the remake" in again.stdout
 
 
-def test_remake_ledger_counts_the_runs_taken_from_the_shipped_default_apart():
+def test_remake_ledger_counts_the_runs_taken_from_the_shipped_default_apart(tmp_path):
     """Of the remade runs the same to the bit as the shipped default's, those whose seconds
-    are the same too were taken (keras_fit.py ended them early), not run to the end."""
-    remake = load_experiment("remake")
+    are the same too were taken (keras_fit.py ended them early), not run to the end; the
+    minutes left are those of the runs without a twin."""
+    candidate = copy_of_the_shipped_default(tmp_path, "candidate", max_factor=10.0)
+    fingerprints = {"old": l2l_tf.networks.nets_fingerprint(
+        l2l_tf.presets.pretrained_path(l2l_tf.presets.DEFAULT_PRETRAINED)),
+        "new": l2l_tf.networks.nets_fingerprint(candidate)}
 
     def run(loss, seconds):
         return [{"seconds": seconds, "validation_loss": loss, "test_loss": loss}]
 
     cache = {}
-    for model, (shipped, candidate) in {"a": (run(0.5, 9.0), run(0.5, 9.0)),
-                                        "b": (run(0.5, 9.0), run(0.5, 7.0)),
-                                        "c": (run(0.5, 9.0), run(0.4, 8.0)),
-                                        "d": (run(0.5, 60.0), None)}.items():
-        cache[f"{model}|default 1|seed 0|nets old"] = shipped
-        if candidate:
-            cache[f"{model}|default 1|seed 0|nets new"] = candidate
-    runs, remade, seconds_left, identical, taken, log_ratios = remake.count_runs(
-        cache, "old", "new")
-    assert (runs, remade, seconds_left, identical, taken) == (4, 3, 60.0, 2, 1)
-    np.testing.assert_allclose(sorted(log_ratios), [math.log(0.8), 0.0, 0.0])
+    for model, (shipped, remade) in {"a": (run(0.5, 9.0), run(0.5, 9.0)),
+                                     "b": (run(0.5, 9.0), run(0.5, 7.0)),
+                                     "c": (run(0.5, 9.0), run(0.4, 8.0)),
+                                     "d": (run(0.5, 60.0), None)}.items():
+        for nets, record in (("old", shipped), ("new", remade)):
+            if record:
+                cache[f"{model}|default 1|seed 0|nets {fingerprints[nets]}"] = record
+    table = tmp_path / "keras_fit_t.md"
+    table.write_text(f"Command: `python experiments/keras_fit.py --output={table}`\n")
+    (tmp_path / "keras_fit_t_runs.json").write_text(json.dumps(cache))
+    ledger = script("remake.py", f"--default_nets={candidate}", f"--results={tmp_path}",
+                    "--dry_run")
+    assert ledger.returncode == 0, ledger.stderr
+    assert f"| keras_fit_t | 4 | 3 | 2 | 1 | {math.log(0.8) / 3:+.4f} | 1.0 |" in ledger.stdout
 
 
 def test_keras_fit_states_a_standard_error_only_over_several_seeds():
