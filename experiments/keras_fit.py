@@ -820,8 +820,11 @@ class UnboostedEnd(keras.callbacks.Callback):
         if optimizer is not self._optimizer:  # built by the first step
             self._optimizer = optimizer
             self._last_read, self._unboosted = self._reader(optimizer)
-        if (self._unboosted is not None and int(optimizer.iterations) == self._last_read
-                and bool(self._unboosted())):
+        if self._unboosted is None or int(optimizer.iterations) < self._last_read:
+            return
+        ended = int(optimizer.iterations) == self._last_read and self._unboosted()
+        self._unboosted = None  # read once: no step count read for the rest of the run
+        if ended:
             raise self.Ended()
 
     @staticmethod

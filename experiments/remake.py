@@ -25,7 +25,8 @@ boost switched on, in a run the boost never touched: `keras_fit.UnboostedEnd`; t
 are the same too), and the mean of log(the candidate's validation loss / the shipped
 default's) after the last epoch, the split a candidate is judged on
 (the test loss is the tables' to show once it ships); "minutes left" is the `fit` time the
-shipped default's runs without one took when they were made. Tables run cheapest first, so an
+shipped default's runs without one took when they were made (a run keras_fit.py ends early
+costs about `decay_steps` / its steps of that). Tables run cheapest first, so an
 interrupted remake has finished the most tables. A cached run that a table's command no
 longer asks for (a model dropped from it, an LSTM's initial weights drawn on another machine)
 stays in the count: the remake leaves such a table with runs "left" that no command makes.
