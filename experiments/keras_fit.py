@@ -1167,7 +1167,7 @@ def cached_runs(run_one, optimizers, seeds, data, describe, unboosted_twins=Fals
             for seed in seeds:
                 key = run_key(model_name, optimizer, seed)
                 if key not in cache:
-                    twin = unboosted_twins and unboosted_twin(key, optimizer)
+                    twin = unboosted_twin(key, optimizer) if unboosted_twins else None
                     made = (run_one(model_name, optimizer, seed, data, stop_unboosted=True)
                             if twin in cache else run_one(model_name, optimizer, seed, data))
                     cache[key] = cache[twin] if made is None else made
