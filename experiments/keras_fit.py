@@ -862,9 +862,8 @@ def boost_added(nets, base):
     if [os.path.basename(f) for f in shipped] != [os.path.basename(f) for f in candidate]:
         return False
     for shipped_file, candidate_file in zip(shipped, candidate):
-        shipped_net, candidate_net = (networks.load_net(f) for f in (shipped_file, candidate_file))
-        shipped_weights, candidate_weights = (networks.load_weights(f)[2]
-                                              for f in (shipped_file, candidate_file))
+        shipped_net, shipped_weights = net_and_weights(shipped_file)
+        candidate_net, candidate_weights = net_and_weights(candidate_file)
         if (type(shipped_net) is not type(candidate_net)
                 or not getattr(candidate_net, "distance_boost", 0)
                 or getattr(shipped_net, "distance_boost", 0)
@@ -873,6 +872,12 @@ def boost_added(nets, base):
                 or not same_weights(shipped_weights, candidate_weights)):
             return False
     return True
+
+
+def net_and_weights(path):
+    """The net a file saves and its weights, from one read of the file."""
+    net_name, net_options, weights = networks.load_weights(path)
+    return networks.factory(net_name, net_options, net_path=path), weights
 
 
 def same_weights(first, second):
