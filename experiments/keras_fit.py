@@ -219,7 +219,8 @@ flags.DEFINE_bool("runs_only", False,
                   "remaking a candidate default's runs (--default_nets) with a table's own "
                   "command before the candidate ships, while the table must go on showing the "
                   "shipped default. Once it ships, the same command without these two flags "
-                  "finds the runs and writes the table.")
+                  "finds the runs and writes the table. A run whose shipped twin is cached "
+                  "only from another machine's initial weights is left to that machine.")
 FLAGS = flags.FLAGS
 
 
@@ -898,6 +899,19 @@ def unboosted_twin(key, optimizer):
     return key[: key.rindex("|nets ")] + f"|nets {networks.nets_fingerprint(shipped)}"
 
 
+def drawn_elsewhere(key, cache):
+    """Whether `cache` holds the shipped default's run that the `default` run of `key` would
+    replace once a candidate ships, but only from other initial weights: a Keras orthogonal
+    initializer (the LSTM's and the GRU's) draws other last bits on another CPU (BUILD_NOTES,
+    "Session 18"), so this machine's run has no shipped twin, the table drawn there needs
+    the run made there, and --runs_only leaves it to such a machine."""
+    shipped_nets = "|nets " + networks.nets_fingerprint(
+        presets.pretrained_path(presets.DEFAULT_PRETRAINED))
+    stem = key[: key.index("|init ")] + "|init "
+    return key[: key.rindex("|nets ")] + shipped_nets not in cache and any(
+        other.startswith(stem) and other.endswith(shipped_nets) for other in cache)
+
+
 def second_task():
     """Whether each optimizer pretrains the model itself (--fine_tune=continue or renew)."""
     return bool(FLAGS.pretrain_classes) and FLAGS.fine_tune in ("continue", "renew")
@@ -1171,6 +1185,12 @@ def cached_runs(run_one, optimizers, seeds, data, describe, unboosted_twins=Fals
             runs = results[(model_name, optimizer)] = {}
             for seed in seeds:
                 key = run_key(model_name, optimizer, seed)
+                if (FLAGS.runs_only and optimizer[0] == "default" and key not in cache
+                        and drawn_elsewhere(key, cache)):
+                    print(f"{model_name} {label(optimizer)} seed {seed}: not made, the "
+                          "shipped default's run is from other initial weights (another "
+                          "machine's); run this command there.", flush=True)
+                    continue
                 if key not in cache:
                     twin = unboosted_twin(key, optimizer) if unboosted_twins else None
                     made = (run_one(model_name, optimizer, seed, data, stop_unboosted=True)

@@ -641,6 +641,49 @@ def test_keras_fit_runs_only_caches_a_candidate_s_runs_and_leaves_the_table(
     assert row.split(" | ")[-1].startswith(f"{candidate_mean:.4f}")
 
 
+def test_keras_fit_runs_only_leaves_a_run_whose_shipped_twin_another_machine_drew(
+        tmp_path, monkeypatch, capsys, mnist_data_dir):
+    """--runs_only makes no candidate run whose shipped twin the cache holds only from other
+    initial weights (another CPU's orthogonal initializer): that run would fit neither the
+    table drawn there nor, without its Adam and shipped runs, one drawn here. A seed whose
+    twin is cached from these weights is made; so is one with no shipped run at all."""
+    from absl import flags as absl_flags
+    from absl.testing import flagsaver
+
+    keras_fit = load_experiment("keras_fit")
+    made = []
+
+    def run(model_name, optimizer, seed, data, stop_unboosted=False):
+        made.append((optimizer[0], seed))
+        return [{"seconds": 1.0, "train_loss": 0.5, "validation_loss": 0.5,
+                 "validation_accuracy": 0.9, "test_loss": 0.5, "test_accuracy": 0.9}]
+
+    monkeypatch.setattr(keras_fit, "run", run)
+    table = tmp_path / "fit.md"
+    candidate = copy_of_the_shipped_default(tmp_path, "candidate", max_factor=10.0)
+    command = ["keras_fit.py", "--models=logistic", "--epochs=1", "--seeds=0,1,2",
+               "--adam_grid=0.001", "--optimizers=default@1", "--validation_examples=50000",
+               f"--output={table}"]
+    with flagsaver.flagsaver():
+        absl_flags.FLAGS(command)
+        shipped = {seed: keras_fit.run_key("logistic", ("default", 1.0, "constant"), seed)
+                   for seed in (0, 1)}
+        adam = keras_fit.run_key("logistic", ("adam", 0.001, "constant"), 1)
+    record = run("logistic", ("adam",), 0, None)
+    init = shipped[1].split("|init ")[1].split("|")[0]
+    cache = {shipped[0]: record, adam: record,  # seed 1: drawn elsewhere, Adam's run too
+             shipped[1].replace(f"|init {init}", "|init 000000000000"): record}
+    (tmp_path / "fit_runs.json").write_text(json.dumps(cache))
+    made.clear()
+    with flagsaver.flagsaver():
+        absl_flags.FLAGS([*command, f"--default_nets={candidate}", "--runs_only"])
+        keras_fit.main([])
+    assert sorted(made) == [("adam", 0), ("adam", 2), ("default", 0), ("default", 2)]
+    assert ("logistic default 1 seed 1: not made, the shipped default's run is from other "
+            "initial weights (another machine's); run this command there.") in (
+                capsys.readouterr().out)
+
+
 def test_remake_makes_a_candidate_s_runs_for_every_table_once_and_leaves_the_tables(
         tmp_path, mnist_data_dir):
     """remake.py runs each keras_fit table's own command for the candidate (--runs_only):
