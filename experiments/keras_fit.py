@@ -83,8 +83,10 @@ table can be made with a candidate before it ships and found cached after. Where
 is the shipped default's nets with the distance boost switched on and nothing else changed,
 a run of it on one task that the boost has not touched by step `decay_steps`, the boost's
 last read (every tensor's largest distance estimate at most `distance_boost`, none
-restarted), is the shipped default's run to the bit from then on too: it ends there, and the
-cache takes the shipped default's cached run for it (`UnboostedEnd`).
+restarted), computes the shipped default's run from then on too: it ends there, and the
+cache takes the shipped default's cached run for it (`UnboostedEnd`). The same bits, except
+where the drift brake acts: there the candidate's larger compiled step can round an update
+differently (`UnboostedEnd`).
 
 --gradient_ratio also records, per epoch, the largest gradient RMS ratio a learned optimizer's
 tensors reached (`TensorwiseLSTM.gradient_rms_ratio`), the quantity a `restart_ratio` reads:
@@ -801,10 +803,15 @@ class UnboostedEnd(keras.callbacks.Callback):
     every tensor's largest estimate is at most its net's `distance_boost`
     (`TensorwiseLSTM.boost_distance`): the boost has then multiplied every step by exactly 1,
     and will go on doing so while no tensor restarts. For nets that are another's with the
-    boost switched on, the rest of the run is that other's run, to the bit: session 61's
-    remake found 868 of 1,056 runs of such a candidate the same as the shipped default's, and
-    a 20-epoch MNIST run at batch 128 reaches the boost's last read (1,400) at a sixth of its
-    7,820 steps. A restart after that step would read the estimate again; within one task
+    boost switched on, the rest of the run computes that other's run: session 61's remake
+    found 868 of 1,056 runs of such a candidate the same as the shipped default's to the
+    bit, and a 20-epoch MNIST run at batch 128 reaches the boost's last read (1,400) at a
+    sixth of its 7,820 steps. Not always to the bit: where the drift brake acts (a pooled
+    drift ratio below 2, on noisy data), the candidate's XLA-compiled step, a larger
+    program, can round an update differently by an ulp (unscaled friedman1's deep MLP,
+    seed 0: first at step 1,842), and a long noisy run then drifts apart as runs on two
+    machines do (its 20-epoch test loss 1.1164 run to the end, 1.1611 taken; BUILD_NOTES.md,
+    "Session 63"). A restart after that step would read the estimate again; within one task
     none fired in any run of the tables made again with `restart_ratio=4` (sessions 40-44,
     the largest ratio within a task 2.39 against 4), and a second task is not ended early
     (`unboosted_twin`)."""
@@ -888,7 +895,7 @@ def same_weights(first, second):
 
 
 def unboosted_twin(key, optimizer):
-    """The key of the shipped default's run that the run of `key` is, to the bit, if its
+    """The key of the shipped default's run that the run of `key` computes if its
     distance boost never acts (`UnboostedEnd`): for `default` run with --default_nets that
     are the shipped default's with the boost switched on (`boost_added`), on one task (a
     second task restarts tensors, which read the estimate again); None otherwise."""
