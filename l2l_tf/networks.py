@@ -857,8 +857,10 @@ class TensorwiseLSTM(LSTMNet):
         `state` left it. While d is at most `distance_boost` the boost multiplies the step by
         exactly 1, and d is not read after step `decay_steps`, so a run in which every
         tensor's d is at most `distance_boost` there, and no tensor restarts, is stepped as
-        without the boost, to the bit; keras_fit.py ends such a run there and takes the run
-        without the boost. A diagnostic, as `gradient_rms_ratio` is."""
+        without the boost (to the bit where the drift brake does not act; a braked update
+        can round differently in the larger compiled step); keras_fit.py ends such a run
+        there and takes the run without the boost. A diagnostic, as `gradient_rms_ratio`
+        is."""
         if not self.distance_boost:
             raise ValueError("boost_distance reads the distance boost's largest estimate, "
                              "which a net with distance_boost=0 does not keep.")
