@@ -908,10 +908,10 @@ def unboosted_twin(key, optimizer):
 
 def drawn_elsewhere(key, cache):
     """Whether `cache` holds the shipped default's run that the `default` run of `key` would
-    replace once a candidate ships, but only from other initial weights: a Keras orthogonal
-    initializer (the LSTM's and the GRU's) draws other last bits on another CPU (BUILD_NOTES,
-    "Session 18"), so this machine's run has no shipped twin, the table drawn there needs
-    the run made there, and --runs_only leaves it to such a machine."""
+    replace once a candidate ships, but only from other initial weights: Keras's orthogonal
+    initializer (the LSTM's recurrent kernel) draws other last bits on some CPUs (BUILD_NOTES,
+    "Session 18" and "Session 63"), so this machine's run has no shipped twin, the table
+    drawn there needs the run made there, and --runs_only leaves it to such a machine."""
     shipped_nets = "|nets " + networks.nets_fingerprint(
         presets.pretrained_path(presets.DEFAULT_PRETRAINED))
     stem = key[: key.index("|init ")] + "|init "
