@@ -903,7 +903,14 @@ def unboosted_twin(key, optimizer):
     if (optimizer[0] != "default" or not FLAGS.default_nets or second_task()
             or not boost_added(presets.pretrained_path(FLAGS.default_nets), shipped)):
         return None
-    return key[: key.rindex("|nets ")] + f"|nets {networks.nets_fingerprint(shipped)}"
+    return shipped_twin(key)
+
+
+def shipped_twin(key):
+    """`key` of a learned optimizer's run with the shipped default's nets in its place: the
+    key of the shipped default's run of the same model, seed and settings."""
+    return key[: key.rindex("|nets ")] + "|nets " + networks.nets_fingerprint(
+        presets.pretrained_path(presets.DEFAULT_PRETRAINED))
 
 
 def drawn_elsewhere(key, cache):
@@ -912,11 +919,10 @@ def drawn_elsewhere(key, cache):
     initializer (the LSTM's recurrent kernel) draws other last bits on some CPUs (BUILD_NOTES,
     "Session 18" and "Session 63"), so this machine's run has no shipped twin, the table
     drawn there needs the run made there, and --runs_only leaves it to such a machine."""
-    shipped_nets = "|nets " + networks.nets_fingerprint(
-        presets.pretrained_path(presets.DEFAULT_PRETRAINED))
-    stem = key[: key.index("|init ")] + "|init "
-    return key[: key.rindex("|nets ")] + shipped_nets not in cache and any(
-        other.startswith(stem) and other.endswith(shipped_nets) for other in cache)
+    twin = shipped_twin(key)
+    stem, nets = twin[: twin.index("|init ")] + "|init ", twin[twin.rindex("|nets "):]
+    return twin not in cache and any(
+        other.startswith(stem) and other.endswith(nets) for other in cache)
 
 
 def second_task():
@@ -1192,13 +1198,13 @@ def cached_runs(run_one, optimizers, seeds, data, describe, unboosted_twins=Fals
             runs = results[(model_name, optimizer)] = {}
             for seed in seeds:
                 key = run_key(model_name, optimizer, seed)
-                if (FLAGS.runs_only and optimizer[0] == "default" and key not in cache
-                        and drawn_elsewhere(key, cache)):
-                    print(f"{model_name} {label(optimizer)} seed {seed}: not made, the "
-                          "shipped default's run is from other initial weights (another "
-                          "machine's); run this command there.", flush=True)
-                    continue
                 if key not in cache:
+                    if (FLAGS.runs_only and optimizer[0] == "default"
+                            and drawn_elsewhere(key, cache)):
+                        print(f"{model_name} {label(optimizer)} seed {seed}: not made, the "
+                              "shipped default's run is from other initial weights (another "
+                              "machine's); run this command there.", flush=True)
+                        continue
                     twin = unboosted_twin(key, optimizer) if unboosted_twins else None
                     made = (run_one(model_name, optimizer, seed, data, stop_unboosted=True)
                             if twin in cache else run_one(model_name, optimizer, seed, data))
