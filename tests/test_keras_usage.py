@@ -36,8 +36,8 @@ def test_compile_fit_save_load_fit_on_mnist_keeps_the_optimizer_state(tmp_path, 
                         or "optimizer" in str(w.message).lower()]
     assert library_warnings == [], [str(w.message) for w in library_warnings]
     # 4 variables x (m, v, t, h, c, p, p_ref, l, b, b_ref, the stop's latch d, the drift
-    # brake's displacement D and sums s)
-    assert len(saved_states) == len(loaded_states) == 52
+    # brake's displacement D and sums s, the distance boost's T, s and sums)
+    assert len(saved_states) == len(loaded_states) == 64
     for a, b in zip(saved_states, loaded_states):
         np.testing.assert_array_equal(a, b)
     assert any(np.any(s != 0) for s in loaded_states)

@@ -35,10 +35,13 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
             config["burstiness_threshold"], config["gradient_stop"],
             config["gradient_stop_exponent"], config["gradient_stop_latch"],
             config["gradient_decay_latch"], config["restart_ratio"], config["drift_brake"],
-            config["drift_brake_steps"], config["drift_brake_scope"]) == (
-                1400, 100, 2.0, 700, 4, 1.4, 0.3, 8, True, 1.1, 4.0, 2.0, 200, "net")
+            config["drift_brake_steps"], config["drift_brake_scope"], config["distance_boost"],
+            config["distance_boost_cap"], config["distance_boost_steps"],
+            config["distance_boost_read_floor"]) == (
+                1400, 100, 2.0, 700, 4, 1.4, 0.3, 8, True, 1.1, 4.0, 2.0, 200, "net", 0.05, 4.0,
+                200, 0.7)
     with open(os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"),
-              "rb") as shipped, open(os.path.join(CANDIDATES, "drift-net2",
+              "rb") as shipped, open(os.path.join(CANDIDATES, "distance-boost-floor",
                                                   "tensorwise.npz"), "rb") as candidate:
         assert shipped.read() == candidate.read()  # the file its measurements were made with
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
@@ -59,14 +62,16 @@ def state_after(net, steps, shape):
     return (m, v, t + float(steps), *rest)
 
 
-# The default's drift brake reads one ratio pooled over all of a model's tensors, so a test
-# that steps one tensor to probe the default's other rules switches it off.
-NO_DRIFT_BRAKE = {"drift_brake": 0.0, "drift_brake_scope": "tensor"}
+# The default's drift brake reads one ratio pooled over all of a model's tensors, and its
+# distance boost sums over them, so a test that steps one tensor to probe
+# the default's other rules switches both off.
+NO_POOLED_RULES = {"drift_brake": 0.0, "drift_brake_scope": "tensor", "distance_boost": 0.0,
+                   "distance_boost_read_floor": 0.0}
 
 
-def default_without_drift_brake():
+def default_without_pooled_rules():
     default = l2l_tf.LearnedOptimizer().nets["tensorwise"]
-    return networks.TensorwiseLSTM(**{**default.get_config(), **NO_DRIFT_BRAKE},
+    return networks.TensorwiseLSTM(**{**default.get_config(), **NO_POOLED_RULES},
                                    initializer=default.initializer)
 
 
@@ -85,12 +90,12 @@ def test_the_readme_s_long_run_recipe_is_the_default_with_later_decays():
                                         "burstiness_threshold": 1.0, "gradient_stop": 0.0,
                                         "gradient_stop_latch": False,
                                         "gradient_decay_latch": None, "restart_ratio": None,
-                                        **NO_DRIFT_BRAKE},
+                                        **NO_POOLED_RULES},
                                      initializer=weights)
     as_file = l2l_tf.LearnedOptimizer.from_pretrained(
         os.path.join(CANDIDATES, "long-run")).nets["tensorwise"]
     assert longer.get_config() == as_file.get_config()  # the recipe is the file measured
-    default = default_without_drift_brake()
+    default = default_without_pooled_rules()
     steps = {net: tf.function(net.step) for net in (default, longer)}
     rng = np.random.default_rng(0)
     net_weights = {net: net.initial_weights() for net in (default, longer)}
@@ -171,9 +176,10 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     thirteenth was the default in sessions 44-52; the fourteenth is that default with its decay
     in time from step 700 instead of 1400 (session 45); the next three are that default with a
     drift brake below a drift ratio of 2, 4 or 8 (session 46), the next two the brake below 2
-    (session 49; the default since session 53) or 4 (session 48) with one drift ratio pooled
-    over the model's tensors, and the last two are today's default with a distance boost
-    (session 58) and with that boost's read stopped once the gradients fall (session 59)."""
+    (session 49; the default in sessions 53-63) or 4 (session 48) with one drift ratio
+    pooled over the model's tensors, and the last two are that default with a distance boost
+    (session 58) and with that boost's read stopped once the gradients fall (session 59; the
+    default since session 64)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
@@ -193,7 +199,7 @@ def test_the_candidate_without_the_gradient_term_steps_along_adam_s_direction():
     the normalised current gradient and so points elsewhere."""
     candidate = os.path.join(CANDIDATES, "no-gradient-term")
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
-    default = default_without_drift_brake()
+    default = default_without_pooled_rules()
     # made from the default of its time (session 36), before the restart and the brake shipped
     assert networks.TensorwiseLSTM(**options).get_config() == {
         **default.get_config(), "restart_ratio": None}
@@ -228,7 +234,7 @@ def test_the_default_slows_down_when_its_gradients_shrink_not_while_they_hold():
     gradient's RMS relative to step 700's: on gradients that keep their size it is the step
     of the same weights without that (`gradient_decay=0`); 200 steps after they shrink
     100-fold, as a model's do when it has fit its training set, it is a fraction of it."""
-    default = default_without_drift_brake()
+    default = default_without_pooled_rules()
     options = {**default.get_config(), "gradient_decay": 0.0, "burstiness_gate": 0.0,
                "gradient_stop": 0.0, "gradient_stop_latch": False, "gradient_decay_latch": None,
                "restart_ratio": None}
