@@ -97,6 +97,12 @@ class Net:
         variables by it as `keras.optimizers.AdamW` does by its rate."""
         return None
 
+    def decayed(self, state, pull):
+        """`state` after a decoupled weight decay moved the variable by `pull` (in the units
+        of this net's update, before `learning_rate`): unchanged for a net whose state does
+        not follow the variable's travel."""
+        return state
+
     def get_config(self):
         """The constructor arguments, JSON-serialisable, without `initializer`."""
         raise NotImplementedError
@@ -461,6 +467,14 @@ class TensorwiseLSTM(LSTMNet):
     but took the gain from regressions whose gradients collapse once their output fits the
     target's mean.
 
+    `distance_boost_decayed_travel` counts a decoupled weight decay's pull in T, so that T is
+    the variable's displacement and not only the sum of the net's updates. Without it, a
+    decay that holds the weights back leaves the gradients pointing along T, so `<g, T>`
+    and d grow faster than without the decay: on 5,000 MNIST images with `weight_decay=1`
+    the ReLU MLP's d passed 0.05 (0.056, against 0.043 without the decay) and its boost cost
+    it 3.7% (BUILD_NOTES.md, "Session 64"). Prodigy's own estimate reads the weights'
+    displacement, decay included.
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -510,7 +524,7 @@ class TensorwiseLSTM(LSTMNet):
                  gradient_decay_latch=None, restart_ratio=None, drift_brake=0.0,
                  drift_brake_steps=200, drift_brake_scope="tensor", distance_boost=0.0,
                  distance_boost_cap=4.0, distance_boost_steps=200, distance_boost_read_floor=0.0,
-                 initializer=None):
+                 distance_boost_decayed_travel=False, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -612,6 +626,11 @@ class TensorwiseLSTM(LSTMNet):
             raise ValueError("distance_boost_read_floor acts on the distance boost, and "
                              "distance_boost is 0 (off): set distance_boost too, or "
                              "distance_boost_read_floor=0.")
+        self.distance_boost_decayed_travel = bool(distance_boost_decayed_travel)
+        if self.distance_boost_decayed_travel and not self.distance_boost:
+            raise ValueError("distance_boost_decayed_travel acts on the distance boost, and "
+                             "distance_boost is 0 (off): set distance_boost too, or "
+                             "distance_boost_decayed_travel=False.")
         self._check_initializer()
 
     def _require_gradient_decay(self, name, value):
@@ -872,6 +891,15 @@ class TensorwiseLSTM(LSTMNet):
         as AdamW's does at Adam's rate and slows down with the step."""
         return self.learning_rate * self._time_decay(state[2][0] + 1.0)
 
+    def decayed(self, state, pull):
+        """With `distance_boost_decayed_travel`, the travel T also takes the weight decay's
+        `pull`, so that it is the variable's own displacement, as Prodigy's estimate reads
+        it; otherwise `state` as it is."""
+        if not self.distance_boost_decayed_travel:
+            return state
+        travel = len(state) - 3  # (T, s, sums) close the state
+        return state[:travel] + (state[travel] + pull,) + state[travel + 1:]
+
     def _time_decay(self, t):
         """`decay_steps / max(t, decay_steps)`; 1 without `decay_steps`."""
         if self.decay_steps is None:
@@ -921,6 +949,7 @@ class TensorwiseLSTM(LSTMNet):
             "distance_boost_cap": self.distance_boost_cap,
             "distance_boost_steps": self.distance_boost_steps,
             "distance_boost_read_floor": self.distance_boost_read_floor,
+            "distance_boost_decayed_travel": self.distance_boost_decayed_travel,
         }
 
 

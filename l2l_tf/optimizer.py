@@ -378,7 +378,8 @@ def learned_update(net, weights, gradient, state, value, learning_rate, weight_d
     step is skipped: `value` and `state` are returned unchanged. A pure function of tensors,
     which `LearnedOptimizer` compiles with XLA. `weight_decay` (a float32 scalar, or None)
     first shrinks the value as AdamW does, by `learning_rate * weight_decay *
-    net.decay_rate(state)`. `pooled` is the net's pooled reading, for a net with one.
+    net.decay_rate(state)`, and `net.decayed` tells the new state of that pull. `pooled` is
+    the net's pooled reading, for a net with one.
     """
     gradient = tf.cast(gradient, tf.float32)
     old_value = tf.cast(value, tf.float32)
@@ -386,6 +387,9 @@ def learned_update(net, weights, gradient, state, value, learning_rate, weight_d
         old_value -= learning_rate * weight_decay * net.decay_rate(state) * old_value
     update, new_state = net.step(weights, gradient, state,
                                  *(() if pooled is None else (pooled,)))
+    if weight_decay is not None:  # the decay's pull, in the units of the net's update
+        new_state = net.decayed(new_state, -weight_decay * net.decay_rate(state)
+                                * tf.cast(value, tf.float32))
     new_value = tf.cast(old_value + learning_rate * update, value.dtype)
     finite = tf.reduce_all(
         [tf.reduce_all(tf.math.is_finite(t)) for t in (gradient, new_value, *new_state)])

@@ -404,6 +404,34 @@ def test_weight_decay_is_adamw_s_at_the_nets_nominal_rate(jit_compile):
             assert np.linalg.norm(a.numpy()) < 0.8 * np.linalg.norm(s)
 
 
+@pytest.mark.parametrize("decayed_travel", [True, False])
+def test_the_distance_boost_s_travel_counts_the_weight_decay_only_when_told(decayed_travel):
+    """With `distance_boost_decayed_travel`, T (the travel the distance estimate reads) is
+    each variable's displacement from its first value, in the units of the net's update
+    (before `learning_rate`), the weight decay's pull included; without it, T is the sum of
+    the net's updates alone and leaves out what the decay took."""
+    x, y = make_data()
+    model = sequential_model()
+    net = networks.TensorwiseLSTM(learning_rate=0.01, distance_boost=1e-4,
+                                  distance_boost_decayed_travel=decayed_travel)
+    opt = l2l_tf.LearnedOptimizer(nets={"tw": net}, learning_rate=0.5, weight_decay=20.0)
+    start = [v.numpy() for v in model.trainable_variables]
+    for step in range(4):
+        keras_step(opt, model, x, y, step)
+    for variable, first, state in zip(model.trainable_variables, start, opt.states):
+        travel = state[-3].numpy()  # (T, s, sums) close a boosted net's state
+        displacement = (variable.numpy() - first) / 0.5
+        if decayed_travel:
+            np.testing.assert_allclose(travel, displacement, rtol=1e-4, atol=1e-6)
+        elif "kernel" in variable.path:  # decayed: a kernel's T is not its displacement
+            assert np.abs(travel - displacement).max() > 1e-3
+
+
+def test_the_decayed_travel_needs_the_distance_boost():
+    with pytest.raises(ValueError, match="distance_boost_decayed_travel acts on the distance"):
+        networks.TensorwiseLSTM(distance_boost_decayed_travel=True)
+
+
 def test_weight_decay_needs_a_net_with_a_nominal_step_size():
     with pytest.raises(ValueError, match="weight_decay needs a nominal step size"):
         l2l_tf.LearnedOptimizer.from_pretrained("mnist", weight_decay=0.004)

@@ -158,14 +158,18 @@ RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
                               "drift_brake_scope": "net", "distance_boost": 0.05,
                               "distance_boost_cap": 4.0, "distance_boost_steps": 200.0,
                               "distance_boost_read_floor": 0.7}),
+    ("decay-travel", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
+                      "drift_brake_scope": "net", "distance_boost": 0.05,
+                      "distance_boost_cap": 4.0, "distance_boost_steps": 200.0,
+                      "distance_boost_read_floor": 0.7, "distance_boost_decayed_travel": True}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session 15",
     "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session 31",
     "Session 36", "Session 38", "Session 45", "Session 46", "Session 48", "Session 49",
-    "Session 58" and "Session 59") change only hand-set options of the session-11 default, so
-    their numbers measure those options alone; they load by path like any saved nets. The second was the
-    default in sessions 16-18, the third in session 19; the fourth in sessions 20-28; the fifth
+    "Session 58", "Session 59" and "Session 64") change only hand-set options of the
+    session-11 default, so their numbers measure those options alone; they load by path like
+    any saved nets. The second was the default in sessions 16-18, the third in session 19; the fourth in sessions 20-28; the fifth
     is the README's long-run recipe; the sixth is session 28's default with a steeper gradient
     decay; the seventh, that default with a stop below a gradient ratio of 0.3, was the default
     in session 29; the eighth, that stop latched at its deepest, was the default in sessions
@@ -177,9 +181,10 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     in time from step 700 instead of 1400 (session 45); the next three are that default with a
     drift brake below a drift ratio of 2, 4 or 8 (session 46), the next two the brake below 2
     (session 49; the default in sessions 53-63) or 4 (session 48) with one drift ratio
-    pooled over the model's tensors, and the last two are that default with a distance boost
+    pooled over the model's tensors, the next two are that default with a distance boost
     (session 58) and with that boost's read stopped once the gradients fall (session 59; the
-    default since session 64)."""
+    default since session 64), and the last is today's default with the boost's travel
+    counting a weight decay's pull (session 64)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
