@@ -384,12 +384,13 @@ def learned_update(net, weights, gradient, state, value, learning_rate, weight_d
     gradient = tf.cast(gradient, tf.float32)
     old_value = tf.cast(value, tf.float32)
     if weight_decay is not None:
-        old_value -= learning_rate * weight_decay * net.decay_rate(state) * old_value
+        rate = net.decay_rate(state)
+        pull = -weight_decay * rate * old_value  # in the units of the net's update
+        old_value -= learning_rate * weight_decay * rate * old_value
     update, new_state = net.step(weights, gradient, state,
                                  *(() if pooled is None else (pooled,)))
-    if weight_decay is not None:  # the decay's pull, in the units of the net's update
-        new_state = net.decayed(new_state, -weight_decay * net.decay_rate(state)
-                                * tf.cast(value, tf.float32))
+    if weight_decay is not None:
+        new_state = net.decayed(new_state, pull)
     new_value = tf.cast(old_value + learning_rate * update, value.dtype)
     finite = tf.reduce_all(
         [tf.reduce_all(tf.math.is_finite(t)) for t in (gradient, new_value, *new_state)])
