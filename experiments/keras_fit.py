@@ -79,14 +79,7 @@ which session 55 measured on small data sets, where it holds back the weights' g
 the training set is fit. Adam at two or more rates with a schedule (and no weight decay)
 also gets a "best Adam" column of its own, chosen on the validation split as the constant
 one is. --default_nets makes `default` run other nets (a candidate default), so that every
-table can be made with a candidate before it ships and found cached after. Where the candidate
-is the shipped default's nets with the distance boost switched on and nothing else changed,
-a run of it on one task that the boost has not touched by step `decay_steps`, the boost's
-last read (every tensor's largest distance estimate at most `distance_boost`, none
-restarted), computes the shipped default's run from then on too: it ends there, and the
-cache takes the shipped default's cached run for it (`UnboostedEnd`). The same bits, except
-where the drift brake acts: there the candidate's larger compiled step can round an update
-differently (`UnboostedEnd`).
+table can be made with a candidate before it ships and found cached after.
 
 --gradient_ratio also records, per epoch, the largest gradient RMS ratio a learned optimizer's
 tensors reached (`TensorwiseLSTM.gradient_rms_ratio`), the quantity a `restart_ratio` reads:
@@ -690,12 +683,11 @@ def initial_weights_fingerprint(model_name, seed, dataset="mnist"):
     return digest.hexdigest()[:12]
 
 
-def run(model_name, optimizer, seed, data, measure=None, stop_unboosted=False):
+def run(model_name, optimizer, seed, data, measure=None):
     """Per epoch: `{"seconds", "train_loss", "validation_loss", "validation_accuracy",
     "test_loss", "test_accuracy"}`; seconds is the wall time of the epoch's fit alone.
     `measure(model, data)`, if given, returns more numbers to record after each epoch (as
-    calibration.py does); it must not train the model. With `stop_unboosted` (for a run of
-    `unboosted_twin`'s kind) None if `UnboostedEnd` ended it: the run is the twin's."""
+    calibration.py does); it must not train the model."""
     x, y = data["train"]
     keras.utils.set_random_seed(seed)
     model = model_on_dataset(model_name, FLAGS.dataset)
@@ -734,15 +726,11 @@ def run(model_name, optimizer, seed, data, measure=None, stop_unboosted=False):
         plateau.set_model(model)
         plateau.on_train_begin()
     ratio = LargestGradientRatio() if FLAGS.gradient_ratio and optimizer[0] != "adam" else None
-    callbacks = [c for c in (ratio, UnboostedEnd() if stop_unboosted else None) if c]
     epochs = []
     for epoch in range(FLAGS.epochs):
         start = time.perf_counter()
-        try:
-            history = model.fit(x, target(x, y), batch_size=FLAGS.batch_size, epochs=1,
-                                verbose=0, callbacks=callbacks or None)
-        except UnboostedEnd.Ended:
-            return None
+        history = model.fit(x, target(x, y), batch_size=FLAGS.batch_size, epochs=1, verbose=0,
+                            callbacks=[ratio] if ratio else None)
         record = {"seconds": time.perf_counter() - start,
                   "train_loss": history.history["loss"][-1]}
         if ratio:
@@ -795,115 +783,6 @@ class LargestGradientRatio(keras.callbacks.Callback):
         """The largest ratio since the last call (NaN if none was read), and forget it."""
         largest, self._largest = self._largest, -np.inf
         return largest if np.isfinite(largest) else np.nan
-
-
-class UnboostedEnd(keras.callbacks.Callback):
-    """Ends a run (raising `UnboostedEnd.Ended`) after the step at which the distance boost
-    last reads its estimate (the boosted nets' `decay_steps`) if no tensor has restarted and
-    every tensor's largest estimate is at most its net's `distance_boost`
-    (`TensorwiseLSTM.boost_distance`): the boost has then multiplied every step by exactly 1,
-    and will go on doing so while no tensor restarts. For nets that are another's with the
-    boost switched on, the rest of the run computes that other's run: session 61's remake
-    found 868 of 1,056 runs of such a candidate the same as the shipped default's to the
-    bit, and a 20-epoch MNIST run at batch 128 reaches the boost's last read (1,400) at a
-    sixth of its 7,820 steps. Not always to the bit: where the drift brake acts (a pooled
-    drift ratio below 2, on noisy data), the candidate's XLA-compiled step, a larger
-    program, can round an update differently by an ulp (unscaled friedman1's deep MLP,
-    seed 0: first at step 1,842), and a long noisy run then drifts apart as runs on two
-    machines do (its 20-epoch test loss 1.1164 run to the end, 1.1611 taken; BUILD_NOTES.md,
-    "Session 63"). A restart after that step would read the estimate again; within one task
-    none fired in any run of the tables made again with `restart_ratio=4` (sessions 40-44,
-    the largest ratio within a task 2.39 against 4), and a second task is not ended early
-    (`unboosted_twin`)."""
-
-    class Ended(Exception):
-        """The run's boost never acted, nor will."""
-
-    def __init__(self):
-        super().__init__()
-        self._optimizer = self._last_read = self._unboosted = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        optimizer = self.model.optimizer
-        if optimizer is not self._optimizer:  # built by the first step
-            self._optimizer = optimizer
-            self._last_read, self._unboosted = self._reader(optimizer)
-        if self._unboosted is None or int(optimizer.iterations) < self._last_read:
-            return
-        ended = int(optimizer.iterations) == self._last_read and self._unboosted()
-        self._unboosted = None  # read once: no step count read for the rest of the run
-        if ended:
-            raise self.Ended()
-
-    @staticmethod
-    def _reader(optimizer):
-        """The step of the boost's last read and a function of whether every boosted tensor
-        has stepped at every step (none restarted) and read no estimate above its net's
-        `distance_boost`, (None, None) where no net boosts; eager, since a run reads it
-        once."""
-        tensors = [(optimizer.nets[name], states)
-                   for name, states in zip(optimizer.variable_nets, optimizer.states)
-                   if getattr(optimizer.nets[name], "distance_boost", 0)]
-        if not tensors or any(net.decay_steps is None for net, _ in tensors):
-            return None, None
-        last_read = int(max(net.decay_steps for net, _ in tensors))
-
-        def unboosted():
-            values = [[state.value for state in states] for _, states in tensors]
-            return all(float(state[2][0]) == last_read
-                       and float(net.boost_distance(state)) <= net.distance_boost
-                       for (net, _), state in zip(tensors, values))
-
-        return last_read, unboosted
-
-
-@functools.cache
-def boost_added(nets, base):
-    """Whether the nets at `nets` are those at `base`, file for file, with the same weights
-    and options but the distance boost switched on (and `decay_steps` set, so that its
-    estimate is read for a bounded time): then a run of them is one of `base`'s while the
-    boost multiplies every step by 1 (`UnboostedEnd`)."""
-    def boost_free(config):
-        return {k: v for k, v in config.items() if not k.startswith("distance_boost")}
-
-    shipped, candidate = networks.net_files(base), networks.net_files(nets)
-    if [os.path.basename(f) for f in shipped] != [os.path.basename(f) for f in candidate]:
-        return False
-    for shipped_file, candidate_file in zip(shipped, candidate):
-        shipped_net, shipped_weights = net_and_weights(shipped_file)
-        candidate_net, candidate_weights = net_and_weights(candidate_file)
-        if (type(shipped_net) is not type(candidate_net)
-                or not getattr(candidate_net, "distance_boost", 0)
-                or getattr(shipped_net, "distance_boost", 0)
-                or candidate_net.decay_steps is None
-                or boost_free(shipped_net.get_config()) != boost_free(candidate_net.get_config())
-                or not same_weights(shipped_weights, candidate_weights)):
-            return False
-    return True
-
-
-def net_and_weights(path):
-    """The net a file saves and its weights, from one read of the file."""
-    net_name, net_options, weights = networks.load_weights(path)
-    return networks.factory(net_name, net_options, net_path=path), weights
-
-
-def same_weights(first, second):
-    """Whether two `{module: {field: array}}` hold the same arrays under the same names."""
-    return ({m: set(f) for m, f in first.items()} == {m: set(f) for m, f in second.items()}
-            and all(np.array_equal(first[m][f], second[m][f]) for m in first for f in first[m]))
-
-
-def unboosted_twin(key, optimizer):
-    """The key of the shipped default's run that the run of `key` computes if its
-    distance boost never acts (`UnboostedEnd`): for `default` run with --default_nets that
-    are the shipped default's with the boost switched on (`boost_added`), on one task (a
-    second task restarts tensors, which read the estimate again); None otherwise."""
-    shipped = presets.pretrained_path(presets.DEFAULT_PRETRAINED)
-    if (optimizer[0] != "default" or not FLAGS.default_nets or second_task()
-            or not boost_added(presets.pretrained_path(FLAGS.default_nets), shipped)):
-        return None
-    return shipped_twin(key)
 
 
 def shipped_twin(key):
@@ -1180,13 +1059,11 @@ def plot(path, results, seeds):
     plt.close(fig)
 
 
-def cached_runs(run_one, optimizers, seeds, data, describe, unboosted_twins=False):
+def cached_runs(run_one, optimizers, seeds, data, describe):
     """`{(model_name, optimizer): {seed: run_one(model_name, optimizer, seed, data)}}` for
     --models, each run taken from `<output>_runs.json` (key: `run_key`) when it is there, and
     stored there as soon as it finishes otherwise (printing `describe(key, run)`), so that
-    the same command continues a stopped job. With `unboosted_twins` (`run_one` then takes
-    `stop_unboosted`), a run whose `unboosted_twin` is cached may end early, and is then
-    stored as that twin's run, its wall times included."""
+    the same command continues a stopped job."""
     cache_path = FLAGS.output[: -len(".md")] + "_runs.json" if FLAGS.output else None
     cache = {}
     if cache_path and os.path.exists(cache_path):
@@ -1205,15 +1082,10 @@ def cached_runs(run_one, optimizers, seeds, data, describe, unboosted_twins=Fals
                               "shipped default's run is from other initial weights (another "
                               "machine's); run this command there.", flush=True)
                         continue
-                    twin = unboosted_twin(key, optimizer) if unboosted_twins else None
-                    made = (run_one(model_name, optimizer, seed, data, stop_unboosted=True)
-                            if twin in cache else run_one(model_name, optimizer, seed, data))
-                    cache[key] = cache[twin] if made is None else made
+                    cache[key] = run_one(model_name, optimizer, seed, data)
                     if cache_path:
                         cli.write_text_atomically(cache_path, json.dumps(cache, indent=0))
-                    print(describe(model_name, optimizer, seed, cache[key])
-                          + (" [the shipped default's run: the boost never acted]"
-                             if made is None else ""), flush=True)
+                    print(describe(model_name, optimizer, seed, cache[key]), flush=True)
                 runs[seed] = cache[key]
     return results
 
@@ -1231,7 +1103,7 @@ def main(argv):
     if FLAGS.output and not FLAGS.runs_only:
         cli.require("matplotlib", "experiments")  # for the plot, before hours of work
     data = load_data()
-    results = cached_runs(run, optimizers, seeds, data, summary, unboosted_twins=True)
+    results = cached_runs(run, optimizers, seeds, data, summary)
     if FLAGS.runs_only:
         return
     table = report(results, optimizers, seeds, report_epochs,

@@ -19,14 +19,10 @@ directory in --optimizers, keyed by that path): no run is made twice.
 
 The ledger it prints counts, per table, the cached runs of the shipped default and how many
 of those have the candidate's run beside them; of those pairs, how many are the same to the
-bit (every stored number but the seconds), how many of those keras_fit.py ended early and
-took the shipped default's run for (a candidate that is the shipped default with the distance
-boost switched on, in a run the boost never touched: `keras_fit.UnboostedEnd`; the seconds
-are the same too), and the mean of log(the candidate's validation loss / the shipped
-default's) after the last epoch, the split a candidate is judged on
-(the test loss is the tables' to show once it ships); "minutes left" is the `fit` time the
-shipped default's runs without one took when they were made (a run keras_fit.py ends early
-costs about `decay_steps` / its steps of that). Tables run cheapest first, so an
+bit (every stored number but the seconds), and the mean of log(the candidate's validation
+loss / the shipped default's) after the last epoch, the split a candidate is judged on (the
+test loss is the tables' to show once it ships); "minutes left" is the `fit` time the
+shipped default's runs without one took when they were made. Tables run cheapest first, so an
 interrupted remake has finished the most tables. A cached run that a table's command no
 longer asks for (a model dropped from it, an LSTM's initial weights drawn on another machine)
 stays in the count: the remake leaves such a table with runs "left" that no command makes.
@@ -92,15 +88,13 @@ def candidate_twin(key, shipped, candidate):
 # One table's line of the ledger: its name, its command's flags, its cache's path, and
 # `count_runs` of that cache.
 LedgerRow = collections.namedtuple("LedgerRow", [
-    "name", "flags", "path", "runs", "remade", "seconds_left", "identical", "taken",
-    "log_ratios"])
+    "name", "flags", "path", "runs", "remade", "seconds_left", "identical", "log_ratios"])
 
 
 def count_runs(cache, shipped, candidate):
     """(runs of the shipped default, those with the candidate's run beside them, seconds of
     `fit` the rest took, how many of the pairs are the same in every number but the seconds,
-    how many in the seconds too (taken, not run to the end: `keras_fit.UnboostedEnd`), and
-    per pair log(candidate's / shipped's validation loss) after the last epoch)."""
+    and per pair log(candidate's / shipped's validation loss) after the last epoch)."""
     twins = {key: candidate_twin(key, shipped, candidate) for key in cache}
     remade = [(key, twin) for key, twin in twins.items() if twin in cache]
     left = [key for key, twin in twins.items() if twin is not None and twin not in cache]
@@ -108,7 +102,6 @@ def count_runs(cache, shipped, candidate):
             sum(epoch["seconds"] for key in left for epoch in cache[key]),
             sum(without_seconds(cache[key]) == without_seconds(cache[twin])
                 for key, twin in remade),
-            sum(cache[key] == cache[twin] for key, twin in remade),
             [math.log(candidate_loss / shipped_loss)
              for shipped_loss, candidate_loss in (
                  (cache[key][-1]["validation_loss"], cache[twin][-1]["validation_loss"])
@@ -175,16 +168,14 @@ def ledger(results, shipped, candidate):
 
 def print_ledger(rows):
     print("| table | runs of the shipped default | remade | remade the same to the bit | "
-          "of them taken, the boost never acting | "
           "validation loss of the remade runs, mean log(candidate's / shipped's), last epoch "
           "| minutes left |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row.name} | {row.runs} | {row.remade} | {row.identical} | {row.taken} | "
+        print(f"| {row.name} | {row.runs} | {row.remade} | {row.identical} | "
               f"{mean_text(row.log_ratios)} | {row.seconds_left / 60:.1f} |")
     print(f"| all {len(rows)} | {sum(row.runs for row in rows)} | "
           f"{sum(row.remade for row in rows)} | {sum(row.identical for row in rows)} | "
-          f"{sum(row.taken for row in rows)} | "
           f"{mean_text([r for row in rows for r in row.log_ratios])} | "
           f"{sum(row.seconds_left for row in rows) / 60:.1f} |")
 
