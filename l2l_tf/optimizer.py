@@ -236,6 +236,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         weight_decay = None  # also for excluded variables: no decay work in their update
         if self.weight_decay is not None and self._use_weight_decay(variable):
             weight_decay = tf.constant(self.weight_decay, tf.float32)
+        pooled = (tf.convert_to_tensor(self.pooled_readings[net_name])
+                  if net_name in self.pooled_readings else None)
         new_value, new_state = self._learned_updates[net_name](
             tf.nest.map_structure(tf.convert_to_tensor, self.net_weights[net_name]),
             gradient,
@@ -243,10 +245,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             tf.convert_to_tensor(variable),
             tf.cast(learning_rate, tf.float32),
             weight_decay,
-            (tf.convert_to_tensor(self.pooled_readings[net_name])
-             if net_name in self.pooled_readings else None),
+            pooled,
         )
-        new_state = self.nets[net_name].restarted(new_state)
+        new_state = self.nets[net_name].restarted(new_state, pooled)
 
         # Non-finite steps were undone inside the compiled update (a select there costs no
         # measurable time); a `tf.cond` here took ~23 ms per variable to trace.

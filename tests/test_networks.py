@@ -538,6 +538,51 @@ def test_a_tensor_whose_gradients_rise_restart_ratio_fold_starts_afresh():
         without_decay.gradient_rms_ratio(without_decay.initial_state((5, 4)))
 
 
+def test_restart_scope_net_restarts_every_tensor_once_the_first_crosses():
+    """With `restart_scope="net"` the restart reads the largest ratio over the tensors, as the
+    last step left them: when one tensor's gradients rise 30-fold (a new task reaching it
+    first), every tensor starts afresh one step after that tensor's own ratio crosses R, the
+    step at which `restart_scope="tensor"` restarts it alone; the other tensor, whose
+    gradients stay, is then restarted only with the pooled scope. No tensor restarts while
+    every ratio stays below R, so those steps are the per-tensor net's to the bit."""
+    _, weights = tensorwise_with_random_outputs()
+    options = dict(layers=(6,), warmup_steps=3, decay_steps=5, gradient_decay=2.0,
+                   gradient_stop=0.3, gradient_stop_latch=True, gradient_decay_latch=1.1,
+                   restart_ratio=10)
+    nets = {scope: networks.TensorwiseLSTM(**options, restart_scope=scope)
+            for scope in ("tensor", "net")}
+    assert nets["net"].pooled_shape() == (1,) and nets["tensor"].pooled_shape() is None
+    assert nets["net"].get_config()["restart_scope"] == "net"
+    steps = {scope: tf.function(net.step) for scope, net in nets.items()}
+    rng = np.random.default_rng(0)
+    states = {scope: [net.initial_state((5, 4))] * 2 for scope, net in nets.items()}
+    restarted = {scope: [] for scope in nets}  # (step, tensor) whose state was zeroed
+    for t, scale in enumerate([1.0] * 5 + [0.1] * 300 + [30.0] * 60, start=1):
+        gradients = [tf.constant((s * rng.normal(size=(5, 4))).astype(np.float32))
+                     for s in (scale, min(scale, 0.1))]  # the second tensor's stay small
+        updates = {}
+        for scope, net in nets.items():
+            pooled = () if net.pooled_shape() is None else (net.pooled(states[scope]),)
+            updates[scope] = []
+            for i, gradient in enumerate(gradients):
+                update, states[scope][i] = steps[scope](weights, gradient, states[scope][i],
+                                                        *pooled)
+                updates[scope].append(update.numpy())
+                if states[scope][i][2].numpy()[0] == 0:
+                    assert all(not np.any(entry.numpy()) for entry in states[scope][i])
+                    restarted[scope].append((t, i))
+        if not restarted["tensor"]:
+            for pooled_update, own_update in zip(updates["net"], updates["tensor"]):
+                np.testing.assert_array_equal(pooled_update, own_update)
+    (first, tensor), = restarted["tensor"]
+    assert tensor == 0 and 306 < first < 330, restarted
+    assert restarted["net"] == [(first + 1, 0), (first + 1, 1)]
+    with pytest.raises(ValueError, match='restart_scope is whose .* got \'model\''):
+        networks.TensorwiseLSTM(**options, restart_scope="model")
+    with pytest.raises(ValueError, match="set restart_ratio too"):
+        networks.TensorwiseLSTM(**{**options, "restart_ratio": None}, restart_scope="net")
+
+
 def drift_brake_run(curvature, steps, drift_brake_steps, slope=0.0):
     """Runs an untrained `TensorwiseLSTM` (Adam's step) with `drift_brake=2` on a noisy
     quadratic, `gradient = curvature * x + slope + noise` (unit noise) from x = 0, and
