@@ -538,50 +538,54 @@ def test_a_tensor_whose_gradients_rise_restart_ratio_fold_starts_afresh():
         without_decay.gradient_rms_ratio(without_decay.initial_state((5, 4)))
 
 
-def test_restart_scope_net_restarts_every_tensor_once_the_first_crosses():
-    """With `restart_scope="net"` the restart reads the largest ratio over the tensors, as the
-    last step left them: when one tensor's gradients rise 30-fold (a new task reaching it
-    first), every tensor starts afresh one step after that tensor's own ratio crosses R, the
-    step at which `restart_scope="tensor"` restarts it alone; the other tensor, whose
-    gradients stay, is then restarted only with the pooled scope. No tensor restarts while
-    every ratio stays below R, so those steps are the per-tensor net's to the bit."""
+def test_restart_delay_restarts_the_first_tensors_and_the_rest_n_steps_later():
+    """With `restart_delay=N` the restart is read over the model: the first tensor whose
+    gradients rise R-fold restarts at once (a new task reaches the last layer first); a
+    tensor that crosses R within the next steps does not, and N steps after the first
+    restart every tensor older than `gradient_decay_steps` restarts, whether or not it ever
+    crossed. Without the delay each tensor restarts when it crosses, and one that never
+    crosses keeps its state. Before the first restart both nets step to the same bits."""
     _, weights = tensorwise_with_random_outputs()
     options = dict(layers=(6,), warmup_steps=3, decay_steps=5, gradient_decay=2.0,
                    gradient_stop=0.3, gradient_stop_latch=True, gradient_decay_latch=1.1,
-                   restart_ratio=10)
-    nets = {scope: networks.TensorwiseLSTM(**options, restart_scope=scope)
-            for scope in ("tensor", "net")}
-    assert nets["net"].pooled_shape() == (1,) and nets["tensor"].pooled_shape() is None
-    assert nets["net"].get_config()["restart_scope"] == "net"
-    steps = {scope: tf.function(net.step) for scope, net in nets.items()}
+                   restart_ratio=10, gradient_decay_steps=50)
+    delay = 40
+    nets = {"own": networks.TensorwiseLSTM(**options),
+            "delay": networks.TensorwiseLSTM(**options, restart_delay=delay)}
+    assert nets["delay"].pooled_shape() == (1,) and nets["own"].pooled_shape() is None
+    assert nets["delay"].get_config()["restart_delay"] == delay
+    steps = {kind: tf.function(net.step) for kind, net in nets.items()}
     rng = np.random.default_rng(0)
-    states = {scope: [net.initial_state((5, 4))] * 2 for scope, net in nets.items()}
-    restarted = {scope: [] for scope in nets}  # (step, tensor) whose state was zeroed
-    for t, scale in enumerate([1.0] * 5 + [0.1] * 300 + [30.0] * 60, start=1):
+    states = {kind: [net.initial_state((5, 4))] * 3 for kind, net in nets.items()}
+    restarted = {kind: [] for kind in nets}  # (step, tensor) whose state was zeroed
+    # Three tensors: gradients that rise 30-fold, 22-fold (crossing later) and not at all.
+    for t in range(1, 306 + 60):
+        scales = [0.1] * 3 if t <= 305 else [3.0, 2.2, 0.1]
         gradients = [tf.constant((s * rng.normal(size=(5, 4))).astype(np.float32))
-                     for s in (scale, min(scale, 0.1))]  # the second tensor's stay small
+                     for s in scales]
         updates = {}
-        for scope, net in nets.items():
-            pooled = () if net.pooled_shape() is None else (net.pooled(states[scope]),)
-            updates[scope] = []
+        for kind, net in nets.items():
+            pooled = () if net.pooled_shape() is None else (net.pooled(states[kind]),)
+            updates[kind] = []
             for i, gradient in enumerate(gradients):
-                update, states[scope][i] = steps[scope](weights, gradient, states[scope][i],
-                                                        *pooled)
-                updates[scope].append(update.numpy())
-                if states[scope][i][2].numpy()[0] == 0:
-                    assert all(not np.any(entry.numpy()) for entry in states[scope][i])
-                    restarted[scope].append((t, i))
-        if not restarted["tensor"]:
-            for pooled_update, own_update in zip(updates["net"], updates["tensor"]):
-                np.testing.assert_array_equal(pooled_update, own_update)
-    (first, tensor), = restarted["tensor"]
-    assert tensor == 0 and 306 < first < 330, restarted
-    assert restarted["net"] == [(first + 1, 0), (first + 1, 1)]
-    with pytest.raises(ValueError, match='restart_scope is whose .* got \'model\''):
-        networks.TensorwiseLSTM(**options, restart_scope="model")
+                update, states[kind][i] = steps[kind](weights, gradient, states[kind][i],
+                                                      *pooled)
+                updates[kind].append(update.numpy())
+                if states[kind][i][2].numpy()[0] == 0:
+                    assert all(not np.any(entry.numpy()) for entry in states[kind][i])
+                    restarted[kind].append((t, i))
+        if not restarted["own"]:
+            for delayed_update, own_update in zip(updates["delay"], updates["own"]):
+                np.testing.assert_array_equal(delayed_update, own_update)
+    (first, tensor), (second, later_tensor) = restarted["own"]
+    assert (tensor, later_tensor) == (0, 1) and 306 < first < second < first + delay, restarted
+    assert restarted["delay"] == [(first, 0), (first + delay, 1), (first + delay, 2)]
+    with pytest.raises(ValueError, match="restart_delay is how many steps .* got 2.5"):
+        networks.TensorwiseLSTM(**options, restart_delay=2.5)
+    with pytest.raises(ValueError, match="below gradient_decay_steps"):
+        networks.TensorwiseLSTM(**options, restart_delay=50)
     with pytest.raises(ValueError, match="set restart_ratio too"):
-        networks.TensorwiseLSTM(**{**options, "restart_ratio": None}, restart_scope="net")
-
+        networks.TensorwiseLSTM(**{**options, "restart_ratio": None}, restart_delay=3)
 
 def drift_brake_run(curvature, steps, drift_brake_steps, slope=0.0):
     """Runs an untrained `TensorwiseLSTM` (Adam's step) with `drift_brake=2` on a noisy

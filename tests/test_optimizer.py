@@ -113,17 +113,18 @@ def test_optimizers_with_the_same_net_share_one_compiled_update_and_its_traces()
     assert not np.array_equal(before, model.trainable_variables[0].numpy())
 
 
-@pytest.mark.parametrize("restart_scope", ["tensor", "net"])
-def test_a_restart_rule_that_never_fires_changes_no_bit_of_a_fit(restart_scope):
+@pytest.mark.parametrize("restart_delay", [None, 100])
+def test_a_restart_rule_that_never_fires_changes_no_bit_of_a_fit(restart_delay):
     """The default's net with a `restart_ratio` that no gradient reaches fits a model to the
     same bits as the default: the restart runs after the XLA-compiled step, which is the
     default's own (compiled in the same program, it drifted from the third step on). With
-    `restart_scope="net"` the compiled step also takes a longer pooled reading (the largest
-    ratio beside the drift brake's and the distance boost's sums), which it does not read."""
+    `restart_delay` the compiled step also takes a longer pooled reading (the youngest
+    tensor's step count beside the drift brake's and the distance boost's sums), which it
+    does not read."""
     default = l2l_tf.LearnedOptimizer()
     net = default.nets["tensorwise"]
     never = type(net)(**{**net.get_config(), "restart_ratio": 1e6,
-                         "restart_scope": restart_scope, "initializer": net.initializer})
+                         "restart_delay": restart_delay, "initializer": net.initializer})
     rng = np.random.default_rng(0)
     x = rng.random((128 * 8, 784), np.float32)
     y = rng.integers(0, 10, 128 * 8)
@@ -169,16 +170,16 @@ def conv_model(seed=0):
 
 
 def tensorwise_net(drift_brake_scope="tensor", distance_boost=0.0, read_floor=0.0,
-                   restart_scope="tensor"):
+                   restart_delay=None):
     """A TensorwiseLSTM whose output layer is not zero, so that it is not plain Adam, with a
     warm-up and decays (with the gradient from step 3, gated by its burstiness and stopped
     below a ratio of 0.9, both latched, in time from step 4, a restart where the gradients
-    grow past the reference (of each tensor's ratio, or with `restart_scope="net"` of the
-    largest over the net's tensors), a drift brake from step 3, reading each tensor's drift
-    or the one pooled over the net's tensors, and with `distance_boost` a boost from step 2,
-    whose estimate is read only while the gradient RMS is `read_floor` of step 1's or more)
-    short enough to act within a test's four steps (the default has all of them but the
-    boost, later)."""
+    grow past the reference (each tensor on its own, or with `restart_delay` the first
+    ones and the others that many steps later), a drift brake from step 3, reading each
+    tensor's drift or the one pooled over the net's tensors, and with `distance_boost` a
+    boost from step 2, whose estimate is read only while the gradient RMS is `read_floor` of
+    step 1's or more) short enough to act within a test's four steps (the default has all of
+    them but the boost, later)."""
     net = networks.TensorwiseLSTM(layers=(5,))
     weights = networks.weights_to_numpy(net.initial_weights(seed=1))
     weights["linear"]["w"] = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
@@ -186,7 +187,7 @@ def tensorwise_net(drift_brake_scope="tensor", distance_boost=0.0, read_floor=0.
                                    gradient_decay=1.0, gradient_decay_steps=2, burstiness_gate=4.0,
                                    gradient_stop=0.9, gradient_stop_exponent=4.0,
                                    gradient_stop_latch=True, gradient_decay_latch=1.2,
-                                   restart_ratio=1.01, restart_scope=restart_scope,
+                                   restart_ratio=1.01, restart_delay=restart_delay,
                                    drift_brake=2.0, drift_brake_steps=2,
                                    drift_brake_scope=drift_brake_scope,
                                    distance_boost=distance_boost, distance_boost_steps=1,
@@ -206,7 +207,7 @@ EVERY_NET = {
             drift_brake_scope="net", distance_boost=1e-4, read_floor=0.9)}, None)),
     "TensorwiseLSTM, restart, drift brake and distance boost pooled": (
         sequential_model, lambda: ({"tw": tensorwise_net(
-            drift_brake_scope="net", distance_boost=1e-4, restart_scope="net")}, None)),
+            drift_brake_scope="net", distance_boost=1e-4, restart_delay=1)}, None)),
     "TensorwiseLSTM, distance boost": (sequential_model, lambda: (
         {"tw": tensorwise_net(distance_boost=1e-4)}, None)),
     "KernelDeepLSTM and StandardDeepLSTM": (conv_model, lambda: (
