@@ -753,7 +753,7 @@ class TensorwiseLSTM(LSTMNet):
                                                          for state in states]))
         if self._pools_restart:  # with no tensor, older than any: nothing to follow
             readings.append(tf.reduce_min(tf.stack(
-                [tf.fill([1], float(2 ** 24))] + [state[2] for state in states]), 0))
+                [tf.constant([2.0 ** 24])] + [state[2] for state in states]), 0))
         if self.distance_boost:
             sums = tf.stack([tf.zeros([5])] + [self._split_state(state)[-1][-1]
                                                for state in states])
