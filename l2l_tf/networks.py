@@ -414,7 +414,8 @@ class TensorwiseLSTM(LSTMNet):
     tensors all crossed within a few steps, 0.134 -> 0.101 (BUILD_NOTES.md, "Session 65").
     Within one task no tensor's ratio reached 4 in any table (at most 2.39), so the delay
     changes only runs in which a tensor restarts (and one where a variable gets its first
-    gradient late in the run: its young step count reads as a restart).
+    gradient late in the run: its young step count reads as a restart). The default has
+    N = 100 since session 66.
 
     `drift_brake` (q0, or 0: off) slows a tensor whose parameters have stopped drifting and
     only jitter: after step `drift_brake_steps` its step is multiplied by `clip(q / q0,
