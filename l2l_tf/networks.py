@@ -412,10 +412,12 @@ class TensorwiseLSTM(LSTMNet):
     N = 100 steps later does better than either, as a new last layer fitted to features
     held still before they train too: 0.10-0.14 on every seed, and the ReLU MLP, whose
     tensors all crossed within a few steps, 0.134 -> 0.101 (BUILD_NOTES.md, "Session 65").
-    Within one task no tensor's ratio reached 4 in any table (at most 2.39), so the delay
-    changes only runs in which a tensor restarts (and one where a variable gets its first
-    gradient late in the run: its young step count reads as a restart). The default has
-    N = 100 since session 66.
+    Within one task the delay changes only runs in which a tensor restarts (and one where a
+    variable gets its first gradient late in the run: its young step count reads as a
+    restart). That is rare but happens: on MNIST's raw 0-255 pixels the ReLU MLP's output
+    kernel restarted at step 1,192 of seed 0, and there the delay's follow-up restart of
+    every other tensor cost 9% of test loss after 20 epochs (0.300 -> 0.328; BUILD_NOTES.md,
+    "Session 66"). Not the default for that reason.
 
     `drift_brake` (q0, or 0: off) slows a tensor whose parameters have stopped drifting and
     only jitter: after step `drift_brake_steps` its step is multiplied by `clip(q / q0,

@@ -61,8 +61,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             lowest ratio), stopping where that gradient has fallen below 30% of step 700's
             (and staying stopped), and decaying as 1400 / t after step 1400; slowed once
             the model's weights only jitter, sped up to 4x where an estimate of the distance
-            to a solution says its step is too small, and started afresh on a new task, the
-            tensors whose gradients jump first and the rest 100 steps later;
+            to a solution says its step is too small, and started afresh, tensor by tensor,
+            where a tensor's gradients jump fourfold, as on a new task;
             `l2l_tf/pretrained/mnist-keras/PROVENANCE.md`). The paper's
             coordinatewise LSTM is `from_pretrained("mnist")` or `"mnist-wide"`. An untrained
             net is an explicit choice: `nets=presets.default_nets()`.

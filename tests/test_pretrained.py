@@ -37,11 +37,11 @@ def test_shipped_optimizers_load_by_name_and_are_the_default():
             config["gradient_decay_latch"], config["restart_ratio"], config["drift_brake"],
             config["drift_brake_steps"], config["drift_brake_scope"], config["distance_boost"],
             config["distance_boost_cap"], config["distance_boost_steps"],
-            config["distance_boost_read_floor"], config["restart_delay"]) == (
+            config["distance_boost_read_floor"]) == (
                 1400, 100, 2.0, 700, 4, 1.4, 0.3, 8, True, 1.1, 4.0, 2.0, 200, "net", 0.05, 4.0,
-                200, 0.7, 100)
+                200, 0.7)
     with open(os.path.join(presets.pretrained_path("mnist-keras"), "tensorwise.npz"),
-              "rb") as shipped, open(os.path.join(CANDIDATES, "restart-delay100",
+              "rb") as shipped, open(os.path.join(CANDIDATES, "distance-boost-floor",
                                                   "tensorwise.npz"), "rb") as candidate:
         assert shipped.read() == candidate.read()  # the file its measurements were made with
     wide = l2l_tf.LearnedOptimizer.from_pretrained("mnist-wide")
@@ -62,11 +62,11 @@ def state_after(net, steps, shape):
     return (m, v, t + float(steps), *rest)
 
 
-# The default's drift brake reads one ratio pooled over all of a model's tensors, its
-# distance boost sums over them, and its restart delay reads their youngest step count, so a
-# test that steps one tensor to probe the default's other rules switches all three off.
+# The default's drift brake reads one ratio pooled over all of a model's tensors, and its
+# distance boost sums over them, so a test that steps one tensor to probe
+# the default's other rules switches both off.
 NO_POOLED_RULES = {"drift_brake": 0.0, "drift_brake_scope": "tensor", "distance_boost": 0.0,
-                   "distance_boost_read_floor": 0.0, "restart_delay": None}
+                   "distance_boost_read_floor": 0.0}
 
 
 def default_without_pooled_rules():
@@ -188,10 +188,9 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     (session 49; the default in sessions 53-63) or 4 (session 48) with one drift ratio
     pooled over the model's tensors, the next two are that default with a distance boost
     (session 58) and with that boost's read stopped once the gradients fall (session 59; the
-    default in sessions 64-65), and the last two are that default with the boost's travel
+    default since session 64), and the last two are today's default with the boost's travel
     counting a weight decay's pull (session 64) and with its restart read over the model,
-    the rest of the tensors following the first 100 steps later (session 65; the default
-    since session 66)."""
+    the rest of the tensors following the first 100 steps later (session 65)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
