@@ -419,6 +419,12 @@ class TensorwiseLSTM(LSTMNet):
     every other tensor cost 9% of test loss after 20 epochs (0.300 -> 0.328; BUILD_NOTES.md,
     "Session 66"). Not the default for that reason.
 
+    `restart_follow_ratio` (F, or None: every tensor follows) narrows the follow-up to the
+    tensors whose own ratio is above F at that step: those a new task has stirred. There
+    the raw-pixel MLP's other tensors read 0.7-0.94, while the second task's sigmoid hidden
+    kernel, peaked at 3.86 twelve steps in, still read 2.68 a hundred steps after the last
+    layer restarted (seed 1; BUILD_NOTES.md, "Session 66").
+
     `drift_brake` (q0, or 0: off) slows a tensor whose parameters have stopped drifting and
     only jitter: after step `drift_brake_steps` its step is multiplied by `clip(q / q0,
     DRIFT_BRAKE_FLOOR, 1)`, `q` the average over about the last 100 steps of `<D, u>` over
@@ -544,6 +550,7 @@ class TensorwiseLSTM(LSTMNet):
                  gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
                  gradient_stop=0.0, gradient_stop_exponent=8.0, gradient_stop_latch=False,
                  gradient_decay_latch=None, restart_ratio=None, restart_delay=None,
+                 restart_follow_ratio=None,
                  drift_brake=0.0,
                  drift_brake_steps=200, drift_brake_scope="tensor", distance_boost=0.0,
                  distance_boost_cap=4.0, distance_boost_steps=200, distance_boost_read_floor=0.0,
@@ -623,6 +630,18 @@ class TensorwiseLSTM(LSTMNet):
                              "the others follow, a whole number from 1 to below "
                              f"gradient_decay_steps ({self.gradient_decay_steps:g}), or None, "
                              f"got {restart_delay!r}.")
+        self.restart_follow_ratio = (None if restart_follow_ratio is None
+                                     else float(restart_follow_ratio))
+        if self.restart_follow_ratio is not None and self.restart_delay is None:
+            raise ValueError("restart_follow_ratio picks the tensors that follow a restart "
+                             "restart_delay steps later, and restart_delay is None: set "
+                             "restart_delay too, or restart_follow_ratio=None.")
+        if self.restart_follow_ratio is not None and not (
+                1 <= self.restart_follow_ratio < self.restart_ratio):
+            raise ValueError("restart_follow_ratio is the gradient RMS ratio above which a "
+                             "tensor follows a restart, from 1 to below restart_ratio "
+                             f"({self.restart_ratio:g}), or None (every tensor follows), got "
+                             f"{restart_follow_ratio!r}.")
         self.drift_brake = float(drift_brake)
         if not self.drift_brake >= 0:
             raise ValueError("drift_brake is the drift ratio below which a tensor's step "
@@ -892,23 +911,27 @@ class TensorwiseLSTM(LSTMNet):
         the step read. With `restart_delay` N, only while the youngest tensor's step count
         before the step (`pooled`) is at least `gradient_decay_steps`, and also where that
         count is N - 1 (N steps after a restart, counting this one) and the tensor is older
-        than `gradient_decay_steps`."""
+        than `gradient_decay_steps` (and its ratio above `restart_follow_ratio`, if set)."""
         if self.restart_ratio is None:
             return state
         # A product with 0 or 1: one op per entry where a select took two (its zeros), and
         # outside XLA every op counts; exact where the state is finite, as it always is.
-        restart = self.gradient_rms_ratio(state) > self.restart_ratio
+        ratio = self.gradient_rms_ratio(state)
+        restart = ratio > self.restart_ratio
         if self._pools_restart:
             youngest = pooled[2 * self._pools_drift]
-            restart = ((restart & (youngest >= self.gradient_decay_steps))
-                       | ((youngest == self.restart_delay - 1.0)
-                          & (state[2][0] > self.gradient_decay_steps)))
+            follow = ((youngest == self.restart_delay - 1.0)
+                      & (state[2][0] > self.gradient_decay_steps))
+            if self.restart_follow_ratio is not None:
+                follow = follow & (ratio > self.restart_follow_ratio)
+            restart = (restart & (youngest >= self.gradient_decay_steps)) | follow
         keep = tf.cast(tf.logical_not(restart), tf.float32)
         return tuple(entry * keep for entry in state)
 
     def without_restart(self):
         return type(self)(**{**self.get_config(), "restart_ratio": None,
-                             "restart_delay": None, "initializer": self.initializer})
+                             "restart_delay": None, "restart_follow_ratio": None,
+                             "initializer": self.initializer})
 
     def gradient_rms_ratio(self, state):
         """The tensor's gradient RMS (its mean square averaged over about 100 steps) over its
@@ -995,6 +1018,7 @@ class TensorwiseLSTM(LSTMNet):
             "gradient_decay_latch": self.gradient_decay_latch,
             "restart_ratio": self.restart_ratio,
             "restart_delay": self.restart_delay,
+            "restart_follow_ratio": self.restart_follow_ratio,
             "drift_brake": self.drift_brake,
             "drift_brake_steps": self.drift_brake_steps,
             "drift_brake_scope": self.drift_brake_scope,

@@ -544,14 +544,18 @@ def test_restart_delay_restarts_the_first_tensors_and_the_rest_n_steps_later():
     tensor that crosses R within the next steps does not, and N steps after the first
     restart every tensor older than `gradient_decay_steps` restarts, whether or not it ever
     crossed. Without the delay each tensor restarts when it crosses, and one that never
-    crosses keeps its state. Before the first restart both nets step to the same bits."""
+    crosses keeps its state. With `restart_follow_ratio=F` only the tensors whose ratio is
+    above F then follow: the one whose gradients never rose keeps its state. Before the
+    first restart the nets step to the same bits."""
     _, weights = tensorwise_with_random_outputs()
     options = dict(layers=(6,), warmup_steps=3, decay_steps=5, gradient_decay=2.0,
                    gradient_stop=0.3, gradient_stop_latch=True, gradient_decay_latch=1.1,
                    restart_ratio=10, gradient_decay_steps=50)
     delay = 40
     nets = {"own": networks.TensorwiseLSTM(**options),
-            "delay": networks.TensorwiseLSTM(**options, restart_delay=delay)}
+            "delay": networks.TensorwiseLSTM(**options, restart_delay=delay),
+            "follow": networks.TensorwiseLSTM(**options, restart_delay=delay,
+                                              restart_follow_ratio=2)}
     assert nets["delay"].pooled_shape() == (1,) and nets["own"].pooled_shape() is None
     assert nets["delay"].get_config()["restart_delay"] == delay
     steps = {kind: tf.function(net.step) for kind, net in nets.items()}
@@ -575,11 +579,18 @@ def test_restart_delay_restarts_the_first_tensors_and_the_rest_n_steps_later():
                     assert all(not np.any(entry.numpy()) for entry in states[kind][i])
                     restarted[kind].append((t, i))
         if not restarted["own"]:
-            for delayed_update, own_update in zip(updates["delay"], updates["own"]):
-                np.testing.assert_array_equal(delayed_update, own_update)
+            for kind in ("delay", "follow"):
+                for delayed_update, own_update in zip(updates[kind], updates["own"]):
+                    np.testing.assert_array_equal(delayed_update, own_update)
     (first, tensor), (second, later_tensor) = restarted["own"]
     assert (tensor, later_tensor) == (0, 1) and 306 < first < second < first + delay, restarted
     assert restarted["delay"] == [(first, 0), (first + delay, 1), (first + delay, 2)]
+    assert restarted["follow"] == [(first, 0), (first + delay, 1)]
+    assert nets["follow"].get_config()["restart_follow_ratio"] == 2
+    with pytest.raises(ValueError, match="set restart_delay too"):
+        networks.TensorwiseLSTM(**options, restart_follow_ratio=2)
+    with pytest.raises(ValueError, match="from 1 to below restart_ratio"):
+        networks.TensorwiseLSTM(**options, restart_delay=delay, restart_follow_ratio=10)
     with pytest.raises(ValueError, match="restart_delay is how many steps .* got 2.5"):
         networks.TensorwiseLSTM(**options, restart_delay=2.5)
     with pytest.raises(ValueError, match="below gradient_decay_steps"):

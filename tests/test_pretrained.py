@@ -167,12 +167,18 @@ RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
                           "distance_boost_cap": 4.0, "distance_boost_steps": 200.0,
                           "distance_boost_read_floor": 0.7,
                           "distance_boost_decayed_travel": False, "restart_delay": 100.0}),
+    ("restart-follow2", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
+                         "drift_brake_scope": "net", "distance_boost": 0.05,
+                         "distance_boost_cap": 4.0, "distance_boost_steps": 200.0,
+                         "distance_boost_read_floor": 0.7,
+                         "distance_boost_decayed_travel": False, "restart_delay": 100.0,
+                         "restart_follow_ratio": 2.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session 15",
     "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session 31",
     "Session 36", "Session 38", "Session 45", "Session 46", "Session 48", "Session 49",
-    "Session 58", "Session 59", "Session 64" and "Session 65") change only hand-set options of the
+    "Session 58", "Session 59", "Session 64", "Session 65" and "Session 66") change only hand-set options of the
     session-11 default, so their numbers measure those options alone; they load by path like
     any saved nets. The second was the default in sessions 16-18, the third in session 19;
     the fourth in sessions 20-28; the fifth is the README's long-run recipe; the sixth is session 28's default with a steeper gradient
@@ -188,9 +194,10 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     (session 49; the default in sessions 53-63) or 4 (session 48) with one drift ratio
     pooled over the model's tensors, the next two are that default with a distance boost
     (session 58) and with that boost's read stopped once the gradients fall (session 59; the
-    default since session 64), and the last two are today's default with the boost's travel
-    counting a weight decay's pull (session 64) and with its restart read over the model,
-    the rest of the tensors following the first 100 steps later (session 65)."""
+    default since session 64), and the last three are today's default with the boost's travel
+    counting a weight decay's pull (session 64), with its restart read over the model, the
+    rest of the tensors following the first 100 steps later (session 65), and with only
+    those whose gradient ratio is then above 2 following (session 66)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
