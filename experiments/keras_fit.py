@@ -83,7 +83,9 @@ table can be made with a candidate before it ships and found cached after.
 
 --gradient_ratio also records, per epoch, the largest gradient RMS ratio a learned optimizer's
 tensors reached (`TensorwiseLSTM.gradient_rms_ratio`), the quantity a `restart_ratio` reads:
-one run of a net without a restart tells whether any threshold would have fired in it.
+one run of a net without a restart tells whether any threshold would have fired in it. A net
+with a restart zeroes the ratio's averages as it restarts, so the ratio read after that step
+is 1; the restarts themselves are counted beside it, per epoch.
 
 Resumable: every finished run (model, optimizer, seed) is stored in `<output>_runs.json`, keyed
 by everything its numbers depend on (the model's initial weights included), and a run found
@@ -203,8 +205,10 @@ flags.DEFINE_enum("fine_tune", "all", ["all", "head", "continue", "renew"],
 flags.DEFINE_bool("gradient_ratio", False,
                   "Also record, per epoch, the largest gradient RMS ratio of the learned "
                   "optimizers (TensorwiseLSTM.gradient_rms_ratio over every tensor and step): a "
-                  "restart_ratio R fires in a run exactly where it exceeds R. Read after every "
-                  "step, which slows the fit a little (the wall times include it).")
+                  "restart_ratio R fires in a run of a net without one exactly where it "
+                  "exceeds R; and how many times a net's own restart fired (which the ratio "
+                  "cannot show: a restart zeroes it). Read after every step, which slows the "
+                  "fit a little (the wall times include it).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "model.compile's jit_compile; 'auto' is Keras's default (no XLA on CPU).")
 flags.DEFINE_string("output", None, "Markdown file for the tables (.md); the .csv, the run "
@@ -725,16 +729,18 @@ def run(model_name, optimizer, seed, data, measure=None):
         plateau = keras.callbacks.ReduceLROnPlateau(**PLATEAU)
         plateau.set_model(model)
         plateau.on_train_begin()
-    ratio = LargestGradientRatio() if FLAGS.gradient_ratio and optimizer[0] != "adam" else None
+    watches = ((LargestGradientRatio(), RestartCount())
+               if FLAGS.gradient_ratio and optimizer[0] != "adam" else ())
     epochs = []
     for epoch in range(FLAGS.epochs):
         start = time.perf_counter()
         history = model.fit(x, target(x, y), batch_size=FLAGS.batch_size, epochs=1, verbose=0,
-                            callbacks=[ratio] if ratio else None)
+                            callbacks=list(watches) or None)
         record = {"seconds": time.perf_counter() - start,
                   "train_loss": history.history["loss"][-1]}
-        if ratio:
-            record["largest_gradient_ratio"] = ratio.take()
+        if watches:
+            record["largest_gradient_ratio"] = watches[0].take()
+            record["restarts"] = watches[1].take()
         for split in ("validation", "test"):
             split_x, split_y = data[split]
             scores = model.evaluate(split_x, target(split_x, split_y), batch_size=1000,
@@ -783,6 +789,45 @@ class LargestGradientRatio(keras.callbacks.Callback):
         """The largest ratio since the last call (NaN if none was read), and forget it."""
         largest, self._largest = self._largest, -np.inf
         return largest if np.isfinite(largest) else np.nan
+
+
+class RestartCount(keras.callbacks.Callback):
+    """How many times a learned optimizer's tensors restarted (`restart_ratio`) in the
+    training steps since the last `take()` (--gradient_ratio): a restart zeroes a tensor's
+    state, its step count with it, so it shows as a step count back at 0 (a step skipped for
+    a non-finite number keeps the count where it was and is not one). `LargestGradientRatio` cannot show it: the ratio read after the
+    restarting step is the zeroed state's, 1. NaN where no tensor's net restarts."""
+
+    def __init__(self):
+        super().__init__()
+        self._optimizer = self._read = self._counts = None
+        self._restarts = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.model.optimizer is not self._optimizer:  # built by the first step
+            self._optimizer = self.model.optimizer
+            self._read = self._reader(self._optimizer)
+            self._counts = None
+        if self._read is None:
+            return
+        counts = self._read().numpy()
+        if self._counts is not None:
+            self._restarts += int(np.sum((counts == 0) & (self._counts > 0)))
+        self._counts = counts
+
+    @staticmethod
+    def _reader(optimizer):
+        """A `tf.function` of every stepped tensor's step count now, or None."""
+        tensors = [states for name, states in zip(optimizer.variable_nets, optimizer.states)
+                   if getattr(optimizer.nets[name], "restart_ratio", None)]
+        if not tensors:
+            return None
+        return tf.function(lambda: tf.stack([states[2].value[0] for states in tensors]))
+
+    def take(self):
+        """The restarts since the last call (NaN if no step count was read), and forget them."""
+        restarts, self._restarts = self._restarts, 0
+        return float(restarts) if self._read is not None else np.nan
 
 
 def shipped_twin(key):
@@ -974,6 +1019,11 @@ def report(results, optimizers, seeds, report_epochs, sizes):
             "restart zeroes the averages, so a restarting net's own restarts do not show). "
             "--gradient_ratio; \"-\": not recorded, or a net without the gradient decay:",
             results, models, learned, lambda runs: largest_ratio(runs, seeds))
+        lines += optimizer_table(
+            "Tensor restarts (`restart_ratio`: a tensor's state zeroed), summed over the "
+            "run's epochs (mean over seeds; most in a seed). --gradient_ratio; \"-\": not "
+            "recorded, or a net without the restart:", results, models, learned,
+            lambda runs: restart_count(runs, seeds))
     first = 1 if FLAGS.epochs > 1 else 0
     lines += optimizer_table(
         "Wall time of one epoch's `fit`, seconds (median over seeds and epochs; the first "
@@ -1018,6 +1068,14 @@ def largest_ratio(runs, seeds):
     if not np.all(np.isfinite(largest)):
         return "-"
     return f"{np.mean(largest):.2f} ({np.max(largest):.2f})"
+
+
+def restart_count(runs, seeds):
+    """Each run's restarts over its epochs: mean over seeds (most in a seed)."""
+    counts = [np.sum([r.get("restarts", np.nan) for r in runs[s]]) for s in seeds]
+    if not np.all(np.isfinite(counts)):
+        return "-"
+    return f"{np.mean(counts):.1f} ({np.max(counts):.0f})"
 
 
 def csv_text(results, seeds):

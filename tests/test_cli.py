@@ -1041,6 +1041,48 @@ def test_keras_fit_gradient_ratio_is_the_largest_over_every_step_and_tensor():
     assert np.isnan(monitor.take())
 
 
+def test_keras_fit_restart_count_is_every_tensor_whose_step_count_went_back_to_zero():
+    """--gradient_ratio also counts restarts: a burst of large gradients mid-run restarts
+    tensors (their state zeroed, step count with it), which the ratio read after that step
+    cannot show; the count is the number of step counts read back at 0 from one step to the
+    next, and `take()` then forgets it. A net without a restart reads NaN."""
+    import keras
+
+    keras_fit = keras_fit_with_flags_parsed()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 5)).astype(np.float32)
+    scale = np.repeat([1.0] * 5 + [30.0] * 3 + [1.0] * 8, 8).astype(np.float32)
+    y = (scale * x.sum(axis=1))[:, None]
+
+    def fresh_model(net):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3),
+                                  keras.layers.Dense(1)])
+        model.compile(optimizer=l2l_tf.LearnedOptimizer(nets={"n": net}, seed=0), loss="mse")
+        return model
+
+    net = l2l_tf.networks.TensorwiseLSTM(layers=(4,), decay_steps=3, gradient_decay=2.0,
+                                         restart_ratio=1.5)
+    monitor = keras_fit.RestartCount()
+    fresh_model(net).fit(x, y, batch_size=8, shuffle=False, epochs=1, verbose=0,
+                         callbacks=[monitor])
+    reported = monitor.take()
+    model = fresh_model(net)
+    counts, restarts = None, 0
+    for batch in range(16):
+        model.train_on_batch(x[8 * batch:8 * batch + 8], y[8 * batch:8 * batch + 8])
+        now = [float(states[2].numpy()[0]) for states in model.optimizer.states]
+        if counts is not None:
+            restarts += sum(n == 0 and c > 0 for n, c in zip(now, counts))
+        counts = now
+    assert restarts >= 2 and reported == restarts
+    assert monitor.take() == 0
+    without = keras_fit.RestartCount()
+    fresh_model(l2l_tf.networks.TensorwiseLSTM(layers=(4,), decay_steps=3, gradient_decay=2.0)
+                ).fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[without])
+    assert np.isnan(without.take())
+
+
 def test_keras_fit_fine_tuning_table_names_its_digits(tmp_path, mnist_data_dir):
     output = tmp_path / "fit.md"
     result = script("keras_fit.py", "--models=quickstart", "--pretrain_classes=0,1,2,3,4",
@@ -1052,6 +1094,8 @@ def test_keras_fit_fine_tuning_table_names_its_digits(tmp_path, mnist_data_dir):
     # 8 steps, all before the default's reference step 700: the ratio is 1 by definition.
     ratios = text.split("Largest gradient RMS ratio")[1].split("\n\n")[1].splitlines()
     assert ratios == ["| model | default 1 |", "| --- | --- |", "| quickstart | 1.00 (1.00) |"]
+    restarts = text.split("Tensor restarts")[1].split("\n\n")[1].splitlines()
+    assert restarts == ["| model | default 1 |", "| --- | --- |", "| quickstart | 0.0 (0) |"]
     assert ("MNIST's digits 5-9 only (training, validation and test), fine-tuned from Adam() "
             "after 1 epochs on the train split's 25,") in text
     assert "trained on the first 512 images of the train split's digits 5-9" in text
