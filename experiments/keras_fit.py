@@ -794,9 +794,10 @@ class LargestGradientRatio(keras.callbacks.Callback):
 class RestartCount(keras.callbacks.Callback):
     """How many times a learned optimizer's tensors restarted (`restart_ratio`) in the
     training steps since the last `take()` (--gradient_ratio): a restart zeroes a tensor's
-    state, its step count with it, so it shows as a step count back at 0 (a step skipped for
-    a non-finite number keeps the count where it was and is not one). `LargestGradientRatio` cannot show it: the ratio read after the
-    restarting step is the zeroed state's, 1. NaN where no tensor's net restarts."""
+    state, its step count with it, so it shows as a step count back at 0 (a step skipped
+    for a non-finite number keeps the count where it was and is not one).
+    `LargestGradientRatio` cannot show it: the ratio read after the restarting step is the
+    zeroed state's, 1. NaN where no tensor's net restarts."""
 
     def __init__(self):
         super().__init__()
