@@ -182,8 +182,9 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     hand-set options of the session-11 default, so their numbers measure those options
     alone; they load by path like any saved nets. The second was the default in sessions
     16-18, the third in session 19; the fourth in sessions 20-28; the fifth is the README's
-    long-run recipe; the sixth is session 28's default with a steeper gradient decay; the seventh, that default with a stop below a gradient ratio of 0.3, was the default
-    in session 29; the eighth, that stop latched at its deepest, was the default in sessions
+    long-run recipe; the sixth is session 28's default with a steeper gradient decay; the
+    seventh, that default with a stop below a gradient ratio of 0.3, was the default in
+    session 29; the eighth, that stop latched at its deepest, was the default in sessions
     30-31; the ninth latches the gradient decay too, and the tenth, the default in sessions
     32-43, lets it rise 1.1x above its lowest; the eleventh is that default with a warm-up of
     400 steps instead of 100; the twelfth and thirteenth are that default with a restart where
