@@ -729,18 +729,18 @@ def run(model_name, optimizer, seed, data, measure=None):
         plateau = keras.callbacks.ReduceLROnPlateau(**PLATEAU)
         plateau.set_model(model)
         plateau.on_train_begin()
-    watches = ((LargestGradientRatio(), RestartCount())
-               if FLAGS.gradient_ratio and optimizer[0] != "adam" else ())
+    ratio, restarts = ((LargestGradientRatio(), RestartCount())
+                       if FLAGS.gradient_ratio and optimizer[0] != "adam" else (None, None))
     epochs = []
     for epoch in range(FLAGS.epochs):
         start = time.perf_counter()
         history = model.fit(x, target(x, y), batch_size=FLAGS.batch_size, epochs=1, verbose=0,
-                            callbacks=list(watches) or None)
+                            callbacks=[ratio, restarts] if ratio else None)
         record = {"seconds": time.perf_counter() - start,
                   "train_loss": history.history["loss"][-1]}
-        if watches:
-            record["largest_gradient_ratio"] = watches[0].take()
-            record["restarts"] = watches[1].take()
+        if ratio:
+            record["largest_gradient_ratio"] = ratio.take()
+            record["restarts"] = restarts.take()
         for split in ("validation", "test"):
             split_x, split_y = data[split]
             scores = model.evaluate(split_x, target(split_x, split_y), batch_size=1000,

@@ -1009,28 +1009,16 @@ def test_keras_fit_gradient_ratio_is_the_largest_over_every_step_and_tensor():
     """--gradient_ratio's callback reads `gradient_rms_ratio` after every step of `fit`: what
     it reports is the largest over the steps and tensors as read step by step (a burst of
     large gradients mid-run, not the last step's), and `take()` then forgets it."""
-    import keras
     import tensorflow as tf
 
     keras_fit = keras_fit_with_flags_parsed()
     net = l2l_tf.networks.TensorwiseLSTM(layers=(4,), decay_steps=3, gradient_decay=2.0)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 5)).astype(np.float32)
-    scale = np.repeat([1.0] * 5 + [30.0] * 3 + [1.0] * 8, 8).astype(np.float32)
-    y = (scale * x.sum(axis=1))[:, None]
-
-    def fresh_model():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3),
-                                  keras.layers.Dense(1)])
-        model.compile(optimizer=l2l_tf.LearnedOptimizer(nets={"n": net}, seed=0), loss="mse")
-        return model
-
+    x, y = burst_regression()
     monitor = keras_fit.LargestGradientRatio()
-    fresh_model().fit(x, y, batch_size=8, shuffle=False, epochs=1, verbose=0,
-                      callbacks=[monitor])
+    model_stepped_by(net).fit(x, y, batch_size=8, shuffle=False, epochs=1, verbose=0,
+                              callbacks=[monitor])
     reported = monitor.take()
-    model = fresh_model()
+    model = model_stepped_by(net)
     read = []
     for batch in range(16):
         model.train_on_batch(x[8 * batch:8 * batch + 8], y[8 * batch:8 * batch + 8])
@@ -1046,28 +1034,15 @@ def test_keras_fit_restart_count_is_every_tensor_whose_step_count_went_back_to_z
     tensors (their state zeroed, step count with it), which the ratio read after that step
     cannot show; the count is the number of step counts read back at 0 from one step to the
     next, and `take()` then forgets it. A net without a restart reads NaN."""
-    import keras
-
     keras_fit = keras_fit_with_flags_parsed()
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 5)).astype(np.float32)
-    scale = np.repeat([1.0] * 5 + [30.0] * 3 + [1.0] * 8, 8).astype(np.float32)
-    y = (scale * x.sum(axis=1))[:, None]
-
-    def fresh_model(net):
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3),
-                                  keras.layers.Dense(1)])
-        model.compile(optimizer=l2l_tf.LearnedOptimizer(nets={"n": net}, seed=0), loss="mse")
-        return model
-
     net = l2l_tf.networks.TensorwiseLSTM(layers=(4,), decay_steps=3, gradient_decay=2.0,
                                          restart_ratio=1.5)
+    x, y = burst_regression()
     monitor = keras_fit.RestartCount()
-    fresh_model(net).fit(x, y, batch_size=8, shuffle=False, epochs=1, verbose=0,
-                         callbacks=[monitor])
+    model_stepped_by(net).fit(x, y, batch_size=8, shuffle=False, epochs=1, verbose=0,
+                              callbacks=[monitor])
     reported = monitor.take()
-    model = fresh_model(net)
+    model = model_stepped_by(net)
     counts, restarts = None, 0
     for batch in range(16):
         model.train_on_batch(x[8 * batch:8 * batch + 8], y[8 * batch:8 * batch + 8])
@@ -1078,8 +1053,9 @@ def test_keras_fit_restart_count_is_every_tensor_whose_step_count_went_back_to_z
     assert restarts >= 2 and reported == restarts
     assert monitor.take() == 0
     without = keras_fit.RestartCount()
-    fresh_model(l2l_tf.networks.TensorwiseLSTM(layers=(4,), decay_steps=3, gradient_decay=2.0)
-                ).fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[without])
+    model_stepped_by(l2l_tf.networks.TensorwiseLSTM(layers=(4,), decay_steps=3,
+                                                    gradient_decay=2.0)
+                     ).fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[without])
     assert np.isnan(without.take())
 
 
@@ -1126,6 +1102,27 @@ def test_keras_fit_on_a_bundled_regression_reports_its_loss_and_no_accuracy(tmp_
     assert "%" not in row and len(row.split(" | ")) == 4  # Adam(), best constant Adam, default
     cache = json.loads((tmp_path / "fit_runs.json").read_text())
     assert len(cache) == 2 and all("|data diabetes|" in key for key in cache)
+
+
+def burst_regression():
+    """128 examples of a linear regression whose targets are 30x larger in batches 5-7 (of
+    16 at batch size 8): a burst of large gradients mid-run, with a gradient decay's
+    reference read before it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 5)).astype(np.float32)
+    scale = np.repeat([1.0] * 5 + [30.0] * 3 + [1.0] * 8, 8).astype(np.float32)
+    return x, (scale * x.sum(axis=1))[:, None]
+
+
+def model_stepped_by(net):
+    """A small regression MLP, the same initial weights every call, compiled with a
+    `LearnedOptimizer` of `net`."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(optimizer=l2l_tf.LearnedOptimizer(nets={"n": net}, seed=0), loss="mse")
+    return model
 
 
 def keras_fit_with_flags_parsed():

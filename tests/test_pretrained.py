@@ -126,6 +126,12 @@ STOP = {**THRESHOLD, "gradient_stop": 0.3, "gradient_stop_exponent": 8.0}
 STOP_LATCH = {**STOP, "gradient_stop_latch": True}
 DECAY_LATCH = {**STOP_LATCH, "gradient_decay_latch": 1.1}
 RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
+DRIFT_NET2 = {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
+              "drift_brake_scope": "net"}
+BOOST = {**DRIFT_NET2, "distance_boost": 0.05, "distance_boost_cap": 4.0,
+         "distance_boost_steps": 200.0}
+BOOST_FLOOR = {**BOOST, "distance_boost_read_floor": 0.7}
+RESTART_DELAY = {**BOOST_FLOOR, "distance_boost_decayed_travel": False, "restart_delay": 100.0}
 
 
 @pytest.mark.parametrize("name, changed", [
@@ -147,32 +153,14 @@ RESTART = {**DECAY_LATCH, "restart_ratio": 4.0}
     ("drift-brake2", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0}),
     ("drift-brake4", {**RESTART, "drift_brake": 4.0, "drift_brake_steps": 200.0}),
     ("drift-brake8", {**RESTART, "drift_brake": 8.0, "drift_brake_steps": 200.0}),
-    ("drift-net2", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
-                    "drift_brake_scope": "net"}),
+    ("drift-net2", DRIFT_NET2),
     ("drift-net4", {**RESTART, "drift_brake": 4.0, "drift_brake_steps": 200.0,
                     "drift_brake_scope": "net"}),
-    ("distance-boost", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
-                        "drift_brake_scope": "net", "distance_boost": 0.05,
-                        "distance_boost_cap": 4.0, "distance_boost_steps": 200.0}),
-    ("distance-boost-floor", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
-                              "drift_brake_scope": "net", "distance_boost": 0.05,
-                              "distance_boost_cap": 4.0, "distance_boost_steps": 200.0,
-                              "distance_boost_read_floor": 0.7}),
-    ("decay-travel", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
-                      "drift_brake_scope": "net", "distance_boost": 0.05,
-                      "distance_boost_cap": 4.0, "distance_boost_steps": 200.0,
-                      "distance_boost_read_floor": 0.7, "distance_boost_decayed_travel": True}),
-    ("restart-delay100", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
-                          "drift_brake_scope": "net", "distance_boost": 0.05,
-                          "distance_boost_cap": 4.0, "distance_boost_steps": 200.0,
-                          "distance_boost_read_floor": 0.7,
-                          "distance_boost_decayed_travel": False, "restart_delay": 100.0}),
-    ("restart-follow2", {**RESTART, "drift_brake": 2.0, "drift_brake_steps": 200.0,
-                         "drift_brake_scope": "net", "distance_boost": 0.05,
-                         "distance_boost_cap": 4.0, "distance_boost_steps": 200.0,
-                         "distance_boost_read_floor": 0.7,
-                         "distance_boost_decayed_travel": False, "restart_delay": 100.0,
-                         "restart_follow_ratio": 2.0}),
+    ("distance-boost", BOOST),
+    ("distance-boost-floor", BOOST_FLOOR),
+    ("decay-travel", {**BOOST_FLOOR, "distance_boost_decayed_travel": True}),
+    ("restart-delay100", RESTART_DELAY),
+    ("restart-follow2", {**RESTART_DELAY, "restart_follow_ratio": 2.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session 15",
