@@ -46,7 +46,12 @@ MNIST's size (60,000 examples) and nothing else of it, drawn once (`GENERATED_DA
 are shuffled once (the same split for every seed), the last fifth is the test split, the fifth
 before it validation, and the features (and the regression's target) are standardised with the
 training examples' mean and deviation, as a user would; the models that read a 28 x 28 image
-(`MNIST_MODELS`) are MNIST's alone, the dense ones take any width. --label_noise gives a
+(`MNIST_MODELS`) are MNIST's alone, the dense ones take any width. --dataset=reviews (session
+67) is a text classifier's data, generated here (experiments/reviews.py) since IMDB cannot be
+downloaded: 31,250 reviews of up to 250 word ids from a 10,000-word vocabulary with Zipf's
+frequencies, two classes, split as above and read by `TEXT_MODELS` alone (TensorFlow's "Basic
+text classification" tutorial model: an `Embedding` of 16 per word, averaged, with dropout),
+whose embedding rows mostly get a gradient in few steps. --label_noise gives a
 fraction of the training and validation examples a wrong class, as labelling mistakes do in
 real data sets (the test split keeps its true labels): a faster optimizer may fit the mistakes
 sooner. --raw_pixels feeds MNIST's pixels as stored, 0-255, to every optimizer alike: the input
@@ -112,13 +117,17 @@ import tensorflow as tf
 from absl import flags
 
 from l2l_tf import LearnedOptimizer, cli, networks, presets, problems
+import reviews
 
 MODELS = ("mlp_sigmoid", "mlp_relu", "cnn", "mlp_dropout", "quickstart", "cnn_bn", "lstm_rows",
           "autoencoder")
 EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression", "mlp_gelu", "mlp_tanh",
                 "wide_mlp", "resnet", "pixel_bag", "logistic", "cnn_augmented", "gru_rows",
                 "conv1d_rows", "separable_cnn", "mlp_l2")
-ALL_MODELS = MODELS + EXTRA_MODELS
+# Models of word ids (`TEXT_DATASETS`' reviews) and nothing else: TensorFlow's "Basic text
+# classification" tutorial model.
+TEXT_MODELS = ("text_bag",)
+ALL_MODELS = MODELS + EXTRA_MODELS + TEXT_MODELS
 TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
 # Models made for MNIST: they read a 28 x 28 image or its lit pixels, reconstruct pixels in
 # [0, 1] (the autoencoder's sigmoid) or regress the digit's value.
@@ -138,6 +147,10 @@ GENERATED_DATASETS = {
                        "flip_y": 0.02},
     "friedman1": {"n_samples": 60000, "n_features": 10, "noise": 1.0},
 }
+# Data sets this repository generates (experiments/reviews.py), with their arguments: IMDB's
+# 25,000 training reviews and a test fifth beside them, for a text classifier (`TEXT_MODELS`).
+TEXT_DATASETS = {"reviews": {"n_samples": 31250}}
+DATASET_TASKS = {**SKLEARN_DATASETS, **{name: "classify" for name in TEXT_DATASETS}}
 # The one draw and shuffle of a scikit-learn data set, whatever --seeds says. Cached runs are
 # keyed by a data set's name: other arguments or another seed need another name.
 SKLEARN_SPLIT_SEED = 0
@@ -149,12 +162,13 @@ L2_PENALTY = 1e-3  # mlp_l2's, that of TensorFlow's "Overfit and underfit" tutor
 PLATEAU = {"monitor": "val_loss", "factor": 0.3, "patience": 1}  # the README's advice
 PRETRAINED_WEIGHTS = {}  # (model, seed): weights after --pretrain_classes, made once a process
 
-flags.DEFINE_enum("dataset", "mnist", ["mnist", *SKLEARN_DATASETS],
-                  "MNIST (from TFDS_DATA_DIR), or a data set scikit-learn ships or generates "
-                  "(see the module docstring).")
+flags.DEFINE_enum("dataset", "mnist", ["mnist", *DATASET_TASKS],
+                  "MNIST (from TFDS_DATA_DIR), a data set scikit-learn ships or generates, or "
+                  "generated reviews (see the module docstring).")
 flags.DEFINE_list("models", list(MODELS), "Models to train, of "
-                  f"{', '.join(ALL_MODELS)} (on a --dataset other than mnist: "
-                  "those not in MNIST_MODELS, by default the dense ones among the first eight).")
+                  f"{', '.join(ALL_MODELS)} (on a scikit-learn --dataset: those not in "
+                  "MNIST_MODELS or TEXT_MODELS, by default the dense ones among the first "
+                  "eight; on reviews: TEXT_MODELS).")
 flags.DEFINE_list("optimizers", ["default@1"],
                   "Optimizers besides Adam's grid, as name@learning_rate[:cosine|:plateau] (see "
                   "the module docstring).")
@@ -292,6 +306,9 @@ def build_model(name, width=784, task=None, classes=10):
         "pixel_bag": lambda: [
             LitPixelPositions(), keras.layers.Embedding(785, 32, mask_zero=True),
             keras.layers.GlobalAveragePooling1D(), dense(64, activation="relu")],
+        "text_bag": lambda: [
+            keras.layers.Embedding(reviews.VOCABULARY, 16), keras.layers.Dropout(0.2),
+            keras.layers.GlobalAveragePooling1D(), keras.layers.Dropout(0.2)],
     }[name]()
     task = task or TASKS.get(name, "classify")
     head = dense({"reconstruct": width, "regress": 1}.get(task, classes),
@@ -423,10 +440,22 @@ def label(optimizer):
 
 
 def model_names():
-    """--models; on a scikit-learn data set, unless given, the dense ones among `MODELS`."""
+    """--models; unless given, on a scikit-learn data set the dense ones among `MODELS`, on
+    reviews `TEXT_MODELS`."""
     if FLAGS.dataset == "mnist" or FLAGS["models"].present:
         return FLAGS.models
+    if FLAGS.dataset in TEXT_DATASETS:
+        return list(TEXT_MODELS)
     return [name for name in MODELS if name not in MNIST_MODELS]
+
+
+def models_for(dataset):
+    """The models that read `dataset`: word ids for `TEXT_MODELS`, MNIST's images or targets
+    for `MNIST_MODELS`, any features for the others."""
+    if dataset in TEXT_DATASETS:
+        return TEXT_MODELS
+    return tuple(name for name in ALL_MODELS if name not in TEXT_MODELS
+                 and (dataset == "mnist" or name not in MNIST_MODELS))
 
 
 def check_flags():
@@ -434,14 +463,15 @@ def check_flags():
     if unknown:
         raise cli.UsageError(f"unknown --models {unknown}: use some of "
                              f"{', '.join(ALL_MODELS)}.")
-    if FLAGS.dataset != "mnist":
+    if FLAGS.dataset in SKLEARN_DATASETS:
         cli.require("sklearn", "experiments", package="scikit-learn")
-        mnist_only = [name for name in model_names() if name in MNIST_MODELS]
-        if mnist_only:
-            raise cli.UsageError(
-                f"--models={','.join(mnist_only)} read MNIST's images or targets, not "
-                f"--dataset={FLAGS.dataset}: use some of "
-                f"{', '.join(name for name in ALL_MODELS if name not in MNIST_MODELS)}.")
+    unfit = [name for name in model_names() if name not in models_for(FLAGS.dataset)]
+    if unfit:
+        what = ("word ids" if FLAGS.dataset in TEXT_DATASETS else
+                "images" if FLAGS.dataset == "mnist" else "features")
+        raise cli.UsageError(
+            f"--models={','.join(unfit)} are not made for the {what} of --dataset="
+            f"{FLAGS.dataset}: use some of {', '.join(models_for(FLAGS.dataset))}.")
     if FLAGS.label_noise:
         require_classifiers("--label_noise", "relabels classes")
     if FLAGS.raw_pixels:
@@ -450,6 +480,10 @@ def check_flags():
         raise cli.UsageError("--unstandardised leaves a scikit-learn --dataset's features "
                              "unscaled, and MNIST's are pixels: use --raw_pixels for them "
                              "0-255, or give a --dataset.")
+    if FLAGS.unstandardised and FLAGS.dataset in TEXT_DATASETS:
+        raise cli.UsageError(f"--unstandardised leaves a scikit-learn --dataset's features "
+                             f"unscaled, and {FLAGS.dataset} holds word ids, which are never "
+                             "scaled: drop --unstandardised.")
     if FLAGS.pretrain_classes:
         check_pretrain_flags()
     elif FLAGS["fine_tune"].present:
@@ -541,39 +575,43 @@ def split_train_validation(images, labels, validation_examples, train_examples=0
 
 
 @functools.cache
-def sklearn_splits(dataset):
+def dataset_splits(dataset):
     """`{"train", "test"}: (x float32, y)` of scikit-learn's `load_<dataset>` or (drawn with
-    `SKLEARN_SPLIT_SEED`) `make_<dataset>`, shuffled once (`SKLEARN_SPLIT_SEED`), its last
-    fifth the test split; y is int32, or float32 for a regression."""
-    from sklearn import datasets
-
-    if dataset in GENERATED_DATASETS:
-        x, y = getattr(datasets, f"make_{dataset}")(random_state=SKLEARN_SPLIT_SEED,
-                                                    **GENERATED_DATASETS[dataset])
+    `SKLEARN_SPLIT_SEED`) `make_<dataset>` or `reviews.make_reviews`, shuffled once
+    (`SKLEARN_SPLIT_SEED`), its last fifth the test split; y is int32, or float32 for a
+    regression. Reviews' x holds word ids (exact in float32), which `Embedding` reads."""
+    if dataset in TEXT_DATASETS:
+        x, y = reviews.make_reviews(random_state=SKLEARN_SPLIT_SEED, **TEXT_DATASETS[dataset])
     else:
-        x, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
+        from sklearn import datasets
+
+        if dataset in GENERATED_DATASETS:
+            x, y = getattr(datasets, f"make_{dataset}")(random_state=SKLEARN_SPLIT_SEED,
+                                                        **GENERATED_DATASETS[dataset])
+        else:
+            x, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
     order = np.random.default_rng(SKLEARN_SPLIT_SEED).permutation(len(y))
     x = x[order].astype(np.float32)
-    y = y[order].astype(np.float32 if SKLEARN_DATASETS[dataset] == "regress" else np.int32)
+    y = y[order].astype(np.float32 if DATASET_TASKS[dataset] == "regress" else np.int32)
     end = len(y) - len(y) // 5
     return {"train": (x[:end], y[:end]), "test": (x[end:], y[end:])}
 
 
 def validation_size():
-    """--validation_examples, or its default: 10,000 on MNIST, a quarter of a scikit-learn
-    data set's train split."""
+    """--validation_examples, or its default: 10,000 on MNIST, a quarter of another data
+    set's train split."""
     if FLAGS.validation_examples:
         return FLAGS.validation_examples
     if FLAGS.dataset == "mnist":
         return 10000
-    return len(sklearn_splits(FLAGS.dataset)["train"][1]) // 4
+    return len(dataset_splits(FLAGS.dataset)["train"][1]) // 4
 
 
 def load_data():
     """`{"train", "validation", "test"}: (x [n, width] float32, y)`: MNIST's pixels in [0, 1]
-    (0-255 with --raw_pixels), or a scikit-learn data set's features (and a regression's
+    (0-255 with --raw_pixels), a scikit-learn data set's features (and a regression's
     target) standardised with the training examples' mean and deviation (not with
-    --unstandardised, as loaded or drawn)."""
+    --unstandardised, as loaded or drawn), or reviews' word ids."""
     if FLAGS.dataset == "mnist":
         arrays = {}
         for mode in ("train", "test"):
@@ -581,7 +619,7 @@ def load_data():
             pixels = images.reshape(-1, 784).astype(np.float32)
             arrays[mode] = (pixels if FLAGS.raw_pixels else pixels / 255.0, labels)
     else:
-        arrays = sklearn_splits(FLAGS.dataset)
+        arrays = dataset_splits(FLAGS.dataset)
     if FLAGS.pretrain_classes:
         return fine_tuning_splits(arrays)
     train, validation = split_train_validation(*arrays["train"], validation_size(),
@@ -589,9 +627,9 @@ def load_data():
     data = {"train": train, "validation": validation, "test": arrays["test"]}
     if FLAGS.label_noise:
         data = with_label_noise(data, FLAGS.label_noise)
-    if FLAGS.dataset == "mnist" or FLAGS.unstandardised:
+    if FLAGS.dataset == "mnist" or FLAGS.dataset in TEXT_DATASETS or FLAGS.unstandardised:
         return data
-    return standardised(data, regress=SKLEARN_DATASETS[FLAGS.dataset] == "regress")
+    return standardised(data, regress=DATASET_TASKS[FLAGS.dataset] == "regress")
 
 
 def fine_tuning_splits(arrays):
@@ -643,17 +681,17 @@ def standardised(data, regress):
 
 
 def task_of(model_name, dataset):
-    """The task ("classify", "reconstruct" or "regress"): a scikit-learn data set's own, else
-    the model's on MNIST (`TASKS`)."""
-    return SKLEARN_DATASETS.get(dataset) or TASKS.get(model_name, "classify")
+    """The task ("classify", "reconstruct" or "regress"): a data set's own other than MNIST,
+    else the model's on MNIST (`TASKS`)."""
+    return DATASET_TASKS.get(dataset) or TASKS.get(model_name, "classify")
 
 
 def model_on_dataset(model_name, dataset):
-    """`build_model(model_name)` for `dataset`: a scikit-learn data set sets its width,
+    """`build_model(model_name)` for `dataset`: a data set other than MNIST sets its width,
     task and classes."""
     if dataset == "mnist":
         return build_model(model_name)
-    x, y = sklearn_splits(dataset)["train"]
+    x, y = dataset_splits(dataset)["train"]
     task = task_of(model_name, dataset)
     return build_model(model_name, x.shape[1], task, int(y.max()) + 1 if task == "classify" else 1)
 
@@ -918,10 +956,17 @@ def report(results, optimizers, seeds, report_epochs, sizes):
                      if "autoencoder" in models else "")
                   + ("; the regression's squared error of the digit's value (no accuracy)"
                      if "regression" in models else "") + ".")
+    elif FLAGS.dataset in TEXT_DATASETS:
+        data = (f"generated reviews of IMDB's shape (experiments/reviews.py, "
+                f"{TEXT_DATASETS[FLAGS.dataset]['n_samples']:,} reviews of "
+                f"{reviews.LENGTH} word ids from a {reviews.VOCABULARY:,}-word vocabulary, two "
+                f"classes, seed {SKLEARN_SPLIT_SEED}), shuffled once; trained on the first "
+                f"{sizes['train']:,} reviews of its train split")
+        losses = " Loss: cross-entropy."
     else:
         generated = GENERATED_DATASETS.get(FLAGS.dataset, {})
         drawn = "".join(f"{name}={value}, " for name, value in generated.items())
-        regress = SKLEARN_DATASETS[FLAGS.dataset] == "regress"
+        regress = DATASET_TASKS[FLAGS.dataset] == "regress"
         scaling = (f"its features{' and target' if regress else ''} as loaded or drawn, not "
                    "standardised" if FLAGS.unstandardised else
                    "its features standardised with the training examples' mean and deviation")

@@ -802,8 +802,8 @@ def test_keras_fit_holds_out_a_bundled_data_set_s_test_split_and_standardises_wi
     from absl.testing import flagsaver
 
     keras_fit = keras_fit_with_flags_parsed()
-    raw_x, raw_y = keras_fit.sklearn_splits("wine")["train"]
-    raw_test_x, raw_test_y = keras_fit.sklearn_splits("wine")["test"]
+    raw_x, raw_y = keras_fit.dataset_splits("wine")["train"]
+    raw_test_x, raw_test_y = keras_fit.dataset_splits("wine")["test"]
     assert (len(raw_y), len(raw_test_y)) == (143, 35)
     with flagsaver.flagsaver(dataset="wine"):
         data = keras_fit.load_data()
@@ -822,10 +822,10 @@ def test_keras_fit_holds_out_a_bundled_data_set_s_test_split_and_standardises_wi
     with flagsaver.flagsaver(dataset="diabetes", train_examples=100):
         data = keras_fit.load_data()
         model = keras_fit.model_on_dataset("mlp_relu", "diabetes")
-    raw_y = keras_fit.sklearn_splits("diabetes")["train"][1]
+    raw_y = keras_fit.dataset_splits("diabetes")["train"][1]
     assert data["train"][1].dtype == np.float32 and len(data["train"][1]) == 100
     np.testing.assert_allclose(data["train"][1].mean(), 0, atol=1e-5)
-    np.testing.assert_allclose(data["test"][1], (keras_fit.sklearn_splits("diabetes")["test"][1]
+    np.testing.assert_allclose(data["test"][1], (keras_fit.dataset_splits("diabetes")["test"][1]
                                                  - raw_y[:100].mean()) / raw_y[:100].std(),
                                rtol=1e-5, atol=1e-5)
     assert tuple(model(data["test"][0]).shape) == (88, 1)
@@ -837,7 +837,7 @@ def test_keras_fit_unstandardised_data_are_as_loaded_and_keyed_apart():
     from absl.testing import flagsaver
 
     keras_fit = keras_fit_with_flags_parsed()
-    raw_x, raw_y = keras_fit.sklearn_splits("diabetes")["train"]
+    raw_x, raw_y = keras_fit.dataset_splits("diabetes")["train"]
     with flagsaver.flagsaver(dataset="diabetes"):
         scaled_key = keras_fit.run_key("mlp_relu", ("default", 1.0, "constant"), 0)
     with flagsaver.flagsaver(dataset="diabetes", unstandardised=True):
@@ -845,7 +845,7 @@ def test_keras_fit_unstandardised_data_are_as_loaded_and_keyed_apart():
         key = keras_fit.run_key("mlp_relu", ("default", 1.0, "constant"), 0)
     np.testing.assert_array_equal(data["train"][0], raw_x[:266])
     np.testing.assert_array_equal(data["validation"][1], raw_y[266:])
-    np.testing.assert_array_equal(data["test"][1], keras_fit.sklearn_splits("diabetes")["test"][1])
+    np.testing.assert_array_equal(data["test"][1], keras_fit.dataset_splits("diabetes")["test"][1])
     assert data["train"][1].mean() > 100  # the target in its own units
     assert key == scaled_key.replace("|init ", "|unstandardised|init ")
 
@@ -859,8 +859,8 @@ def test_keras_fit_generates_its_two_data_sets_once_at_mnist_s_size():
 
     keras_fit = keras_fit_with_flags_parsed()
     for name, classes in [("classification", 10), ("friedman1", None)]:
-        keras_fit.sklearn_splits.cache_clear()  # a second draw, as another process makes
-        (x, y), (test_x, test_y) = keras_fit.sklearn_splits(name).values()
+        keras_fit.dataset_splits.cache_clear()  # a second draw, as another process makes
+        (x, y), (test_x, test_y) = keras_fit.dataset_splits(name).values()
         drawn_x, drawn_y = getattr(datasets, f"make_{name}")(
             random_state=0, **keras_fit.GENERATED_DATASETS[name])
         order = np.random.default_rng(0).permutation(60000)
@@ -880,6 +880,60 @@ def test_keras_fit_generates_its_two_data_sets_once_at_mnist_s_size():
             assert data["train"][1].dtype == np.float32
             np.testing.assert_allclose(data["train"][1].std(), 1, rtol=1e-3)
         assert tuple(model(data["test"][0][:5]).shape) == (5, classes or 1)
+
+
+def test_generated_reviews_carry_their_label_in_a_few_words_of_a_zipf_vocabulary():
+    """experiments/reviews.py: word ids padded with 0 at the end, the same for the same seed;
+    the commonest ids make up much of the text, yet say nothing of the class; word counts
+    learnt on half the reviews classify the other half well, not perfectly (no word decides)."""
+    reviews = load_experiment("reviews")
+    x, y = reviews.make_reviews(4000, random_state=0)
+    assert x.shape == (4000, reviews.LENGTH) and x.dtype == y.dtype == np.int32
+    np.testing.assert_array_equal(reviews.make_reviews(4000, random_state=0)[0], x)
+    assert not np.array_equal(reviews.make_reviews(4000, random_state=1)[0], x)
+    lengths = (x > 0).sum(1)
+    assert lengths.min() >= 20 and x.max() < reviews.VOCABULARY and 0.45 < y.mean() < 0.55
+    np.testing.assert_array_equal(x[np.arange(reviews.LENGTH) >= lengths[:, None]], 0)
+    counts = np.bincount(x[x > 0], minlength=reviews.VOCABULARY)
+    assert counts[1] > counts[10] > counts[1000] and counts[1:51].sum() > 0.3 * counts.sum()
+
+    half = len(y) // 2
+    bags = np.stack([np.bincount(row[row > 0], minlength=reviews.VOCABULARY) for row in x])
+    per_class = np.stack([bags[:half][y[:half] == c].sum(0) + 1.0 for c in (0, 1)])
+    log_odds = np.log(per_class[1] / per_class[1].sum() / (per_class[0] / per_class[0].sum()))
+
+    def held_out_accuracy(words):
+        """Naive Bayes on the counts of `words`, fit on the first half, on the second."""
+        return np.mean((bags[half:, words] @ log_odds[words] > 0) == y[half:])
+
+    common = np.arange(1, 51)
+    assert held_out_accuracy(common) < 0.56  # chance
+    # the words the first half holds at least 40 times, which a model learns first
+    seen = np.flatnonzero(per_class.sum(0) >= 40)
+    assert 0.75 < held_out_accuracy(np.setdiff1d(seen, common)) < 0.95
+
+
+def test_keras_fit_reviews_are_word_ids_held_out_as_the_other_data_sets_and_read_by_text_models():
+    """--dataset=reviews: IMDB's 25,000 training reviews and a test fifth beside them, split
+    as the other data sets are and not standardised (`Embedding` reads the ids); its
+    default models are the text models, whose output is a class's logit each."""
+    from absl.testing import flagsaver
+
+    keras_fit = keras_fit_with_flags_parsed()
+    reviews = load_experiment("reviews")
+    with flagsaver.flagsaver(dataset="reviews"):
+        data = keras_fit.load_data()
+        names = keras_fit.model_names()
+        model = keras_fit.model_on_dataset("text_bag", "reviews")
+    assert {split: len(y) for split, (_, y) in data.items()} == {
+        "train": 18750, "validation": 6250, "test": 6250}
+    x, y = reviews.make_reviews(31250, random_state=0)
+    order = np.random.default_rng(0).permutation(31250)
+    np.testing.assert_array_equal(data["test"][0], x[order][25000:].astype(np.float32))
+    np.testing.assert_array_equal(data["validation"][1], y[order][18750:25000])
+    assert names == ["text_bag"]
+    assert tuple(model(data["test"][0][:5]).shape) == (5, 2)
+    assert model.layers[0].input_dim == reviews.VOCABULARY
 
 
 def test_keras_fit_label_noise_relabels_training_and_validation_but_not_test():
@@ -1196,7 +1250,13 @@ def test_bad_remake_flags_give_one_line_and_exit_2(tmp_path):
     (["--optimizers=nope@1"], "No shipped optimizer named 'nope'"),
     (["--output=fit.txt"], "must end in .md"),
     (["--runs_only"], "--runs_only adds the runs to --output's run cache, and no --output"),
-    (["--dataset=wine", "--models=mlp_relu,cnn"], "--models=cnn read MNIST's images or targets"),
+    (["--dataset=wine", "--models=mlp_relu,cnn"],
+     "--models=cnn are not made for the features of --dataset=wine: use some of mlp_sigmoid"),
+    (["--dataset=reviews", "--models=text_bag,mlp_relu"],
+     "--models=mlp_relu are not made for the word ids of --dataset=reviews: use some of "
+     "text_bag."),
+    (["--models=mlp_relu,text_bag"], "--models=text_bag are not made for the images of"),
+    (["--dataset=reviews", "--unstandardised"], "reviews holds word ids, which are never scaled"),
     (["--label_noise=0.2", "--models=mlp_relu,autoencoder"],
      "--models=autoencoder do not classify: leave them out or drop --label_noise"),
     (["--label_noise=1", "--models=mlp_relu"], "1.0 is not a number in the range [0.0, 0.9]"),
