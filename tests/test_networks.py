@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 
@@ -737,7 +738,8 @@ def test_the_pooled_drift_brake_brakes_the_tensors_a_net_steps_as_one():
 
 
 def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floor=0.0,
-                       noise=1.0, new_task_of_the_second=None):
+                       noise=1.0, new_task_of_the_second=None, read_ceiling=None,
+                       steeper_from=None):
     """Steps two tensors (5 x 4 and 20 x 10) from 0 with one untrained `TensorwiseLSTM`
     (`distance_boost=0.05`, cap 4, from step `boost_steps`, `distance_boost_read_floor`; a
     decay in time from step 300) on quadratics `curvature / 2 (x - minimum) ** 2` (each one
@@ -746,9 +748,11 @@ def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floo
     zeroed (as `restart_ratio` does) and its minimum moves to where it is, held there with
     curvature 1000: a new task on which it only jitters. Returns, per tensor, the gradients,
     the updates taken and those the same net without the boost would take from the same
-    states."""
+    states. From step `steeper_from`, if given, the gradients are 3x larger, noise too (as an
+    embedding's grow with the head that reads it), with
+    `distance_boost_read_ceiling` `read_ceiling`."""
     options = dict(layers=(6,), decay_steps=300, distance_boost=0.05, distance_boost_cap=4.0,
-                   distance_boost_read_floor=read_floor)
+                   distance_boost_read_floor=read_floor, distance_boost_read_ceiling=read_ceiling)
     boosted = networks.TensorwiseLSTM(**options, distance_boost_steps=boost_steps)
     unboosted = networks.TensorwiseLSTM(**options, distance_boost_steps=1e9)
     weights = boosted.initial_weights()
@@ -765,8 +769,9 @@ def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floo
             minima[1], curvatures[1] = xs[1].copy(), 1000.0
         reading = boosted.pooled(states)
         for i in range(2):
-            gradient = tf.constant((curvatures[i] * (xs[i] - minima[i])
-                                    + noise * rng.normal(size=xs[i].shape)).astype(np.float32))
+            steepness = 3.0 if steeper_from is not None and k >= steeper_from else 1.0
+            gradient = tf.constant((steepness * (curvatures[i] * (xs[i] - minima[i])
+                                    + noise * rng.normal(size=xs[i].shape))).astype(np.float32))
             gradients[i].append(gradient.numpy())
             unboosted_updates[i].append(unboosted_step(gradient, states[i], reading)[0].numpy())
             update, states[i] = step(gradient, states[i], reading)
@@ -777,12 +782,13 @@ def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floo
 
 
 def reference_boost(gradients, taken, boost_steps=150, d0=0.05, cap=4.0, decay_steps=300,
-                    read_floor=0.0, restart=None):
+                    read_floor=0.0, restart=None, read_ceiling=np.inf):
     """Each tensor's boost per step from the tensors' gradients and updates, in NumPy:
     Prodigy's estimate `sum n / sum |s|_1` as the last step left the sums (n <- b n - <g, T>,
     s <- b s + g, b = sqrt(0.999), T the travel so far), each tensor's largest d of it up to
     its own step `decay_steps`, and after its step `boost_steps` `1 + (clip(d / d0, 1, cap)
-    - 1) x decay_steps / max(t, decay_steps)`; d is read only while r >= `read_floor`, r^2 =
+    - 1) x decay_steps / max(t, decay_steps)`; d is read only while `read_floor` <= r <=
+    `read_ceiling`, r^2 =
     sum P / sum P_ref as the last step left them (P each tensor's sum of squared gradients, a
     mean over its first 100 steps, then an average with weight 0.99; P_ref its value at its
     step `boost_steps`). `restart=(k, i)` zeroes tensor i's sums, powers, d, travel and
@@ -803,7 +809,8 @@ def reference_boost(gradients, taken, boost_steps=150, d0=0.05, cap=4.0, decay_s
         power_ratio = sum(power) / (sum(power_reference) + 1e-30)
         for i, (g, u) in enumerate(zip(gradients, taken)):
             t[i] += 1
-            read[i].append(t[i] <= decay_steps and power_ratio >= read_floor ** 2)
+            read[i].append(t[i] <= decay_steps
+                           and read_floor ** 2 <= power_ratio <= read_ceiling ** 2)
             if read[i][-1]:
                 largest[i] = max(largest[i], estimate)
             fade = decay_steps / max(t[i], decay_steps)
@@ -859,6 +866,34 @@ def test_the_distance_boost_enlarges_the_steps_of_a_model_whose_minimum_is_far()
         networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05, distance_boost_read_floor=1.0)
     with pytest.raises(ValueError, match="set distance_boost too"):
         networks.TensorwiseLSTM(layers=(6,), distance_boost_read_floor=0.7)
+
+
+def test_the_distance_boost_stops_reading_while_the_gradients_grow_past_the_ceiling():
+    """`distance_boost_read_ceiling=r1`: while the model's gradient RMS is above r1 of step
+    `distance_boost_steps`'s, d is not read, and the boost stays at what d had set. Checked
+    against the NumPy reference: on a quadratic whose minimum is far, made 3x steeper at
+    step 200, the gradient power passes 2^2 of step 150's before step 300, and d,
+    still growing, sets a smaller boost than without the ceiling. Before the gradients grow
+    the steps are the same as without the ceiling, bit for bit."""
+    run = functools.partial(distance_boost_run, minimum=1.0, curvature=1.0, steps=400,
+                            steeper_from=200)
+    gradients, taken, unboosted = run(read_ceiling=2.0)
+    expected, read = reference_boost(gradients, taken, read_ceiling=2.0)
+    for t, u, boost in zip(taken, unboosted, expected):
+        np.testing.assert_allclose(t, boost[:, None, None] * u, rtol=1e-4, atol=1e-12)
+    np.testing.assert_array_equal(read[0], read[1])
+    expected, read = expected[0], read[0]
+    free_gradients, free_taken, _ = run()
+    without_ceiling, read_without_ceiling = (
+        x[0] for x in reference_boost(free_gradients, free_taken))
+    stop = np.argmin(read[1:]) + 1
+    assert 200 < stop < 300 and not read[stop:].any() and read_without_ceiling[1:300].all()
+    np.testing.assert_array_equal(taken[0][:stop], free_taken[0][:stop])
+    assert expected[299] < without_ceiling[299] - 0.1 and expected[299] > 1.0
+    with pytest.raises(ValueError, match="distance_boost_read_ceiling is the model's gradient"):
+        networks.TensorwiseLSTM(layers=(6,), distance_boost=0.05, distance_boost_read_ceiling=1)
+    with pytest.raises(ValueError, match="set distance_boost too, or distance_boost_read_c"):
+        networks.TensorwiseLSTM(layers=(6,), distance_boost_read_ceiling=2.0)
 
 
 def test_boost_distance_is_the_largest_estimate_read_up_to_the_decay_s_start():

@@ -132,6 +132,7 @@ BOOST = {**DRIFT_NET2, "distance_boost": 0.05, "distance_boost_cap": 4.0,
          "distance_boost_steps": 200.0}
 BOOST_FLOOR = {**BOOST, "distance_boost_read_floor": 0.7}
 RESTART_DELAY = {**BOOST_FLOOR, "distance_boost_decayed_travel": False, "restart_delay": 100.0}
+RESTART_FOLLOW = {**RESTART_DELAY, "restart_follow_ratio": 2.0}
 
 
 @pytest.mark.parametrize("name, changed", [
@@ -160,7 +161,8 @@ RESTART_DELAY = {**BOOST_FLOOR, "distance_boost_decayed_travel": False, "restart
     ("distance-boost-floor", BOOST_FLOOR),
     ("decay-travel", {**BOOST_FLOOR, "distance_boost_decayed_travel": True}),
     ("restart-delay100", RESTART_DELAY),
-    ("restart-follow2", {**RESTART_DELAY, "restart_follow_ratio": 2.0}),
+    ("restart-follow2", RESTART_FOLLOW),
+    ("read-ceiling2", {**RESTART_FOLLOW, "distance_boost_read_ceiling": 2.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session 15",
@@ -183,10 +185,11 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     (session 49; the default in sessions 53-63) or 4 (session 48) with one drift ratio
     pooled over the model's tensors, the next two are that default with a distance boost
     (session 58) and with that boost's read stopped once the gradients fall (session 59; the
-    default since session 64), and the last three are today's default with the boost's travel
+    default since session 64), and the last four are today's default with the boost's travel
     counting a weight decay's pull (session 64), with its restart read over the model, the
-    rest of the tensors following the first 100 steps later (session 65), and with only
-    those whose gradient ratio is then above 2 following (session 66)."""
+    rest of the tensors following the first 100 steps later (session 65), with only those
+    whose gradient ratio is then above 2 following (session 66), and with the distance
+    boost's read stopped while the gradients grow past 2x (session 67)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
