@@ -151,8 +151,9 @@ GENERATED_DATASETS = {
 # 25,000 training reviews and a test fifth beside them, for a text classifier (`TEXT_MODELS`).
 TEXT_DATASETS = {"reviews": {"n_samples": 31250}}
 DATASET_TASKS = {**SKLEARN_DATASETS, **{name: "classify" for name in TEXT_DATASETS}}
-# The one draw and shuffle of a scikit-learn data set, whatever --seeds says. Cached runs are
-# keyed by a data set's name: other arguments or another seed need another name.
+# The one draw and shuffle of a data set other than MNIST (scikit-learn's, or generated
+# reviews), whatever --seeds says. Cached runs are keyed by a data set's name: other
+# arguments or another seed need another name.
 SKLEARN_SPLIT_SEED = 0
 LABEL_NOISE_SEED = 0  # the one draw of --label_noise's wrong labels, whatever --seeds says
 DEFAULT_ADAM_RATE = 0.001  # keras.optimizers.Adam()
