@@ -507,12 +507,12 @@ class TensorwiseLSTM(LSTMNet):
     an estimate for gradients that settle, and where they grow several-fold instead the
     weights are not closing on a far solution but sharpening one they have. On a text
     classifier (an `Embedding` averaged into a linear head, generated reviews) the head's
-    weights grew, the embedding's gradients with them, r reached 7 by step 400, and d,
-    read on to step 1,400, reached 0.14: a 2.8x boost on a model that memorises its
-    reviews from the second epoch (held-out loss after 5 epochs 0.48, 0.40 without the boost,
-    0.43 with a ceiling of 2; BUILD_NOTES.md, "Session 67"). On the models the boost is for r stays at 1 or below
-    (the sigmoid MLP, the bag of pixels, the regressions: probes of session 67), so a
-    ceiling there changes no bit.
+    weights grew, the embedding's gradients with them, r reached 7 by step 400, and d, read
+    on to step 1,400, reached 0.14: a 2.8x boost on a model that memorises its reviews from
+    the second epoch (held-out loss after 5 epochs 0.517, with a ceiling of 2 0.445, against
+    `Adam()`'s 0.449; BUILD_NOTES.md, "Session 67"). On the models the boost is for, r stayed
+    at 1 or below in probes (the sigmoid MLP, the bag of pixels, unscaled regressions), and
+    there the ceiling changes no bit.
 
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so

@@ -916,7 +916,7 @@ def test_generated_reviews_carry_their_label_in_a_few_words_of_a_zipf_vocabulary
 def test_keras_fit_reviews_are_word_ids_held_out_as_the_other_data_sets_and_read_by_text_models():
     """--dataset=reviews: IMDB's 25,000 training reviews and a test fifth beside them, split
     as the other data sets are and not standardised (`Embedding` reads the ids); its
-    default models are the text models, whose output is a class's logit each."""
+    default models are the text models, whose output is one logit per class."""
     from absl.testing import flagsaver
 
     keras_fit = keras_fit_with_flags_parsed()

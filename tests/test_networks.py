@@ -749,8 +749,8 @@ def distance_boost_run(minimum, curvature, steps=400, boost_steps=150, read_floo
     curvature 1000: a new task on which it only jitters. Returns, per tensor, the gradients,
     the updates taken and those the same net without the boost would take from the same
     states. From step `steeper_from`, if given, the gradients are 3x larger, noise too (as an
-    embedding's grow with the head that reads it), with
-    `distance_boost_read_ceiling` `read_ceiling`."""
+    embedding's grow with the head that reads it); `read_ceiling` is the net's
+    `distance_boost_read_ceiling`."""
     options = dict(layers=(6,), decay_steps=300, distance_boost=0.05, distance_boost_cap=4.0,
                    distance_boost_read_floor=read_floor, distance_boost_read_ceiling=read_ceiling)
     boosted = networks.TensorwiseLSTM(**options, distance_boost_steps=boost_steps)
