@@ -477,14 +477,12 @@ def check_flags():
         require_classifiers("--label_noise", "relabels classes")
     if FLAGS.raw_pixels:
         check_raw_pixels_flags()
-    if FLAGS.unstandardised and FLAGS.dataset == "mnist":
-        raise cli.UsageError("--unstandardised leaves a scikit-learn --dataset's features "
-                             "unscaled, and MNIST's are pixels: use --raw_pixels for them "
-                             "0-255, or give a --dataset.")
-    if FLAGS.unstandardised and FLAGS.dataset in TEXT_DATASETS:
-        raise cli.UsageError(f"--unstandardised leaves a scikit-learn --dataset's features "
-                             f"unscaled, and {FLAGS.dataset} holds word ids, which are never "
-                             "scaled: drop --unstandardised.")
+    if FLAGS.unstandardised and FLAGS.dataset not in SKLEARN_DATASETS:
+        raise cli.UsageError(
+            "--unstandardised leaves a scikit-learn --dataset's features unscaled, and "
+            + ("MNIST's are pixels: use --raw_pixels for them 0-255, or give a --dataset."
+               if FLAGS.dataset == "mnist" else f"{FLAGS.dataset} holds word ids, which are "
+               "never scaled: drop --unstandardised."))
     if FLAGS.pretrain_classes:
         check_pretrain_flags()
     elif FLAGS["fine_tune"].present:
