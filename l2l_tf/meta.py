@@ -133,6 +133,14 @@ _SAMPLE_SEED_STRIDE = 1_000_003
 _MEMBER_SEED_STRIDE = 10_007
 
 
+@tf.custom_gradient
+def _dense_backward(tensor):
+    """`tensor`, whose gradient is made dense on the way back: `tf.recompute_grad` takes
+    dense gradients only, and a parameter an `Embedding` reads gets a sparse one
+    (`tf.IndexedSlices`) from the next step's loss."""
+    return tf.identity(tensor), tf.convert_to_tensor
+
+
 class MetaLoss:
     """One optimizee run of a problem under the nets: parameters, constants and net states.
 
@@ -182,6 +190,8 @@ class MetaLoss:
             for net_name, indices in assign_params(meta.nets, problem.param_names,
                                                    net_assignments).items()
         }
+        self.parameter_nets = {i: net_name for net_name, indices in self.assignment.items()
+                               for i in indices}
         # One generator per sample, so sample s sees the same problems whatever `samples` is.
         self.rngs = [tf.random.Generator.from_seed(seed + _SAMPLE_SEED_STRIDE * s)
                      for s in range(self.samples)]
@@ -227,7 +237,25 @@ class MetaLoss:
         self._reset()
 
     def updates(self, weights, gradients, states):
-        """The nets' updates for all parameters: `(updates, new_states)`."""
+        """The nets' updates for all parameters: `(updates, new_states)`. A sparse gradient
+        (an `Embedding`'s, in a Keras model's problem) is made dense as `LearnedOptimizer`
+        makes it (`networks.dense_gradient`)."""
+        return self._updates(weights, *self._dense_gradients(gradients), states)
+
+    def _dense_gradients(self, gradients):
+        """`(dense gradients, {index: held})`, `held` for the sparse gradients of nets with
+        `lazy_rows` (`networks.dense_gradient`)."""
+        dense, held = [], {}
+        for i, gradient in enumerate(gradients):
+            gradient, held_rows = networks.dense_gradient(
+                self.meta.nets[self.parameter_nets[i]], gradient, self.shapes[i])
+            dense.append(gradient)
+            if held_rows:
+                held[i] = held_rows["held"]
+        return dense, held
+
+    def _updates(self, weights, gradients, held, states):
+        """`updates` of dense gradients, `held` as `_dense_gradients` gives it."""
         updates = [None] * len(gradients)
         new_states = {}
         for net_name, indices in self.assignment.items():
@@ -244,22 +272,23 @@ class MetaLoss:
                           else (net.pooled(states[net_name]),))
                 new_states[net_name] = []
                 for i, state in zip(indices, states[net_name]):
-                    updates[i], new_state = net.step(net_weights, gradients[i], state, *pooled)
+                    updates[i], new_state = net.step(net_weights, gradients[i], state, *pooled,
+                                                     **({"held": held[i]} if i in held else {}))
                     new_states[net_name].append(new_state)
         return updates, new_states
 
     def _recomputed_updates(self, weights, gradients, states):
         """`updates` under `tf.recompute_grad`: the nets' activations (nearly all of the
         unroll's memory) are not kept for the backward pass but computed again there."""
-        structure = (weights, gradients, states)
+        structure = (weights, *self._dense_gradients(gradients), states)
 
         @tf.recompute_grad
         def flat_updates(*flat):
-            updates, new_states = self.updates(*tf.nest.pack_sequence_as(structure, list(flat)))
+            updates, new_states = self._updates(*tf.nest.pack_sequence_as(structure, list(flat)))
             return tf.nest.flatten((updates, new_states))
 
-        flat_out = flat_updates(*tf.nest.flatten(structure))
-        return tf.nest.pack_sequence_as((gradients, states), list(flat_out))
+        flat_out = [_dense_backward(t) for t in flat_updates(*tf.nest.flatten(structure))]
+        return tf.nest.pack_sequence_as((gradients, states), flat_out)
 
     def read_weights(self):
         """The trained nets' weights as tensors in plain dicts, `{net: {module: {field}}}`
@@ -319,7 +348,9 @@ class MetaLoss:
                 step_losses.append(loss(x_s, s, t, validation=True) if self.validation
                                    else step_loss)
             if not self.second_derivatives:
-                gradients = [tf.stop_gradient(g) for g in gradients]
+                gradients = [tf.IndexedSlices(tf.stop_gradient(g.values), g.indices, g.dense_shape)
+                             if isinstance(g, tf.IndexedSlices) else tf.stop_gradient(g)
+                             for g in gradients]
             updates, states = self._net_updates(weights, gradients, states)
             return tf.stack(step_losses), [xi + ui for xi, ui in zip(x, updates)], states
 

@@ -99,8 +99,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     variable and its state keep their values. A model variable is never written a non-finite
     value by this optimizer.
 
-    Sparse gradients (`tf.IndexedSlices`, from `Embedding`) are made dense: rows with no
-    gradient that step see a zero gradient, and the net may still move them, as dense Adam does.
+    Sparse gradients (`tf.IndexedSlices`, from `Embedding`): the default (a net with
+    `lazy_rows`) moves only the rows the batch holds, as TF1's `LazyAdam` did; a decoupled
+    `weight_decay` still shrinks the others. Other nets get the gradient dense: rows with no
+    gradient that step see a zero gradient, and the net may still move them, as Keras's
+    `Adam` does.
     """
 
     def __init__(
@@ -229,8 +232,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         net_name = self.variable_nets[index]
         state_variables = self.states[index]
-        if isinstance(gradient, tf.IndexedSlices):
-            gradient = tf.convert_to_tensor(gradient)
+        gradient, held = networks.dense_gradient(self.nets[net_name], gradient, variable.shape)
         if not gradient.shape.is_fully_defined():
             # The nets read static shapes (a kernel's fan-in): a Dense kernel applied to
             # [batch, time, features] inputs gets a [None, units] gradient in a train step
@@ -249,6 +251,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             tf.cast(learning_rate, tf.float32),
             weight_decay,
             pooled,
+            held.get("held"),
         )
         new_state = self.nets[net_name].restarted(new_state, pooled)
 
@@ -374,7 +377,7 @@ def _warn_if_small_factor(learning_rate):
 
 
 def learned_update(net, weights, gradient, state, value, learning_rate, weight_decay=None,
-                   pooled=None):
+                   pooled=None, held=None):
     """One variable's learned step: `(new_value, new_state)`.
 
     `new_value = value + learning_rate * update` in float32, cast back to the variable's
@@ -383,7 +386,8 @@ def learned_update(net, weights, gradient, state, value, learning_rate, weight_d
     which `LearnedOptimizer` compiles with XLA. `weight_decay` (a float32 scalar, or None)
     first shrinks the value as AdamW does, by `learning_rate * weight_decay *
     net.decay_rate(state)`, and `net.decayed` tells the new state of that pull. `pooled` is
-    the net's pooled reading, for a net with one.
+    the net's pooled reading, for a net with one; `held` the rows a sparse gradient holds,
+    for a net with `lazy_rows` (`networks.dense_gradient`).
     """
     gradient = tf.cast(gradient, tf.float32)
     old_value = tf.cast(value, tf.float32)
@@ -392,7 +396,8 @@ def learned_update(net, weights, gradient, state, value, learning_rate, weight_d
         pull = -weight_decay * rate * old_value  # in the units of the net's update
         old_value -= learning_rate * weight_decay * rate * old_value
     update, new_state = net.step(weights, gradient, state,
-                                 *(() if pooled is None else (pooled,)))
+                                 *(() if pooled is None else (pooled,)),
+                                 **({} if held is None else {"held": held}))
     if weight_decay is not None:
         new_state = net.decayed(new_state, pull)
     new_value = tf.cast(old_value + learning_rate * update, value.dtype)

@@ -50,6 +50,19 @@ def subclassed_model(seed=0):
     return model
 
 
+def embedding_model(seed=0):
+    """Reads `make_data`'s six features as word ids (0-39) through an `Embedding`, whose
+    gradient is sparse (`tf.IndexedSlices`): a batch of 16 holds some of its 40 rows."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Lambda(lambda x: keras.ops.cast(keras.ops.abs(x) * 13.0, "int32") % 40),
+        keras.layers.Embedding(40, 3),
+        keras.layers.Flatten(),
+        keras.layers.Dense(2),
+    ])
+
+
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -210,6 +223,11 @@ EVERY_NET = {
             drift_brake_scope="net", distance_boost=1e-4, restart_delay=1)}, None)),
     "TensorwiseLSTM, distance boost": (sequential_model, lambda: (
         {"tw": tensorwise_net(distance_boost=1e-4)}, None)),
+    "TensorwiseLSTM on an Embedding, lazy rows, drift brake and distance boost pooled": (
+        embedding_model, lambda: ({"tw": tensorwise_net(
+            drift_brake_scope="net", distance_boost=1e-4)}, None)),
+    "CoordinateWiseDeepLSTM on an Embedding": (embedding_model, lambda: (
+        {"cw": networks.CoordinateWiseDeepLSTM(**trained_net_options())}, None)),
     "KernelDeepLSTM and StandardDeepLSTM": (conv_model, lambda: (
         {"kernel": networks.KernelDeepLSTM((2, 2), layers=(4,)),
          "rows": networks.StandardDeepLSTM(2, layers=(3,)),
@@ -258,7 +276,8 @@ def test_keras_path_equals_pure_step_over_several_steps(net_name, jit_compile):
         pooled = {n: () if net.pooled_shape() is None else (net.pooled(
             [s for s, m in zip(states, variable_nets) if m == n]),) for n, net in nets.items()}
         for i, (g, n) in enumerate(zip(grads, variable_nets)):
-            update, states[i] = nets[n].step(weights[n], g, states[i], *pooled[n])
+            g, held = networks.dense_gradient(nets[n], g, params[i].shape)
+            update, states[i] = nets[n].step(weights[n], g, states[i], *pooled[n], **held)
             params[i] = params[i] + 0.7 * update
         for p, v in zip(params, model.trainable_variables):
             np.testing.assert_allclose(v.numpy(), p.numpy(), **tolerance)
@@ -619,6 +638,45 @@ def test_scalar_variable_embedding_sparse_gradients_and_variables_without_gradie
     else:  # tensorwise: Adam's m and v of the variable's shape first
         assert opt.states[0][0].shape == (10, 4)
         assert opt.states[-1][0].shape == ()
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_the_default_moves_only_the_embedding_rows_a_batch_holds(lazy):
+    """Two batches of word ids, rows {1, 2, 3} then {5, 6}: the default (lazy rows) moves
+    each batch's rows only, and its travel and displacement (the boost's and the brake's
+    statistics) stay zero on rows no batch held. A net without lazy rows (Adam, as Keras's)
+    moves step 1's rows again at step 2 on their momentum. Held at step 1 only, a row's travel
+    keeps step 1's value and its displacement decays as the brake's average does."""
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((3,), dtype="int32")
+    model = keras.Model(tokens, keras.layers.Dense(2)(keras.layers.Flatten()(
+        keras.layers.Embedding(10, 4)(tokens))))
+    opt = (l2l_tf.LearnedOptimizer() if lazy
+           else l2l_tf.LearnedOptimizer(nets={"adam": networks.Adam(0.01)}))
+    embedding = model.trainable_variables[0]
+    rows, statistics = [embedding.numpy().copy()], []
+    for x in ([[1, 2, 2], [3, 1, 1]], [[5, 6, 5], [6, 6, 5]]):
+        with tf.GradientTape() as tape:
+            loss = LOSS(np.array([0, 1]), model(np.array(x, np.int32)))
+        grads = tape.gradient(loss, model.trainable_variables)
+        assert isinstance(grads[0], tf.IndexedSlices)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        rows.append(embedding.numpy().copy())
+        if lazy:  # the default's state closes with (D, s), then (T, s, sums)
+            statistics.append((opt.states[0][-3].numpy(), opt.states[0][-5].numpy()))
+    moved = [np.any(after != before, axis=1) for before, after in zip(rows, rows[1:])]
+    assert moved[0].tolist() == [r in (1, 2, 3) for r in range(10)]
+    if lazy:
+        assert moved[1].tolist() == [r in (5, 6) for r in range(10)]
+        (travel_1, displacement_1), (travel, displacement) = statistics
+        for statistic in (travel, displacement):
+            assert np.all(statistic[[0, 4, 7, 8, 9]] == 0) and np.all(statistic[[1, 5]] != 0)
+        np.testing.assert_array_equal(travel[1:4], travel_1[1:4])
+        np.testing.assert_allclose(displacement[1:4],
+                                   networks.TensorwiseLSTM.DRIFT_DECAY * displacement_1[1:4],
+                                   rtol=1e-6)
+    else:
+        assert moved[1].tolist() == [r in (1, 2, 3, 5, 6) for r in range(10)]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
