@@ -50,8 +50,10 @@ training examples' mean and deviation, as a user would; the models that read a 2
 67) is a text classifier's data, generated here (experiments/reviews.py) since IMDB cannot be
 downloaded: 31,250 reviews of up to 250 word ids from a 10,000-word vocabulary with Zipf's
 frequencies, two classes, split as above and read by `TEXT_MODELS` alone (TensorFlow's "Basic
-text classification" tutorial model: an `Embedding` of 16 per word, averaged, with dropout),
-whose embedding rows mostly get a gradient in few steps. --label_noise gives a
+text classification" tutorial model: an `Embedding` of 16 per word, averaged, with dropout;
+since session 68 keras.io's "Text classification from scratch" model: an `Embedding` of 128,
+two strided `Conv1D`s, max pooling, with dropout), whose embedding rows mostly get a gradient
+in few steps. --label_noise gives a
 fraction of the training and validation examples a wrong class, as labelling mistakes do in
 real data sets (the test split keeps its true labels): a faster optimizer may fit the mistakes
 sooner. --raw_pixels feeds MNIST's pixels as stored, 0-255, to every optimizer alike: the input
@@ -125,8 +127,8 @@ EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression", "mlp_gelu"
                 "wide_mlp", "resnet", "pixel_bag", "logistic", "cnn_augmented", "gru_rows",
                 "conv1d_rows", "separable_cnn", "mlp_l2")
 # Models of word ids (`TEXT_DATASETS`' reviews) and nothing else: TensorFlow's "Basic text
-# classification" tutorial model.
-TEXT_MODELS = ("text_bag",)
+# classification" tutorial model and keras.io's "Text classification from scratch" 1-D CNN.
+TEXT_MODELS = ("text_bag", "text_cnn")
 ALL_MODELS = MODELS + EXTRA_MODELS + TEXT_MODELS
 TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
 # Models made for MNIST: they read a 28 x 28 image or its lit pixels, reconstruct pixels in
@@ -310,6 +312,12 @@ def build_model(name, width=784, task=None, classes=10):
         "text_bag": lambda: [
             keras.layers.Embedding(reviews.VOCABULARY, 16), keras.layers.Dropout(0.2),
             keras.layers.GlobalAveragePooling1D(), keras.layers.Dropout(0.2)],
+        "text_cnn": lambda: [
+            keras.layers.Embedding(reviews.VOCABULARY, 128), keras.layers.Dropout(0.5),
+            keras.layers.Conv1D(128, 7, activation="relu", strides=3),
+            keras.layers.Conv1D(128, 7, activation="relu", strides=3),
+            keras.layers.GlobalMaxPooling1D(), dense(128, activation="relu"),
+            keras.layers.Dropout(0.5)],
     }[name]()
     task = task or TASKS.get(name, "classify")
     head = dense({"reconstruct": width, "regress": 1}.get(task, classes),
