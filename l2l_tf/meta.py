@@ -247,11 +247,11 @@ class MetaLoss:
         `lazy_rows` (`networks.dense_gradient`)."""
         dense, held = [], {}
         for i, gradient in enumerate(gradients):
-            gradient, held_rows = networks.dense_gradient(
+            gradient, rows = networks.dense_gradient(
                 self.meta.nets[self.parameter_nets[i]], gradient, self.shapes[i])
             dense.append(gradient)
-            if held_rows:
-                held[i] = held_rows["held"]
+            if rows is not None:
+                held[i] = rows
         return dense, held
 
     def _updates(self, weights, gradients, held, states):

@@ -44,22 +44,22 @@ _METADATA_KEY = "__l2l_tf__"
 
 
 def dense_gradient(net, gradient, shape):
-    """`(gradient, held)`: `gradient` as a dense tensor, and `{}` or, for a sparse gradient
-    (`tf.IndexedSlices`) and a net with `lazy_rows`, `{"held": mask}` to pass to its `step`:
-    1.0 on the rows (first axis) the gradient holds and 0.0 on the others, shaped to
+    """`(gradient, held)`: `gradient` as a dense tensor, and None or, for a sparse gradient
+    (`tf.IndexedSlices`) and a net with `lazy_rows`, the mask to pass to its `step` as
+    `held`: 1.0 on the rows (first axis) the gradient holds and 0.0 on the others, shaped to
     broadcast against the parameter (`[rows, 1, ...]`). A batch holds a few of an
     `Embedding`'s rows; the rest get a zero gradient once it is dense, and Adam's momentum
     would still move them for tens of steps after each batch that held them (BUILD_NOTES.md,
-    "Session 67")."""
+    "Sessions 67-68")."""
     if not isinstance(gradient, tf.IndexedSlices):
-        return gradient, {}
+        return gradient, None
     dense = tf.convert_to_tensor(gradient)
     if not net.lazy_rows:
-        return dense, {}
+        return dense, None
     rows = shape[0]
     counts = tf.math.unsorted_segment_sum(tf.ones_like(gradient.indices, tf.float32),
                                           gradient.indices, rows)
-    return dense, {"held": tf.reshape(tf.minimum(counts, 1.0), [rows] + [1] * (len(shape) - 1))}
+    return dense, tf.reshape(tf.minimum(counts, 1.0), [rows] + [1] * (len(shape) - 1))
 
 
 class Net:
@@ -553,8 +553,8 @@ class TensorwiseLSTM(LSTMNet):
     features still see those rows' zero gradient, as in Keras's dense Adam. Dense, a rare
     word's row of a text classifier's `Embedding` moves on its momentum for tens of steps
     after each review that holds it; on generated reviews lazy rows took the tutorial's
-    model's held-out loss after 5 epochs from 0.484 to 0.389 (`Adam()` 0.501), and the bag
-    of pixels' from 0.1655 to 0.1632 (BUILD_NOTES.md, "Session 67", probes).
+    model's held-out loss after 5 epochs from 0.517 to 0.394 (`Adam()` 0.449), and the bag
+    of pixels' from 0.1655 to 0.1633 (BUILD_NOTES.md, "Session 68").
 
     Not elementwise: a tensor's features are means over all its coordinates, so stepping a
     concatenation of tensors is not stepping each. State per tensor: `(m, v, t, h_0, c_0,

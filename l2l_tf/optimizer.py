@@ -251,7 +251,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             tf.cast(learning_rate, tf.float32),
             weight_decay,
             pooled,
-            held.get("held"),
+            held,
         )
         new_state = self.nets[net_name].restarted(new_state, pooled)
 

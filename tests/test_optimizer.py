@@ -277,7 +277,8 @@ def test_keras_path_equals_pure_step_over_several_steps(net_name, jit_compile):
             [s for s, m in zip(states, variable_nets) if m == n]),) for n, net in nets.items()}
         for i, (g, n) in enumerate(zip(grads, variable_nets)):
             g, held = networks.dense_gradient(nets[n], g, params[i].shape)
-            update, states[i] = nets[n].step(weights[n], g, states[i], *pooled[n], **held)
+            update, states[i] = nets[n].step(weights[n], g, states[i], *pooled[n],
+                                             **({} if held is None else {"held": held}))
             params[i] = params[i] + 0.7 * update
         for p, v in zip(params, model.trainable_variables):
             np.testing.assert_allclose(v.numpy(), p.numpy(), **tolerance)
