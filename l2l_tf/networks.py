@@ -539,6 +539,19 @@ class TensorwiseLSTM(LSTMNet):
     at 1 or below in probes (the sigmoid MLP, the bag of pixels, unscaled regressions), and
     there the ceiling changes no bit.
 
+    `vector_max_factor` (c, or None: `max_factor`) bounds the factor of vectors and scalars
+    (biases, normalisation scales) at c. The LSTM, meta-trained on MNIST's MLPs, steps
+    biases at up to 18-27x `Adam()`'s rate (kernels at 2-3x). On a model that starts on a
+    plateau, as keras.io's 1-D CNN text classifier does under every optimizer, a bias's
+    gradient has no steady sign, and at that step the biases random-walk until their ReLU
+    units are dead for good: the default holds that model at chance at any factor tried.
+    With c = 1 its units live, and at `learning_rate=0.3` it learns (held-out loss 0.507
+    after 5 epochs, below the tuned Adam's 0.535); at factor 1 its kernels' 2-3x still holds
+    it at chance. On MNIST's main models the cap changed the held-out loss after 5 epochs by
+    -2.5% to 0; on unscaled friedman1, whose output bias must travel to the target's mean
+    of 14, it cost the sigmoid MLP 14% after 20 epochs (BUILD_NOTES.md, "Session 69"). Not
+    in the default.
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -593,7 +606,8 @@ class TensorwiseLSTM(LSTMNet):
     DISTANCE_DECAY = 0.999 ** 0.5  # of the distance estimate's sums: Prodigy's beta3
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
-                 max_factor=30.0, decay_steps=None, warmup_steps=None, gradient_decay=0.0,
+                 max_factor=30.0, vector_max_factor=None, decay_steps=None, warmup_steps=None,
+                 gradient_decay=0.0,
                  gradient_decay_steps=None, burstiness_gate=0.0, burstiness_threshold=1.0,
                  gradient_stop=0.0, gradient_stop_exponent=8.0, gradient_stop_latch=False,
                  gradient_decay_latch=None, restart_ratio=None, restart_delay=None,
@@ -611,6 +625,13 @@ class TensorwiseLSTM(LSTMNet):
         self.max_factor = float(max_factor)
         if not self.max_factor >= 1.0:
             raise ValueError(f"max_factor must be at least 1, got {max_factor!r}.")
+        self.vector_max_factor = None if vector_max_factor is None else float(vector_max_factor)
+        if self.vector_max_factor is not None and not (
+                1.0 / self.max_factor <= self.vector_max_factor <= self.max_factor):
+            raise ValueError("vector_max_factor bounds the step-size factor of vectors and "
+                             f"scalars within max_factor's [1/{self.max_factor:g}, "
+                             f"{self.max_factor:g}], got {vector_max_factor!r}: pass a value "
+                             "in that range, or None for max_factor's bound.")
         self.decay_steps = None if decay_steps is None else float(decay_steps)
         if self.decay_steps is not None and not self.decay_steps >= 1:
             raise ValueError(f"decay_steps must be at least 1 (or None), got {decay_steps!r}.")
@@ -867,6 +888,10 @@ class TensorwiseLSTM(LSTMNet):
         hidden, lstm_state = deep_lstm(weights, features, lstm_state, self.layers)
         outputs = tf.matmul(hidden, weights["linear"]["w"]) + weights["linear"]["b"]
         log_factor, gradient_weight = tf.unstack(tf.tanh(outputs[0]))
+        if (self.vector_max_factor is not None and self.vector_max_factor < self.max_factor
+                and gradient.shape.rank < 2):
+            log_factor = tf.minimum(log_factor,
+                                    math.log(self.vector_max_factor) / math.log(self.max_factor))
         if self.warmup_steps is not None:
             phase_in = tf.minimum(1.0, t[0] / self.warmup_steps)
             log_factor *= phase_in
@@ -1070,6 +1095,7 @@ class TensorwiseLSTM(LSTMNet):
             "beta2": self.beta2,
             "epsilon": self.epsilon,
             "max_factor": self.max_factor,
+            "vector_max_factor": self.vector_max_factor,
             "decay_steps": self.decay_steps,
             "warmup_steps": self.warmup_steps,
             "gradient_decay": self.gradient_decay,

@@ -340,6 +340,23 @@ def test_tensorwise_lstm_ignores_the_scale_of_the_loss_and_bounds_its_step():
     assert 0 < largest <= 2 * 30.0 * 1e-3 * 1.01
 
 
+def test_vector_max_factor_bounds_the_step_of_vectors_and_scalars_only():
+    """With the LSTM at its largest factor (30), a bias and a scalar step at most
+    `vector_max_factor` times Adam's step and a kernel still at 30 times."""
+    capped = networks.TensorwiseLSTM(layers=(6,), vector_max_factor=1.0)
+    free = networks.TensorwiseLSTM(layers=(6,))
+    weights = networks.weights_to_numpy(free.initial_weights(seed=0))
+    weights["linear"]["b"] = np.array([20.0, 0.0], np.float32)  # tanh -> 1: factor 30
+    rng = np.random.default_rng(0)
+    for shape, factor in (((4, 3), 30.0), ((3,), 1.0), ((), 1.0)):
+        gradient = tf.constant(rng.normal(size=shape).astype(np.float32))
+        adam, _ = networks.TensorwiseLSTM(layers=(6,)).step(
+            free.initial_weights(seed=0), gradient, free.initial_state(shape))
+        for net, expected in ((capped, factor), (free, 30.0)):
+            update, _ = net.step(weights, gradient, net.initial_state(shape))
+            np.testing.assert_allclose(update.numpy(), expected * adam.numpy(), rtol=1e-5)
+
+
 def test_the_decay_in_time_is_decay_steps_over_t():
     """After `decay_steps` the step is the undecayed net's times decay_steps / t (t = 1 at the
     first step), and so is `decay_rate`, a weight decay's rate."""

@@ -163,18 +163,20 @@ RESTART_FOLLOW = {**RESTART_DELAY, "restart_follow_ratio": 2.0}
     ("restart-delay100", RESTART_DELAY),
     ("restart-follow2", RESTART_FOLLOW),
     ("read-ceiling2", {**RESTART_FOLLOW, "distance_boost_read_ceiling": 2.0}),
+    ("vector-cap1", {**RESTART_FOLLOW, "distance_boost_read_ceiling": 2.0,
+                     "vector_max_factor": 1.0}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session 15",
     "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session 31",
     "Session 36", "Session 38", "Session 45", "Session 46", "Session 48", "Session 49",
-    "Session 58", "Session 59", "Session 64", "Session 65" and "Session 66") change only
-    hand-set options of the session-11 default, so their numbers measure those options
-    alone; they load by path like any saved nets. The second was the default in sessions
-    16-18, the third in session 19; the fourth in sessions 20-28; the fifth is the README's
-    long-run recipe; the sixth is session 28's default with a steeper gradient decay; the
-    seventh, that default with a stop below a gradient ratio of 0.3, was the default in
-    session 29; the eighth, that stop latched at its deepest, was the default in sessions
+    "Session 58", "Session 59", "Session 64", "Session 65", "Session 66", "Session 67" and
+    "Session 69") change only hand-set options of the session-11 default, so their numbers
+    measure those options alone; they load by path like any saved nets. The second was the
+    default in sessions 16-18, the third in session 19; the fourth in sessions 20-28; the fifth
+    is the README's long-run recipe; the sixth is session 28's default with a steeper gradient
+    decay; the seventh, that default with a stop below a gradient ratio of 0.3, was the default
+    in session 29; the eighth, that stop latched at its deepest, was the default in sessions
     30-31; the ninth latches the gradient decay too, and the tenth, the default in sessions
     32-43, lets it rise 1.1x above its lowest; the eleventh is that default with a warm-up of
     400 steps instead of 100; the twelfth and thirteenth are that default with a restart where
@@ -182,14 +184,15 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     thirteenth was the default in sessions 44-52; the fourteenth is that default with its decay
     in time from step 700 instead of 1400 (session 45); the next three are that default with a
     drift brake below a drift ratio of 2, 4 or 8 (session 46), the next two the brake below 2
-    (session 49; the default in sessions 53-63) or 4 (session 48) with one drift ratio
-    pooled over the model's tensors, the next two are that default with a distance boost
-    (session 58) and with that boost's read stopped once the gradients fall (session 59; the
-    default since session 64), and the last four are today's default with the boost's travel
-    counting a weight decay's pull (session 64), with its restart read over the model, the
-    rest of the tensors following the first 100 steps later (session 65), with only those
-    whose gradient ratio is then above 2 following (session 66), and with the distance
-    boost's read stopped while the gradients grow past 2x (session 67)."""
+    (session 49; the default in sessions 53-63) or 4 (session 48) with one drift ratio pooled
+    over the model's tensors, the next two are that default with a distance boost (session 58)
+    and with that boost's read stopped once the gradients fall (session 59; the default since
+    session 64), and the next four are today's default with the boost's travel counting a
+    weight decay's pull (session 64), with its restart read over the model, the rest of the
+    tensors following the first 100 steps later (session 65), with only those whose gradient
+    ratio is then above 2 following (session 66), and with the distance boost's read stopped
+    while the gradients grow past 2x (session 67). The last is that candidate with the factor
+    of vectors and scalars bounded at 1 (session 69)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
