@@ -541,16 +541,16 @@ class TensorwiseLSTM(LSTMNet):
 
     `vector_max_factor` (c, or None: `max_factor`) bounds the factor of vectors and scalars
     (biases, normalisation scales) at c. The LSTM, meta-trained on MNIST's MLPs, steps
-    biases at up to 18-27x `Adam()`'s rate (kernels at 2-3x). On a model that starts on a
+    biases at up to 20-50x `Adam()`'s rate (kernels at 2-4x). On a model that starts on a
     plateau, as keras.io's 1-D CNN text classifier does under every optimizer, a bias's
     gradient has no steady sign, and at that step the biases random-walk until their ReLU
     units are dead for good: the default holds that model at chance at any factor tried.
     With c = 1 its units live, and at `learning_rate=0.3` it learns (held-out loss 0.507
-    after 5 epochs, below the tuned Adam's 0.535); at factor 1 its kernels' 2-3x still holds
-    it at chance. On MNIST's main models the cap changed the held-out loss after 5 epochs by
-    -2.5% to 0; on unscaled friedman1, whose output bias must travel to the target's mean
-    of 14, it cost the sigmoid MLP 14% after 20 epochs (BUILD_NOTES.md, "Session 69"). Not
-    in the default.
+    after 5 epochs, below the tuned Adam's 0.535); at factor 1 it stays at chance (in a
+    probe, its kernels' 2-3x was too large for it as well). On MNIST's main models the cap
+    changed the held-out loss after 5 epochs by -2.5% to 0; on unscaled friedman1, whose
+    output bias must travel to the target's mean of 14, it cost the MLPs 19% after 5 epochs
+    and 14% after 20 (geometric means; BUILD_NOTES.md, "Session 69"). Not in the default.
 
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
