@@ -546,8 +546,8 @@ class TensorwiseLSTM(LSTMNet):
     gradient has no steady sign, and at that step the biases random-walk until their ReLU
     units are dead for good: the default holds that model at chance at any factor tried.
     With c = 1 its units live, and at `learning_rate=0.3` it learns (held-out loss 0.507
-    after 5 epochs, below the tuned Adam's 0.535); at factor 1 it stays at chance (in a
-    probe, its kernels' 2-3x was too large for it as well). On MNIST's main models the cap
+    after 5 epochs, below the tuned Adam's 0.535); at factor 1 it stays at chance (its
+    kernels' 2-3x is too large for it as well). On MNIST's main models the cap
     changed the held-out loss after 5 epochs by -2.5% to 0; on unscaled friedman1, whose
     output bias must travel to the target's mean of 14, it cost the MLPs 19% after 5 epochs
     and 14% after 20 (geometric means; BUILD_NOTES.md, "Session 69"). Not in the default.
