@@ -549,7 +549,7 @@ class TensorwiseLSTM(LSTMNet):
     after 5 epochs, below the tuned Adam's 0.535); at factor 1 it stays at chance (its
     kernels' 2-3x is too large for it as well). On MNIST's main models the cap
     changed the held-out loss after 5 epochs by -2.5% to 0; on unscaled friedman1, whose
-    output bias must travel to the target's mean of 14, it cost the MLPs 19% after 5 epochs
+    output must travel to the target's mean of 14, it cost the MLPs 19% after 5 epochs
     and 14% after 20 (geometric means; BUILD_NOTES.md, "Session 69"). Not in the default.
 
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
