@@ -350,8 +350,7 @@ def test_vector_max_factor_bounds_the_step_of_vectors_and_scalars_only():
     rng = np.random.default_rng(0)
     for shape, factor in (((4, 3), 30.0), ((3,), 1.0), ((), 1.0)):
         gradient = tf.constant(rng.normal(size=shape).astype(np.float32))
-        adam, _ = networks.TensorwiseLSTM(layers=(6,)).step(
-            free.initial_weights(seed=0), gradient, free.initial_state(shape))
+        adam, _ = free.step(free.initial_weights(seed=0), gradient, free.initial_state(shape))
         for net, expected in ((capped, factor), (free, 30.0)):
             update, _ = net.step(weights, gradient, net.initial_state(shape))
             np.testing.assert_allclose(update.numpy(), expected * adam.numpy(), rtol=1e-5)
