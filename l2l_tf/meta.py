@@ -268,12 +268,12 @@ class MetaLoss:
                     updates[i] = tf.reshape(part, self.shapes[i])
             else:
                 # A net that pools a reading over its tensors reads it before any steps.
-                pooled = (() if net.pooled_shape() is None
-                          else (net.pooled(states[net_name]),))
+                pooled = (None if net.pooled_shape() is None
+                          else net.pooled(states[net_name]))
                 new_states[net_name] = []
                 for i, state in zip(indices, states[net_name]):
-                    updates[i], new_state = net.step(net_weights, gradients[i], state, *pooled,
-                                                     **({"held": held[i]} if i in held else {}))
+                    updates[i], new_state = networks.call_step(
+                        net, net_weights, gradients[i], state, pooled, held.get(i))
                     new_states[net_name].append(new_state)
         return updates, new_states
 

@@ -62,6 +62,14 @@ def dense_gradient(net, gradient, shape):
     return dense, tf.reshape(tf.minimum(counts, 1.0), [rows] + [1] * (len(shape) - 1))
 
 
+def call_step(net, weights, gradient, state, pooled=None, held=None):
+    """`net.step(weights, gradient, state)`, with `pooled` and `held` passed on only when
+    set: a net of one's own, which reads neither, keeps the three-argument `step` (`Net.step`).
+    Both drivers step every net through this."""
+    return net.step(weights, gradient, state, *(() if pooled is None else (pooled,)),
+                    **({} if held is None else {"held": held}))
+
+
 class Net:
     """Base class: a stateful update rule with (possibly no) learnable weights."""
 
@@ -88,7 +96,8 @@ class Net:
         """Returns `(update, new_state)` for `gradient` (float32, the parameter's shape).
         A net with a `pooled_shape` takes a fourth argument, `pooled`: its `pooled` reading
         of the states of every tensor it steps, as they were before this step. A net with
-        `lazy_rows` takes `held` for a sparse gradient (`dense_gradient`)."""
+        `lazy_rows` takes `held` for a sparse gradient (`dense_gradient`). The drivers call it
+        through `call_step`, which passes each of these only when it is set."""
         raise NotImplementedError
 
     def pooled_shape(self):

@@ -395,9 +395,7 @@ def learned_update(net, weights, gradient, state, value, learning_rate, weight_d
         rate = net.decay_rate(state)
         pull = -weight_decay * rate * old_value  # in the units of the net's update
         old_value -= learning_rate * weight_decay * rate * old_value
-    update, new_state = net.step(weights, gradient, state,
-                                 *(() if pooled is None else (pooled,)),
-                                 **({} if held is None else {"held": held}))
+    update, new_state = networks.call_step(net, weights, gradient, state, pooled, held)
     if weight_decay is not None:
         new_state = net.decayed(new_state, pull)
     new_value = tf.cast(old_value + learning_rate * update, value.dtype)

@@ -273,12 +273,12 @@ def test_keras_path_equals_pure_step_over_several_steps(net_name, jit_compile):
               for n, v in zip(variable_nets, model.trainable_variables)]
     for step in range(4):
         grads = keras_step(opt, model, x, y, step)
-        pooled = {n: () if net.pooled_shape() is None else (net.pooled(
-            [s for s, m in zip(states, variable_nets) if m == n]),) for n, net in nets.items()}
+        pooled = {n: None if net.pooled_shape() is None else net.pooled(
+            [s for s, m in zip(states, variable_nets) if m == n]) for n, net in nets.items()}
         for i, (g, n) in enumerate(zip(grads, variable_nets)):
             g, held = networks.dense_gradient(nets[n], g, params[i].shape)
-            update, states[i] = nets[n].step(weights[n], g, states[i], *pooled[n],
-                                             **({} if held is None else {"held": held}))
+            update, states[i] = networks.call_step(nets[n], weights[n], g, states[i], pooled[n],
+                                                    held)
             params[i] = params[i] + 0.7 * update
         for p, v in zip(params, model.trainable_variables):
             np.testing.assert_allclose(v.numpy(), p.numpy(), **tolerance)
