@@ -561,6 +561,20 @@ class TensorwiseLSTM(LSTMNet):
     output must travel to the target's mean of 14, it cost the MLPs 19% after 5 epochs
     and 14% after 20 (geometric means; BUILD_NOTES.md, "Session 69"). Not in the default.
 
+    `dead_unit_share` (z, or None: off) holds every tensor's factor at most 1 (Adam's step,
+    then the rules') from the step after any vector's gradient has had at least a share z of
+    exact zeros. A ReLU layer's bias has a zero there for each unit that no example of the
+    batch activates, so a share near 1 says the layer has all but died, and with it the
+    model's training. On keras.io's 1-D CNN text classifier, which starts on a plateau where
+    every review looks alike to it, the learned factors (2-3x on kernels, 20x on biases)
+    kill 98-100% of the dense and second convolution's units within 200 steps and leave it
+    at chance, where Adam's step leaves 70% dead for a while and then learns; at z = 0.9
+    the cap comes at about step 100-150 (BUILD_NOTES.md, "Session 70"). Elsewhere the share
+    stayed lower: 0.05-0.34 on MNIST's ReLU models, 0.46-0.62 in deep ReLU MLPs and
+    unscaled regressions, 0.75 on pixels left at 0-255, where the learned factors pay
+    (probes, session 70). Kernels are not read: their zeros also come from inputs that are
+    zero, as MNIST's border pixels are (40% of the first kernel's gradient).
+
     `warmup_steps`, if set, phases the learned correction in: its log step-size factor and
     gradient weight are scaled by `min(1, t / warmup_steps)` (t = 1 at the first step), so
     that the step starts at Adam's and reaches the learned one at step `warmup_steps`.
@@ -593,7 +607,8 @@ class TensorwiseLSTM(LSTMNet):
     2]` averaged, then, only with `distance_boost`, `(T, s, [n, |s|_1, d, P, P_ref])`: the
     travel and the gradient sum, of the tensor's shape, the boost's sums and largest
     estimate, and the read floor's gradient powers (kept with the floor off too: two floats
-    per tensor).
+    per tensor), then, only with `dead_unit_share`, `(z,)`: the largest share of exact zeros
+    the tensor's gradient has had (0 for kernels).
     """
 
     lazy_rows = True
@@ -625,7 +640,7 @@ class TensorwiseLSTM(LSTMNet):
                  drift_brake_steps=200, drift_brake_scope="tensor", distance_boost=0.0,
                  distance_boost_cap=4.0, distance_boost_steps=200, distance_boost_read_floor=0.0,
                  distance_boost_decayed_travel=False, distance_boost_read_ceiling=None,
-                 initializer=None):
+                 dead_unit_share=None, initializer=None):
         super().__init__(layers, initializer)
         self.learning_rate = float(learning_rate)
         self.beta1 = float(beta1)
@@ -775,6 +790,12 @@ class TensorwiseLSTM(LSTMNet):
                              "to step distance_boost_steps's, above which the distance boost "
                              "no longer reads its estimate, above 1 (None: off), got "
                              f"{distance_boost_read_ceiling!r}.")
+        self.dead_unit_share = None if dead_unit_share is None else float(dead_unit_share)
+        if self.dead_unit_share is not None and not 0 < self.dead_unit_share <= 1:
+            raise ValueError("dead_unit_share is the share of exact zeros in a vector's "
+                             "gradient (a ReLU layer's dead units) from which every step-size "
+                             "factor is held at most 1, in (0, 1], or None (off), got "
+                             f"{dead_unit_share!r}.")
         self._check_initializer()
 
     def _require_gradient_decay(self, name, value):
@@ -803,9 +824,10 @@ class TensorwiseLSTM(LSTMNet):
         lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
         drift = ((tuple(param_shape), (2,)) if self.drift_brake else ())
         distance = ((tuple(param_shape),) * 2 + ((5,),) if self.distance_boost else ())
+        dead = ((1,),) if self.dead_unit_share is not None else ()
         return ((tuple(param_shape), tuple(param_shape), (1,)) + lstm
                 + ((1,),) * ((5 if self.burstiness_gate else 2) + self._holds_lowest_ratio)
-                + drift + distance)
+                + drift + distance + dead)
 
     @property
     def _power_slot(self):
@@ -850,44 +872,61 @@ class TensorwiseLSTM(LSTMNet):
     def _pools_restart(self):
         return self.restart_delay is not None
 
+    @property
+    def _pools_dead_units(self):
+        return self.dead_unit_share is not None
+
     def pooled_shape(self):
-        size = 2 * self._pools_drift + self._pools_restart + 3 * bool(self.distance_boost)
+        size = (2 * self._pools_drift + self._pools_restart + self._pools_dead_units
+                + 3 * bool(self.distance_boost))
         return (size,) if size else None
 
     def pooled(self, states):
         """The drift brake's averages `[<D, u>, |u|^2 / 2]` summed over `states` (with
         `drift_brake_scope="net"`), then the youngest tensor's step count (with
-        `restart_delay`), then the distance boost's `[sum of n, sum of |s|_1, sum of P
-        / sum of P_ref]` (with `distance_boost`)."""
+        `restart_delay`), then the largest share of dead units any tensor has read (with
+        `dead_unit_share`), then the distance boost's `[sum of n, sum of |s|_1, sum of P /
+        sum of P_ref]` (with `distance_boost`)."""
         readings = []
         if self._pools_drift:
-            readings.append(tf.add_n([tf.zeros([2])] + [self._split_state(state)[-2][-1]
+            readings.append(tf.add_n([tf.zeros([2])] + [self._split_state(state)[5][-1]
                                                          for state in states]))
         if self._pools_restart:  # with no tensor, older than any: nothing to follow
             readings.append(tf.reduce_min(tf.stack(
                 [tf.constant([2.0 ** 24])] + [state[2] for state in states]), 0))
+        if self._pools_dead_units:
+            readings.append(tf.reduce_max(tf.stack(
+                [tf.zeros([1])] + [self._split_state(state)[7][0] for state in states]), 0))
         if self.distance_boost:
-            sums = tf.stack([tf.zeros([5])] + [self._split_state(state)[-1][-1]
+            sums = tf.stack([tf.zeros([5])] + [self._split_state(state)[6][-1]
                                                for state in states])
             total = tf.reduce_sum(sums, 0)
             readings.append(tf.stack([total[0], total[1], total[3] / (total[4] + 1e-30)]))
         return tf.concat(readings, 0)
 
     def _split_state(self, state):
-        """`state` as `(m, v, t, lstm_state, rest, drift, distance)`: `rest` holds p, p_ref
-        and the burstiness and latch entries; `drift` and `distance` are () when off."""
+        """`state` as `(m, v, t, lstm_state, rest, drift, distance, dead)`: `rest` holds p,
+        p_ref and the burstiness and latch entries; `drift`, `distance` and `dead` are ()
+        when off."""
         m, v, t = state[:3]
         lstm_state = state[3:self._power_slot]
         rest = tuple(state[self._power_slot:])
-        distance = drift = ()
+        distance = drift = dead = ()
+        if self.dead_unit_share is not None:
+            rest, dead = rest[:-1], rest[-1:]
         if self.distance_boost:
             rest, distance = rest[:-3], rest[-3:]
         if self.drift_brake:
             rest, drift = rest[:-2], rest[-2:]
-        return m, v, t, lstm_state, rest, drift, distance
+        return m, v, t, lstm_state, rest, drift, distance, dead
 
     def step(self, weights, gradient, state, pooled=None, held=None):
-        m, v, t, lstm_state, rest, drift, distance = self._split_state(state)
+        if self.pooled_shape() is not None and pooled is None:
+            raise ValueError("This TensorwiseLSTM (drift_brake_scope=\"net\", "
+                             "restart_delay, dead_unit_share or distance_boost) steps with "
+                             "the pooled reading of every tensor it steps: pass step(..., "
+                             "pooled=net.pooled(states)).")
+        m, v, t, lstm_state, rest, drift, distance, dead = self._split_state(state)
         power, power_reference, *rest = rest
         burstiness, latch = (rest[:3], rest[3:]) if self.burstiness_gate else ((), rest)
         t = t + 1.0
@@ -901,6 +940,8 @@ class TensorwiseLSTM(LSTMNet):
                 and gradient.shape.rank < 2):
             log_factor = tf.minimum(log_factor,
                                     math.log(self.vector_max_factor) / math.log(self.max_factor))
+        if self.dead_unit_share is not None:
+            log_factor, dead = self._dead_unit_capped(log_factor, gradient, *dead, pooled)
         if self.warmup_steps is not None:
             phase_in = tf.minimum(1.0, t[0] / self.warmup_steps)
             log_factor *= phase_in
@@ -944,19 +985,28 @@ class TensorwiseLSTM(LSTMNet):
         update = -step_size * (adam_step + gradient_weight * normalised)
         if held is not None:  # before the brake and the boost, whose statistics read it
             update = update * held
-        if self.pooled_shape() is not None and pooled is None:
-            raise ValueError("This TensorwiseLSTM (drift_brake_scope=\"net\", "
-                             "restart_delay or distance_boost) steps with the pooled "
-                             "reading of every tensor it steps: pass step(..., "
-                             "pooled=net.pooled(states)).")
         if self.drift_brake:
             update, drift = self._drift_braked(update, t, *drift, pooled)
         if self.distance_boost:
             update, distance = self._distance_boosted(update, gradient, t, *distance,
                                                       pooled[-3:])
         new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch,
-                     *drift, *distance)
+                     *drift, *distance, *dead)
         return update, self.restarted(new_state, pooled)
+
+    def _dead_unit_capped(self, log_factor, gradient, largest, pooled):
+        """`log_factor` held at most 0 (a factor of 1) once the model's largest share of dead
+        units (`pooled`, as the last step left it) has reached `dead_unit_share`, and the
+        tensor's new largest share `(z,)`: the share of exact zeros in a vector's gradient
+        (a unit of a ReLU layer that no example of the batch activates has a zero in its
+        bias's gradient), the largest so far; 0 for kernels, whose zeros also come from
+        inputs that are zero, as MNIST's border pixels are."""
+        if gradient.shape.rank == 1:
+            share = tf.reduce_mean(tf.cast(tf.equal(gradient, 0.0), tf.float32))
+            largest = tf.maximum(largest, share)
+        dead = pooled[2 * self._pools_drift + self._pools_restart]
+        return tf.where(dead >= self.dead_unit_share, tf.minimum(log_factor, 0.0),
+                        log_factor), (largest,)
 
     def _distance_boosted(self, update, gradient, t, travel, gradient_sum, sums, pooled):
         """`update` times the distance boost, and the boost's new `(T, s, [n, |s|_1, d, P,
@@ -1056,7 +1106,7 @@ class TensorwiseLSTM(LSTMNet):
         if not self.distance_boost:
             raise ValueError("boost_distance reads the distance boost's largest estimate, "
                              "which a net with distance_boost=0 does not keep.")
-        return self._split_state(state)[-1][-1][2]
+        return self._split_state(state)[6][-1][2]
 
     def decay_rate(self, state):
         """`learning_rate` times the decay in time: the nominal step without the learned factor
@@ -1070,7 +1120,7 @@ class TensorwiseLSTM(LSTMNet):
         it; otherwise `state` as it is."""
         if not self.distance_boost_decayed_travel:
             return state
-        travel = len(state) - 3  # (T, s, sums) close the state
+        travel = len(state) - 3 - len(self._split_state(state)[7])  # (T, s, sums), then z
         return state[:travel] + (state[travel] + pull,) + state[travel + 1:]
 
     def _time_decay(self, t):
@@ -1127,6 +1177,7 @@ class TensorwiseLSTM(LSTMNet):
             "distance_boost_read_floor": self.distance_boost_read_floor,
             "distance_boost_decayed_travel": self.distance_boost_decayed_travel,
             "distance_boost_read_ceiling": self.distance_boost_read_ceiling,
+            "dead_unit_share": self.dead_unit_share,
         }
 
 

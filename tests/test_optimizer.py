@@ -171,6 +171,19 @@ def test_a_dense_layer_on_sequences_trains_through_a_partial_last_batch():
         assert not np.array_equal(b, v.numpy()), v.path
 
 
+def dying_relu_model(seed=0):
+    """A ReLU layer whose bias starts at -1: on `make_data`'s batches of 16, one of its 8
+    units (0.125) is inactive on every example of the first two, and its bias's gradient is
+    0 there (`dead_unit_share`)."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(8, activation="relu",
+                           bias_initializer=keras.initializers.Constant(-1.0)),
+        keras.layers.Dense(2),
+    ])
+
+
 def conv_model(seed=0):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([
@@ -183,7 +196,7 @@ def conv_model(seed=0):
 
 
 def tensorwise_net(drift_brake_scope="tensor", distance_boost=0.0, read_floor=0.0,
-                   restart_delay=None):
+                   restart_delay=None, dead_unit_share=None):
     """A TensorwiseLSTM whose output layer is not zero, so that it is not plain Adam, with a
     warm-up and decays (with the gradient from step 3, gated by its burstiness and stopped
     below a ratio of 0.9, both latched, in time from step 4, a restart where the gradients
@@ -192,7 +205,8 @@ def tensorwise_net(drift_brake_scope="tensor", distance_boost=0.0, read_floor=0.
     tensor's drift or the one pooled over the net's tensors, and with `distance_boost` a
     boost from step 2, whose estimate is read only while the gradient RMS is `read_floor` of
     step 1's or more) short enough to act within a test's four steps (the default has all of
-    them but the boost, later)."""
+    them but the boost, later), and with `dead_unit_share` the cap on every factor once a
+    bias's gradient has had that share of zeros."""
     net = networks.TensorwiseLSTM(layers=(5,))
     weights = networks.weights_to_numpy(net.initial_weights(seed=1))
     weights["linear"]["w"] = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
@@ -205,7 +219,7 @@ def tensorwise_net(drift_brake_scope="tensor", distance_boost=0.0, read_floor=0.
                                    drift_brake_scope=drift_brake_scope,
                                    distance_boost=distance_boost, distance_boost_steps=1,
                                    distance_boost_read_floor=read_floor,
-                                   initializer=weights)
+                                   dead_unit_share=dead_unit_share, initializer=weights)
 
 
 # Every net class, each with the model it can update (`nets`, `net_assignments`).
@@ -221,6 +235,9 @@ EVERY_NET = {
     "TensorwiseLSTM, restart, drift brake and distance boost pooled": (
         sequential_model, lambda: ({"tw": tensorwise_net(
             drift_brake_scope="net", distance_boost=1e-4, restart_delay=1)}, None)),
+    "TensorwiseLSTM on dying ReLU units, dead-unit cap, drift brake and distance boost pooled": (
+        dying_relu_model, lambda: ({"tw": tensorwise_net(
+            drift_brake_scope="net", distance_boost=1e-4, dead_unit_share=0.125)}, None)),
     "TensorwiseLSTM, distance boost": (sequential_model, lambda: (
         {"tw": tensorwise_net(distance_boost=1e-4)}, None)),
     "TensorwiseLSTM on an Embedding, lazy rows, drift brake and distance boost pooled": (
