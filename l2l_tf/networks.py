@@ -607,8 +607,9 @@ class TensorwiseLSTM(LSTMNet):
     2]` averaged, then, only with `distance_boost`, `(T, s, [n, |s|_1, d, P, P_ref])`: the
     travel and the gradient sum, of the tensor's shape, the boost's sums and largest
     estimate, and the read floor's gradient powers (kept with the floor off too: two floats
-    per tensor), then, only with `dead_unit_share`, `(z,)`: the largest share of exact zeros
-    the tensor's gradient has had (0 for kernels).
+    per tensor), then, only with `dead_unit_share`, `([z, z_max],)`: the share of exact zeros
+    in the tensor's gradient averaged over about 10 steps, and the largest that average has
+    been (both 0 for kernels).
     """
 
     lazy_rows = True
@@ -628,6 +629,7 @@ class TensorwiseLSTM(LSTMNet):
     DRIFT_BRAKE_FLOOR = 0.1  # the least the drift brake leaves of a step: Adam()'s kernel step
                              # is ~0.3 of the default's, a noisy regression's best ~0.1
     DISTANCE_DECAY = 0.999 ** 0.5  # of the distance estimate's sums: Prodigy's beta3
+    DEAD_UNIT_DECAY = 0.9  # of the dead-unit share's average: ~10 steps
 
     def __init__(self, layers=(16,), learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7,
                  max_factor=30.0, vector_max_factor=None, decay_steps=None, warmup_steps=None,
@@ -824,7 +826,7 @@ class TensorwiseLSTM(LSTMNet):
         lstm = tuple((1, units) for units in self.layers for _ in ("h", "c"))
         drift = ((tuple(param_shape), (2,)) if self.drift_brake else ())
         distance = ((tuple(param_shape),) * 2 + ((5,),) if self.distance_boost else ())
-        dead = ((1,),) if self.dead_unit_share is not None else ()
+        dead = ((2,),) if self.dead_unit_share is not None else ()
         return ((tuple(param_shape), tuple(param_shape), (1,)) + lstm
                 + ((1,),) * ((5 if self.burstiness_gate else 2) + self._holds_lowest_ratio)
                 + drift + distance + dead)
@@ -896,7 +898,7 @@ class TensorwiseLSTM(LSTMNet):
                 [tf.constant([2.0 ** 24])] + [state[2] for state in states]), 0))
         if self._pools_dead_units:
             readings.append(tf.reduce_max(tf.stack(
-                [tf.zeros([1])] + [self._split_state(state)[7][0] for state in states]), 0))
+                [tf.zeros([1])] + [self._split_state(state)[7][0][1:] for state in states]), 0))
         if self.distance_boost:
             sums = tf.stack([tf.zeros([5])] + [self._split_state(state)[6][-1]
                                                for state in states])
@@ -994,19 +996,23 @@ class TensorwiseLSTM(LSTMNet):
                      *drift, *distance, *dead)
         return update, self.restarted(new_state, pooled)
 
-    def _dead_unit_capped(self, log_factor, gradient, largest, pooled):
+    def _dead_unit_capped(self, log_factor, gradient, shares, pooled):
         """`log_factor` held at most 0 (a factor of 1) once the model's largest share of dead
         units (`pooled`, as the last step left it) has reached `dead_unit_share`, and the
-        tensor's new largest share `(z,)`: the share of exact zeros in a vector's gradient
-        (a unit of a ReLU layer that no example of the batch activates has a zero in its
-        bias's gradient), the largest so far; 0 for kernels, whose zeros also come from
-        inputs that are zero, as MNIST's border pixels are."""
+        tensor's new `[z, largest z]`: z the share of exact zeros in a vector's gradient (a
+        unit of a ReLU layer that no example of the batch activates has a zero in its bias's
+        gradient) averaged over about the last 10 steps, so that a batch on which most units
+        happen to be inactive is not a layer's death; 0 for kernels, whose zeros also come
+        from inputs that are zero, as MNIST's border pixels are."""
         if gradient.shape.rank == 1:
             share = tf.reduce_mean(tf.cast(tf.equal(gradient, 0.0), tf.float32))
-            largest = tf.maximum(largest, share)
-        dead = pooled[2 * self._pools_drift + self._pools_restart]
+            average = self.DEAD_UNIT_DECAY * shares[0] + (1.0 - self.DEAD_UNIT_DECAY) * share
+            shares = tf.stack([average, tf.maximum(shares[1], average)])
+        # Counted from the end: the net `LearnedOptimizer` steps (`without_restart`) has no
+        # restart entry, and reads the reading of the net that has one.
+        dead = pooled[-1 - 3 * bool(self.distance_boost)]
         return tf.where(dead >= self.dead_unit_share, tf.minimum(log_factor, 0.0),
-                        log_factor), (largest,)
+                        log_factor), (shares,)
 
     def _distance_boosted(self, update, gradient, t, travel, gradient_sum, sums, pooled):
         """`update` times the distance boost, and the boost's new `(T, s, [n, |s|_1, d, P,

@@ -1126,30 +1126,36 @@ def test_the_warm_up_phases_the_learned_correction_in_from_adam_s_step():
         networks.TensorwiseLSTM(warmup_steps=0.5)
 
 
-def test_dead_unit_share_holds_every_factor_at_most_1_from_the_step_after_a_bias_is_that_dead():
+def test_dead_unit_share_holds_every_factor_at_most_1_once_a_bias_stays_that_dead():
     """With the LSTM at its largest factor (30): a kernel's zeros are not read; a bias's
-    gradient with 80% zeros leaves the factors at 30; one with 90% (`dead_unit_share`) holds
-    every tensor's at 1 (Adam's step) from the next step on, read through `pooled`, and for
-    good, whatever the gradients do then."""
+    share of zero gradients, averaged over about 10 steps (a NumPy reference), leaves the
+    factors at 30 while it is below `dead_unit_share`, a single batch of zeros included;
+    from the step after it reaches 0.9, every tensor's factor is 1 (Adam's step), read
+    through `pooled`, and stays 1 when the zeros stop."""
     capped = networks.TensorwiseLSTM(layers=(6,), dead_unit_share=0.9)
     free = networks.TensorwiseLSTM(layers=(6,))
     weights = networks.weights_to_numpy(free.initial_weights(seed=0))
     weights["linear"]["b"] = np.array([20.0, 0.0], np.float32)  # tanh -> 1: factor 30
     rng = np.random.default_rng(0)
-    shapes = ((4, 5), (10,))
-
-    def gradients(kernel_zeros, bias_zeros):
-        return [tf.constant(np.where(np.arange(np.prod(shape)).reshape(shape) < zeros, 0.0,
-                                     rng.normal(size=shape)).astype(np.float32))
-                for shape, zeros in zip(shapes, (kernel_zeros, bias_zeros))]
-
+    shapes = ((4, 5), (20,))
+    bias_zeros = [16] * 4 + [20] + [16] * 5 + [19] * 30 + [0] * 5
     states = {net: [net.initial_state(shape) for shape in shapes] for net in (capped, free)}
-    for bias_zeros, factor in ((8, 30.0), (9, 30.0), (0, 1.0), (0, 1.0)):
-        grads = gradients(19, bias_zeros)  # a kernel 95% zeros, every step
-        adams = [free.step(free.initial_weights(seed=0), g, s)[0]
+    steps = {net: tf.function(net.step) for net in (capped, free)}
+    average = largest = 0.0
+    factors = []
+    for zeros in bias_zeros:
+        factor = 1.0 if largest >= 0.9 else 30.0
+        grads = [tf.constant(np.where(np.arange(np.prod(shape)).reshape(shape) < count, 0.0,
+                                      rng.normal(size=shape)).astype(np.float32))
+                 for shape, count in zip(shapes, (19, zeros))]  # the kernel 95% zeros
+        adams = [steps[free](free.initial_weights(seed=0), g, s)[0]
                  for g, s in zip(grads, states[free])]
-        states[free] = [free.step(weights, g, s)[1] for g, s in zip(grads, states[free])]
+        states[free] = [steps[free](weights, g, s)[1] for g, s in zip(grads, states[free])]
         pooled = capped.pooled(states[capped])
         for i, (g, adam) in enumerate(zip(grads, adams)):
-            update, states[capped][i] = capped.step(weights, g, states[capped][i], pooled)
+            update, states[capped][i] = steps[capped](weights, g, states[capped][i], pooled)
             np.testing.assert_allclose(update.numpy(), factor * adam.numpy(), rtol=1e-5)
+        average = 0.9 * average + 0.1 * zeros / 20
+        largest = max(largest, average)
+        factors.append(factor)
+    assert factors[:11] == [30.0] * 11 and factors[-6:] == [1.0] * 6

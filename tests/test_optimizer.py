@@ -235,9 +235,10 @@ EVERY_NET = {
     "TensorwiseLSTM, restart, drift brake and distance boost pooled": (
         sequential_model, lambda: ({"tw": tensorwise_net(
             drift_brake_scope="net", distance_boost=1e-4, restart_delay=1)}, None)),
-    "TensorwiseLSTM on dying ReLU units, dead-unit cap, drift brake and distance boost pooled": (
-        dying_relu_model, lambda: ({"tw": tensorwise_net(
-            drift_brake_scope="net", distance_boost=1e-4, dead_unit_share=0.125)}, None)),
+    "TensorwiseLSTM on dying ReLU units, restart, dead-unit cap, drift brake and distance "
+    "boost pooled": (dying_relu_model, lambda: ({"tw": tensorwise_net(
+        drift_brake_scope="net", distance_boost=1e-4, restart_delay=1,
+        dead_unit_share=0.125)}, None)),
     "TensorwiseLSTM, distance boost": (sequential_model, lambda: (
         {"tw": tensorwise_net(distance_boost=1e-4)}, None)),
     "TensorwiseLSTM on an Embedding, lazy rows, drift brake and distance boost pooled": (
