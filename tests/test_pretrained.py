@@ -165,13 +165,15 @@ RESTART_FOLLOW = {**RESTART_DELAY, "restart_follow_ratio": 2.0}
     ("read-ceiling2", {**RESTART_FOLLOW, "distance_boost_read_ceiling": 2.0}),
     ("vector-cap1", {**RESTART_FOLLOW, "distance_boost_read_ceiling": 2.0,
                      "vector_max_factor": 1.0}),
+    ("dead-units0.8", {**RESTART_FOLLOW, "distance_boost_read_ceiling": 2.0,
+                       "vector_max_factor": None, "dead_unit_share": 0.8}),
 ])
 def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, changed):
     """The settings in `experiments/candidates` (BUILD_NOTES.md, "Session 14", "Session 15",
     "Session 18", "Session 19", "Session 20", "Session 28", "Session 30", "Session 31",
     "Session 36", "Session 38", "Session 45", "Session 46", "Session 48", "Session 49",
-    "Session 58", "Session 59", "Session 64", "Session 65", "Session 66", "Session 67" and
-    "Session 69") change only hand-set options of the session-11 default, so their numbers
+    "Session 58", "Session 59", "Session 64", "Session 65", "Session 66", "Session 67",
+    "Session 69" and "Session 70") change only hand-set options of the session-11 default, so their numbers
     measure those options alone; they load by path like any saved nets. The second was the
     default in sessions 16-18, the third in session 19; the fourth in sessions 20-28; the fifth
     is the README's long-run recipe; the sixth is session 28's default with a steeper gradient
@@ -191,8 +193,9 @@ def test_the_candidate_defaults_are_the_shipped_weights_with_other_decays(name, 
     weight decay's pull (session 64), with its restart read over the model, the rest of the
     tensors following the first 100 steps later (session 65), with only those whose gradient
     ratio is then above 2 following (session 66), and with the distance boost's read stopped
-    while the gradients grow past 2x (session 67). The last is that candidate with the factor
-    of vectors and scalars bounded at 1 (session 69)."""
+    while the gradients grow past 2x (session 67). The next is that candidate with the factor
+    of vectors and scalars bounded at 1 (session 69), the last that candidate with every
+    factor held at most 1 once a bias's gradient is 80% zeros (session 70)."""
     candidate = os.path.join(CANDIDATES, name)
     _, options, weights = networks.load_weights(os.path.join(candidate, "tensorwise.npz"))
     _, _, default_weights = networks.load_weights(
