@@ -174,7 +174,8 @@ def test_a_dense_layer_on_sequences_trains_through_a_partial_last_batch():
 def dying_relu_model(seed=0):
     """A ReLU layer whose bias starts at -1: on `make_data`'s batches of 16, one of its 8
     units (0.125) is inactive on every example of the first two, and its bias's gradient is
-    0 there (`dead_unit_share`)."""
+    0 there: averaged over about 10 steps, a share of 0.024 after the second step, which a
+    `dead_unit_share` of 0.02 reads before the third."""
     keras.utils.set_random_seed(seed)
     return keras.Sequential([
         keras.Input((6,)),
@@ -238,7 +239,7 @@ EVERY_NET = {
     "TensorwiseLSTM on dying ReLU units, restart, dead-unit cap, drift brake and distance "
     "boost pooled": (dying_relu_model, lambda: ({"tw": tensorwise_net(
         drift_brake_scope="net", distance_boost=1e-4, restart_delay=1,
-        dead_unit_share=0.125)}, None)),
+        dead_unit_share=0.02)}, None)),
     "TensorwiseLSTM, distance boost": (sequential_model, lambda: (
         {"tw": tensorwise_net(distance_boost=1e-4)}, None)),
     "TensorwiseLSTM on an Embedding, lazy rows, drift brake and distance boost pooled": (
