@@ -340,13 +340,21 @@ def test_tensorwise_lstm_ignores_the_scale_of_the_loss_and_bounds_its_step():
     assert 0 < largest <= 2 * 30.0 * 1e-3 * 1.01
 
 
+def largest_factor_weights(net):
+    """`net`'s untrained weights with the output bias at tanh^-1(1): every tensor's factor is
+    `max_factor` (30) and its gradient weight 0, whatever the LSTM reads (its output layer
+    starts at zero)."""
+    weights = networks.weights_to_numpy(net.initial_weights(seed=0))
+    weights["linear"]["b"] = np.array([20.0, 0.0], np.float32)
+    return weights
+
+
 def test_vector_max_factor_bounds_the_step_of_vectors_and_scalars_only():
     """With the LSTM at its largest factor (30), a bias and a scalar step at most
     `vector_max_factor` times Adam's step and a kernel still at 30 times."""
     capped = networks.TensorwiseLSTM(layers=(6,), vector_max_factor=1.0)
     free = networks.TensorwiseLSTM(layers=(6,))
-    weights = networks.weights_to_numpy(free.initial_weights(seed=0))
-    weights["linear"]["b"] = np.array([20.0, 0.0], np.float32)  # tanh -> 1: factor 30
+    weights = largest_factor_weights(free)
     rng = np.random.default_rng(0)
     for shape, factor in (((4, 3), 30.0), ((3,), 1.0), ((), 1.0)):
         gradient = tf.constant(rng.normal(size=shape).astype(np.float32))
@@ -1134,8 +1142,7 @@ def test_dead_unit_share_holds_every_factor_at_most_1_once_a_bias_stays_that_dea
     through `pooled`, and stays 1 when the zeros stop."""
     capped = networks.TensorwiseLSTM(layers=(6,), dead_unit_share=0.9)
     free = networks.TensorwiseLSTM(layers=(6,))
-    weights = networks.weights_to_numpy(free.initial_weights(seed=0))
-    weights["linear"]["b"] = np.array([20.0, 0.0], np.float32)  # tanh -> 1: factor 30
+    weights = largest_factor_weights(free)
     rng = np.random.default_rng(0)
     shapes = ((4, 5), (20,))
     bias_zeros = [16] * 4 + [20] + [16] * 5 + [19] * 30 + [0] * 5
