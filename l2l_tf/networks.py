@@ -881,24 +881,35 @@ class TensorwiseLSTM(LSTMNet):
     def _pools_dead_units(self):
         return self.dead_unit_share is not None
 
+    # Where each rule's entries start in the pooled reading. The restart entry comes last, so
+    # that the net `LearnedOptimizer` steps (`without_restart`), which reads the reading of
+    # the net that has one, finds every other entry where its own layout puts it.
+    @property
+    def _dead_unit_slot(self):
+        return 2 * self._pools_drift
+
+    @property
+    def _distance_slot(self):
+        return self._dead_unit_slot + self._pools_dead_units
+
+    @property
+    def _restart_slot(self):
+        return self._distance_slot + 3 * bool(self.distance_boost)
+
     def pooled_shape(self):
-        size = (2 * self._pools_drift + self._pools_restart + self._pools_dead_units
-                + 3 * bool(self.distance_boost))
+        size = self._restart_slot + self._pools_restart
         return (size,) if size else None
 
     def pooled(self, states):
         """The drift brake's averages `[<D, u>, |u|^2 / 2]` summed over `states` (with
-        `drift_brake_scope="net"`), then the youngest tensor's step count (with
-        `restart_delay`), then the largest share of dead units any tensor has read (with
-        `dead_unit_share`), then the distance boost's `[sum of n, sum of |s|_1, sum of P /
-        sum of P_ref]` (with `distance_boost`)."""
+        `drift_brake_scope="net"`), then the largest share of dead units any tensor has read
+        (with `dead_unit_share`), then the distance boost's `[sum of n, sum of |s|_1, sum of
+        P / sum of P_ref]` (with `distance_boost`), then the youngest tensor's step count
+        (with `restart_delay`)."""
         readings = []
         if self._pools_drift:
             readings.append(tf.add_n([tf.zeros([2])] + [self._split_state(state)[5][-1]
                                                          for state in states]))
-        if self._pools_restart:  # with no tensor, older than any: nothing to follow
-            readings.append(tf.reduce_min(tf.stack(
-                [tf.constant([2.0 ** 24])] + [state[2] for state in states]), 0))
         if self._pools_dead_units:
             readings.append(tf.reduce_max(tf.stack(
                 [tf.zeros([1])] + [self._split_state(state)[7][0][1:] for state in states]), 0))
@@ -907,6 +918,9 @@ class TensorwiseLSTM(LSTMNet):
                                                for state in states])
             total = tf.reduce_sum(sums, 0)
             readings.append(tf.stack([total[0], total[1], total[3] / (total[4] + 1e-30)]))
+        if self._pools_restart:  # with no tensor, older than any: nothing to follow
+            readings.append(tf.reduce_min(tf.stack(
+                [tf.constant([2.0 ** 24])] + [state[2] for state in states]), 0))
         return tf.concat(readings, 0)
 
     def _split_state(self, state):
@@ -993,8 +1007,9 @@ class TensorwiseLSTM(LSTMNet):
         if self.drift_brake:
             update, drift = self._drift_braked(update, t, *drift, pooled)
         if self.distance_boost:
-            update, distance = self._distance_boosted(update, gradient, t, *distance,
-                                                      pooled[-3:])
+            update, distance = self._distance_boosted(
+                update, gradient, t, *distance,
+                pooled[self._distance_slot:self._distance_slot + 3])
         new_state = (m, v, t, *lstm_state, power, power_reference, *burstiness, *latch,
                      *drift, *distance, *dead)
         return update, self.restarted(new_state, pooled)
@@ -1011,9 +1026,7 @@ class TensorwiseLSTM(LSTMNet):
             share = tf.reduce_mean(tf.cast(tf.equal(gradient, 0.0), tf.float32))
             average = self.DEAD_UNIT_DECAY * shares[0] + (1.0 - self.DEAD_UNIT_DECAY) * share
             shares = tf.stack([average, tf.maximum(shares[1], average)])
-        # Counted from the end: the net `LearnedOptimizer` steps (`without_restart`) has no
-        # restart entry, and reads the reading of the net that has one.
-        dead = pooled[-1 - 3 * bool(self.distance_boost)]
+        dead = pooled[self._dead_unit_slot]
         return tf.where(dead >= self.dead_unit_share, tf.minimum(log_factor, 0.0),
                         log_factor), (shares,)
 
@@ -1076,7 +1089,7 @@ class TensorwiseLSTM(LSTMNet):
         ratio = self.gradient_rms_ratio(state)
         restart = ratio > self.restart_ratio
         if self._pools_restart:
-            youngest = pooled[2 * self._pools_drift]
+            youngest = pooled[self._restart_slot]
             follow = ((youngest == self.restart_delay - 1.0)
                       & (state[2][0] > self.gradient_decay_steps))
             if self.restart_follow_ratio is not None:
