@@ -52,8 +52,10 @@ downloaded: 31,250 reviews of up to 250 word ids from a 10,000-word vocabulary w
 frequencies, two classes, split as above and read by `TEXT_MODELS` alone (TensorFlow's "Basic
 text classification" tutorial model: an `Embedding` of 16 per word, averaged, with dropout;
 since session 68 keras.io's "Text classification from scratch" model: an `Embedding` of 128,
-two strided `Conv1D`s, max pooling, with dropout), whose embedding rows mostly get a gradient
-in few steps. --label_noise gives a
+two strided `Conv1D`s, max pooling, with dropout; since session 71 keras.io's "Text
+classification with Transformer": one transformer block over embeddings of 32, mean-pooled,
+then a ReLU layer of 20 with dropout), whose embedding rows mostly get a gradient in few
+steps. --label_noise gives a
 fraction of the training and validation examples a wrong class, as labelling mistakes do in
 real data sets (the test split keeps its true labels): a faster optimizer may fit the mistakes
 sooner. --raw_pixels feeds MNIST's pixels as stored, 0-255, to every optimizer alike: the input
@@ -127,8 +129,9 @@ EXTRA_MODELS = ("keras_cnn", "deep_mlp", "transformer", "regression", "mlp_gelu"
                 "wide_mlp", "resnet", "pixel_bag", "logistic", "cnn_augmented", "gru_rows",
                 "conv1d_rows", "separable_cnn", "mlp_l2")
 # Models of word ids (`TEXT_DATASETS`' reviews) and nothing else: TensorFlow's "Basic text
-# classification" tutorial model and keras.io's "Text classification from scratch" 1-D CNN.
-TEXT_MODELS = ("text_bag", "text_cnn")
+# classification" tutorial model, keras.io's "Text classification from scratch" 1-D CNN and
+# its "Text classification with Transformer".
+TEXT_MODELS = ("text_bag", "text_cnn", "text_transformer")
 ALL_MODELS = MODELS + EXTRA_MODELS + TEXT_MODELS
 TASKS = {"autoencoder": "reconstruct", "regression": "regress"}  # others: "classify"
 # Models made for MNIST: they read a 28 x 28 image or its lit pixels, reconstruct pixels in
@@ -264,6 +267,8 @@ def build_model(name, width=784, task=None, classes=10):
         return transformer()
     if name == "resnet":
         return resnet()
+    if name == "text_transformer":
+        return text_transformer(width, classes)
     layers = {
         "mlp_sigmoid": lambda: [dense(20, activation="sigmoid")],
         "mlp_relu": lambda: [dense(20, activation="relu")],
@@ -337,6 +342,25 @@ def transformer():
     mixed = layers.Dense(64)(layers.Dense(128, activation="gelu")(tokens))
     tokens = layers.LayerNormalization()(layers.Add()([tokens, mixed]))
     return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling1D()(tokens)))
+
+
+def text_transformer(length, classes):
+    """keras.io's "Text classification with Transformer" on `length` word ids: embeddings of
+    32 plus a learned one per position, one post-norm transformer block (2 heads of 32, a
+    ReLU feed-forward layer of 32, dropout 0.1), mean-pooled, then dropout, a ReLU layer of
+    20 and dropout into `classes` logits. Its positions' vectors start at zero
+    (`PositionEmbedding`), where keras.io draws them as an `Embedding`'s."""
+    layers = keras.layers
+    inputs = keras.Input((length,))
+    tokens = layers.Embedding(reviews.VOCABULARY, 32)(inputs)
+    tokens = layers.Add()([tokens, PositionEmbedding()(tokens)])
+    attended = layers.Dropout(0.1)(layers.MultiHeadAttention(2, 32)(tokens, tokens))
+    tokens = layers.LayerNormalization(epsilon=1e-6)(layers.Add()([tokens, attended]))
+    mixed = layers.Dropout(0.1)(layers.Dense(32)(layers.Dense(32, activation="relu")(tokens)))
+    tokens = layers.LayerNormalization(epsilon=1e-6)(layers.Add()([tokens, mixed]))
+    pooled = layers.Dropout(0.1)(layers.GlobalAveragePooling1D()(tokens))
+    hidden = layers.Dropout(0.1)(layers.Dense(20, activation="relu")(pooled))
+    return keras.Model(inputs, layers.Dense(classes)(hidden))
 
 
 def resnet():

@@ -917,6 +917,7 @@ def test_keras_fit_reviews_are_word_ids_held_out_as_the_other_data_sets_and_read
     """--dataset=reviews: IMDB's 25,000 training reviews and a test fifth beside them, split
     as the other data sets are and not standardised (`Embedding` reads the ids); its
     default models are the text models, whose output is one logit per class."""
+    import keras
     from absl.testing import flagsaver
 
     keras_fit = keras_fit_with_flags_parsed()
@@ -931,10 +932,13 @@ def test_keras_fit_reviews_are_word_ids_held_out_as_the_other_data_sets_and_read
     order = np.random.default_rng(0).permutation(31250)
     np.testing.assert_array_equal(data["test"][0], x[order][25000:].astype(np.float32))
     np.testing.assert_array_equal(data["validation"][1], y[order][18750:25000])
-    assert names == ["text_bag", "text_cnn"]
-    for model in (model, keras_fit.model_on_dataset("text_cnn", "reviews")):
+    assert names == ["text_bag", "text_cnn", "text_transformer"]
+    for model in (model, *(keras_fit.model_on_dataset(name, "reviews")
+                           for name in ("text_cnn", "text_transformer"))):
         assert tuple(model(data["test"][0][:5]).shape) == (5, 2)
-        assert model.layers[0].input_dim == reviews.VOCABULARY
+        embedding = next(layer for layer in model.layers
+                         if isinstance(layer, keras.layers.Embedding))
+        assert embedding.input_dim == reviews.VOCABULARY
 
 
 def test_keras_fit_label_noise_relabels_training_and_validation_but_not_test():
@@ -1255,7 +1259,7 @@ def test_bad_remake_flags_give_one_line_and_exit_2(tmp_path):
      "--models=cnn are not made for the features of --dataset=wine: use some of mlp_sigmoid"),
     (["--dataset=reviews", "--models=text_bag,mlp_relu"],
      "--models=mlp_relu are not made for the word ids of --dataset=reviews: use some of "
-     "text_bag, text_cnn."),
+     "text_bag, text_cnn, text_transformer."),
     (["--models=mlp_relu,text_bag"], "--models=text_bag are not made for the images of"),
     (["--dataset=reviews", "--unstandardised"], "reviews holds word ids, which are never scaled"),
     (["--label_noise=0.2", "--models=mlp_relu,autoencoder"],
