@@ -431,7 +431,7 @@ def test_the_default_s_warm_up_keeps_the_relu_units_of_a_regression_head(mnist_d
     makers = {"default": l2l_tf.LearnedOptimizer, "no warm-up": without_warm_up,
               "Adam()": keras.optimizers.Adam}
     losses, dead = {name: [] for name in makers}, {name: [] for name in makers}
-    for seed in (0, 1, 2):
+    for seed in (0, 1):  # two seeds of the three measured: the suite's time (session 72)
         for name, make in makers.items():
             keras.utils.set_random_seed(seed)
             model = keras.Sequential([keras.Input((784,)),
